@@ -1,0 +1,173 @@
+"""Ship / keep running / roll back: the rule table the report applies.
+
+Inputs are intervals, not p-values, so the same helper serves fixed-horizon
+and sequential (always-valid) analyses: pass sequential CIs when the team
+monitors continuously (the report's default), fixed ones at the planned end.
+
+Every metric is oriented so that "improvement" is positive: for a
+lower-is-better metric (latency, error rate) the interval is negated. With
+improvement CI ``[lo, hi]`` and margin ``m`` (0 when None):
+
+Guardrail status
+    ``breached``      hi < -m              confidently worse by more than the margin
+    ``ok``            margin set: lo > -m  non-inferiority shown
+                      no margin: not breached
+    ``inconclusive``  margin set, neither of the above
+    ``unavailable``   the comparison returned an error
+Primary status
+    ``win`` lo > 0,  ``loss`` hi < 0,  ``flat`` otherwise,  ``unavailable``.
+
+Rules, first match wins:
+
+=====  ================================================  ===============
+ #     condition                                         recommendation
+=====  ================================================  ===============
+ 1     any guardrail ``breached``                        roll back
+ 2     primary ``loss``                                  roll back
+ 3     SRM flagged (blocks ship)                         keep running
+ 4     primary ``unavailable``                           keep running
+ 5     primary ``win`` and every guardrail ``ok``        ship
+ 6     primary ``win``, some guardrail not ``ok``        keep running
+ 7     primary ``flat`` and planned sample reached       roll back
+ 8     primary ``flat`` otherwise                        keep running
+=====  ================================================  ===============
+
+Rule 7 keeps the control when the experiment reached the units needed for its
+minimum detectable effect without showing an improvement ("no evidence the
+change helps"). ``reasons`` lists one sentence per input that mattered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from ._common import Effect, check_finite
+from .power import PowerResult
+from .sequential import SequentialEffect
+from .srm import SRMResult
+
+__all__ = ["Action", "MetricEvidence", "Recommendation", "guardrail_status",
+           "primary_status", "recommend"]
+
+Action = Literal["ship", "keep running", "roll back"]
+
+
+@dataclass(frozen=True)
+class MetricEvidence:
+    """An effect interval with its direction (and margin, for guardrails).
+
+    ``margin`` is >= 0 and on the same scale as the interval (e.g. 0.05 for
+    "at most 5% worse" on a relative lift). ``relative`` only affects wording.
+    """
+
+    name: str
+    estimate: float | None
+    ci_lower: float | None
+    ci_upper: float | None
+    higher_is_better: bool
+    margin: float | None = None
+    relative: bool = True
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.margin is not None and not check_finite(self.margin, "margin") >= 0:
+            raise ValueError("margin must be >= 0")
+
+    @classmethod
+    def from_effect(cls, name: str, effect: Effect | SequentialEffect | None,
+                    higher_is_better: bool, margin: float | None = None,
+                    relative: bool = True, error: str | None = None) -> "MetricEvidence":
+        """Build from a (sequential) effect; None becomes an unavailable metric."""
+        if effect is None:
+            return cls(name, None, None, None, higher_is_better, margin, relative,
+                       error or "no estimate available")
+        return cls(name, effect.estimate, effect.ci_lower, effect.ci_upper,
+                   higher_is_better, margin, relative, error)
+
+    def improvement(self) -> tuple[float, float] | None:
+        """The CI oriented so that positive means better, or None."""
+        if self.error is not None or self.ci_lower is None or self.ci_upper is None:
+            return None
+        if self.higher_is_better:
+            return self.ci_lower, self.ci_upper
+        return -self.ci_upper, -self.ci_lower
+
+    def describe(self) -> str:
+        if self.estimate is None or self.ci_lower is None or self.ci_upper is None:
+            return f"{self.name}: {self.error}"
+        f = (lambda x: f"{x:+.2%}") if self.relative else (lambda x: f"{x:+.4g}")
+        return (f"{self.name} {f(self.estimate)} "
+                f"[{f(self.ci_lower)}, {f(self.ci_upper)}]")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    action: Action
+    reasons: tuple[str, ...]
+    primary_status: str
+    guardrail_statuses: tuple[tuple[str, str], ...]
+
+
+def guardrail_status(g: MetricEvidence) -> str:
+    """``breached`` / ``ok`` / ``inconclusive`` / ``unavailable`` (see table)."""
+    imp = g.improvement()
+    if imp is None:
+        return "unavailable"
+    m = g.margin or 0.0
+    if imp[1] < -m:
+        return "breached"
+    if g.margin is None or imp[0] > -m:
+        return "ok"
+    return "inconclusive"
+
+
+def primary_status(p: MetricEvidence) -> str:
+    """``win`` / ``loss`` / ``flat`` / ``unavailable`` (see table)."""
+    imp = p.improvement()
+    if imp is None:
+        return "unavailable"
+    return "win" if imp[0] > 0 else "loss" if imp[1] < 0 else "flat"
+
+
+_GUARD_TEXT = {
+    "breached": "guardrail breached: {d} is worse than allowed",
+    "ok": "guardrail ok: {d}",
+    "inconclusive": "guardrail not yet shown non-inferior: {d}",
+    "unavailable": "guardrail unavailable: {d}",
+}
+
+
+def _power_reason(power: PowerResult | None) -> str | None:
+    if power is None or power.required_per_variant is None:
+        return None if power is None else f"power: {power.error}"
+    text = (f"power: {power.current_per_variant} of {power.required_per_variant} units "
+            f"per variant needed for the minimum detectable effect")
+    if power.days_to_go is not None and not power.enough_units:
+        text += f" (about {power.days_to_go:.1f} more days at the current rate)"
+    return text
+
+
+def recommend(primary: MetricEvidence, guardrails: Sequence[MetricEvidence] = (),
+              srm: SRMResult | None = None,
+              power: PowerResult | None = None) -> Recommendation:
+    """Apply the rule table above; ``power`` is the primary metric's plan."""
+    p_status = primary_status(primary)
+    g_statuses = tuple((g.name, guardrail_status(g)) for g in guardrails)
+    reasons = [_GUARD_TEXT[s].format(d=g.describe()) for g, (_, s) in zip(guardrails, g_statuses)]
+    reasons.insert(0, f"primary metric {p_status}: {primary.describe()}")
+    if srm is not None and srm.flagged:
+        reasons.insert(0, srm.message)
+    power_text = _power_reason(power)
+    if power_text:
+        reasons.append(power_text)
+    statuses = {s for _, s in g_statuses}
+    if "breached" in statuses or p_status == "loss":
+        action: Action = "roll back"
+    elif (srm is not None and srm.flagged) or p_status == "unavailable":
+        action = "keep running"
+    elif p_status == "win":
+        action = "ship" if statuses <= {"ok"} else "keep running"
+    else:
+        action = "roll back" if power is not None and power.enough_units else "keep running"
+    return Recommendation(action, tuple(reasons), p_status, g_statuses)
