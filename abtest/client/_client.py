@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 import weakref
+from functools import partial
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Callable, Mapping, Sequence
@@ -45,6 +46,15 @@ def infer_payload(
         body["attributes"] = dict(attributes)
     body.update({k: v for k, v in params.items() if v is not None})
     return body
+
+
+def _post_events(
+    http: httpx.Client, headers: dict[str, str], events: list[dict[str, Any]], timeout: float
+) -> httpx.Response:
+    """POST one events batch. A module-level function (bound with partial)
+    rather than a method, so the sender thread holds no reference to the
+    client and an abandoned client can still be garbage-collected."""
+    return http.post("/v1/events", json={"events": events}, headers=headers, timeout=timeout)
 
 
 def _shutdown(pipeline: EventPipeline, http: httpx.Client, owns_http: bool, timeout: float) -> None:
@@ -123,7 +133,7 @@ class Client:
         self._headers = _http.auth_headers(api_key, USER_AGENT)
         self._closed = False
         self._pipeline = EventPipeline(
-            self._post_events, batch_size=batch_size, flush_interval=flush_interval,
+            partial(_post_events, self._http, self._headers), batch_size=batch_size, flush_interval=flush_interval,
             max_buffer=max_buffer, on_full=on_full, block_timeout=block_timeout,
             request_timeout=timeout, backoff=self._backoff, sleep=sleep,
         )
@@ -215,9 +225,6 @@ class Client:
         event = make_event(unit_id, name, value, request_id, experiment, timestamp)
         self._pipeline.put(event)
         return str(event["event_id"])
-
-    def _post_events(self, events: list[dict[str, Any]], timeout: float) -> httpx.Response:
-        return self._http.post("/v1/events", json={"events": events}, headers=self._headers, timeout=timeout)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every event tracked before the call is settled.
