@@ -1,0 +1,1 @@
+"""Celery app and tasks that run the engines for the abtest service."""
