@@ -1,0 +1,93 @@
+"""Layered configuration: defaults, then ``ABTEST_*`` environment variables, then overrides.
+
+One typed, frozen :class:`Settings` object is the only source of configuration. Every field
+can be set from the environment as ``ABTEST_<FIELD NAME IN CAPITALS>``; ``create_app`` and the
+CLI build it with :meth:`Settings.load`, and tests pass overrides on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Settings", "ConfigError"]
+
+ENV_PREFIX = "ABTEST_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value of the wrong type or outside its range."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Storage: a SQLite file by default (embedded mode); PostgreSQL as postgresql+psycopg://...
+    database_url: str = "sqlite:///var/abtest.sqlite"
+    # Celery broker; unset means engines run in-process (embedded mode).
+    broker_url: str | None = None
+    # Celery result backend; defaults to the broker URL when a broker is set.
+    result_backend: str | None = None
+    # Where the demo and user checkpoints live, and an optional JSON file of extra engine specs.
+    checkpoint_dir: str = "var/checkpoints"
+    engine_registry: str | None = None
+    # Requests with a larger body get 413.
+    max_body_bytes: int = 1_048_576
+    # How long /v1/infer waits for an engine before answering 504.
+    infer_timeout_s: float = 30.0
+    # Exposure write-behind: flush every interval or when this many units are pending.
+    exposure_flush_interval_s: float = 1.0
+    exposure_flush_size: int = 2000
+    # In-process cache of experiment configs and API keys (other processes see changes after it).
+    cache_ttl_s: float = 2.0
+    # When set, an admin API key with this exact value is ensured at start-up (for bootstrapping).
+    bootstrap_admin_key: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> "Settings":
+        """Defaults, then ``ABTEST_*`` variables from ``environ``, then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _parse(field.name, raw, hints[field.name])
+        for name, value in (overrides or {}).items():
+            key = name.lower()
+            if key not in hints:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[key] = _parse(key, value, hints[key]) if isinstance(value, str) else value
+        return cls(**values)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """True when inference runs in-process (no broker configured)."""
+        return not self.broker_url
+
+
+def _parse(name: str, raw: str, hint: Any) -> Any:
+    base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    target = base[0]
+    if raw == "" and type(None) in typing.get_args(hint):
+        return None
+    try:
+        if target is bool:
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        return target(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: cannot read {raw!r} as {target.__name__}") from exc
