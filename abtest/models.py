@@ -1,0 +1,218 @@
+"""SQLAlchemy 2 models: the whole schema of the service.
+
+The schema is created only by Alembic migrations (``migrations/``); a test checks that these
+models and the migrations agree. Imports no Flask.
+
+Tables
+    api_keys        hashed API keys with a scope (admin | sdk)
+    experiments     configuration and lifecycle; ``phase`` counts allocation changes
+    variants        arms of an experiment: key, engine, weight, control/shadow flags
+    metrics         metric definitions (built-ins are implicit; event metrics are rows)
+    audit_log       append-only record of every change (who, when, what)
+    exposures       one row per (experiment, phase, unit): variant, first/last seen, count
+    requests        one row per inference request: the outcome log
+    events          client-reported events (conversions, values), idempotent by event_id
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = [
+    "Base",
+    "ApiKey",
+    "Experiment",
+    "Variant",
+    "Metric",
+    "AuditEntry",
+    "Exposure",
+    "RequestLog",
+    "Event",
+]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset when storing)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous: pass timezone-aware UTC values")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scope: Mapped[str] = mapped_column(String(16))  # "admin" | "sdk"
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
+    prefix: Mapped[str] = mapped_column(String(16))  # first characters, for display only
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    hypothesis: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    coverage: Mapped[float] = mapped_column(Float, default=1.0)
+    salt: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[int] = mapped_column(Integer, default=1)
+    targeting: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    forced: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    layer: Mapped[str | None] = mapped_column(String(100), index=True)
+    layer_start: Mapped[float] = mapped_column(Float, default=0.0)
+    layer_end: Mapped[float] = mapped_column(Float, default=1.0)
+    # Guardrail breaches pause the treatment: its traffic goes to control until resumed.
+    treatment_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+
+    variants: Mapped[list["Variant"]] = relationship(
+        back_populates="experiment", order_by="Variant.position", cascade="all, delete-orphan"
+    )
+    metrics: Mapped[list["Metric"]] = relationship(
+        back_populates="experiment", order_by="Metric.position", cascade="all, delete-orphan"
+    )
+
+
+class Variant(Base):
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("experiment_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(100))
+    engine: Mapped[str] = mapped_column(String(100))
+    weight: Mapped[float] = mapped_column(Float)
+    is_control: Mapped[bool] = mapped_column(Boolean, default=False)
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    position: Mapped[int] = mapped_column(Integer)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="variants")
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("experiment_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    event_name: Mapped[str | None] = mapped_column(String(100))  # None for built-ins
+    kind: Mapped[str] = mapped_column(String(16))  # binary | count | sum | builtin
+    role: Mapped[str] = mapped_column(String(16))  # primary | secondary | guardrail
+    direction: Mapped[str] = mapped_column(String(16))  # increase | decrease
+    attribution_window_s: Mapped[int] = mapped_column(Integer, default=86_400)
+    margin: Mapped[float] = mapped_column(Float, default=0.0)  # guardrails: tolerated relative harm
+    position: Mapped[int] = mapped_column(Integer)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="metrics")
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(50))
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Exposure(Base):
+    __tablename__ = "exposures"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(100))
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class RequestLog(Base):
+    __tablename__ = "requests"
+    __table_args__ = (Index("ix_requests_experiment_variant", "experiment_id", "phase", "variant"),)
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
+    phase: Mapped[int | None] = mapped_column(Integer)
+    variant: Mapped[str | None] = mapped_column(String(100))
+    engine: Mapped[str] = mapped_column(String(100))
+    unit_id: Mapped[str] = mapped_column(String(200))
+    in_experiment: Mapped[bool] = mapped_column(Boolean, default=False)
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | rejected
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    latency_ms: Mapped[float] = mapped_column(Float)
+    queue_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    output_match: Mapped[bool | None] = mapped_column(Boolean)  # shadow copies only
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_unit_name", "unit_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    unit_id: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float, default=1.0)
+    timestamp: Mapped[datetime]
+    received_at: Mapped[datetime]
+    request_id: Mapped[str | None] = mapped_column(String(36))
+    experiment_key: Mapped[str | None] = mapped_column(String(100))
