@@ -1,0 +1,15 @@
+"""HTTP API v1: blueprints, authentication, and the one error handler."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from . import assign, errors, experiments, health
+
+__all__ = ["register"]
+
+
+def register(app: Flask) -> None:
+    errors.init_app(app)
+    for module in (health, experiments, assign):
+        app.register_blueprint(module.bp)

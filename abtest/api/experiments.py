@@ -1,0 +1,95 @@
+"""/v1/experiments: configure experiments (admin scope). One transaction per write."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from ..errors import ValidationError
+from ..services import experiments as svc_exp
+from .common import json_body, requires, services
+
+bp = Blueprint("experiments", __name__, url_prefix="/v1/experiments")
+
+
+def _reply(body: object, status: int = 200) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+@bp.post("")
+@requires("admin")
+def create() -> Response:
+    payload = json_body()
+    svc = services()
+    with svc.db.transaction() as session:
+        exp = svc_exp.create_experiment(session, payload, g.principal.name, svc.is_engine)
+        view = svc_exp.experiment_view(exp)
+    return _reply(view, 201)
+
+
+@bp.get("")
+@requires("admin")
+def list_() -> Response:
+    status = request.args.get("status")
+    if status is not None and status not in ("draft", "running", "paused", "stopped"):
+        raise ValidationError("status", "must be one of draft, running, paused, stopped")
+    with services().db.session() as session:
+        items = [svc_exp.experiment_view(e) for e in svc_exp.list_experiments(session, status)]
+    return _reply({"experiments": items})
+
+
+@bp.get("/<key>")
+@requires("admin")
+def show(key: str) -> Response:
+    with services().db.session() as session:
+        return _reply(svc_exp.experiment_view(svc_exp.get_experiment(session, key)))
+
+
+@bp.patch("/<key>")
+@requires("admin")
+def update(key: str) -> Response:
+    payload = json_body()
+    svc = services()
+    with svc.db.transaction() as session:
+        exp = svc_exp.get_experiment(session, key, for_update=True)
+        svc_exp.update_experiment(session, exp, payload, g.principal.name, svc.is_engine)
+        view = svc_exp.experiment_view(exp)
+    svc.configs.invalidate(key)
+    return _reply(view)
+
+
+def _transition(key: str, action: str) -> Response:
+    svc = services()
+    with svc.db.transaction() as session:
+        exp = svc_exp.get_experiment(session, key, for_update=True)
+        svc_exp.transition(session, exp, action, g.principal.name)
+        view = svc_exp.experiment_view(exp)
+    svc.configs.invalidate(key)
+    return _reply(view)
+
+
+@bp.post("/<key>/start")
+@requires("admin")
+def start(key: str) -> Response:
+    return _transition(key, "start")
+
+
+@bp.post("/<key>/pause")
+@requires("admin")
+def pause(key: str) -> Response:
+    return _transition(key, "pause")
+
+
+@bp.post("/<key>/stop")
+@requires("admin")
+def stop(key: str) -> Response:
+    return _transition(key, "stop")
+
+
+@bp.get("/<key>/audit")
+@requires("admin")
+def audit(key: str) -> Response:
+    with services().db.session() as session:
+        exp = svc_exp.get_experiment(session, key)
+        return _reply({"experiment": key, "entries": svc_exp.audit_entries(session, exp)})

@@ -1,0 +1,86 @@
+"""The OpenAPI 3 document of the v1 API. A test keeps it in sync with the app's routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_document", "OPERATIONS"]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_STR, _NUM, _BOOL, _INT = {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "integer"}
+_OBJ = {"type": "object"}
+
+
+def _obj(required: list[str], **props: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": props, "additionalProperties": False}
+
+
+_VARIANT = _obj(["key", "engine", "weight"], key=_STR, engine=_STR, weight=_NUM, control=_BOOL, shadow=_BOOL)
+_METRIC = _obj(["name"], name=_STR, event=_STR, kind={"enum": ["binary", "count", "sum"]},
+               role={"enum": ["primary", "secondary", "guardrail"]},
+               direction={"enum": ["increase", "decrease"]}, attribution_window_hours=_NUM, margin=_NUM)
+_RULE = _obj(["attribute", "op", "value"], attribute=_STR, op=_STR, value={})
+_EXPERIMENT_FIELDS = dict(
+    name=_STR, hypothesis=_STR, owner=_STR, coverage=_NUM,
+    variants={"type": "array", "items": _VARIANT, "minItems": 2},
+    targeting={"type": "array", "items": _RULE}, forced=_OBJ,
+    metrics={"type": "array", "items": _METRIC},
+)
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj(["error"], error=_obj(["code", "message"], code=_STR, message=_STR, details={}),
+                  request_id=_STR),
+    "ExperimentCreate": _obj(["key", "variants"], key=_STR, layer=_STR, layer_share=_NUM, **_EXPERIMENT_FIELDS),
+    "ExperimentPatch": _obj([], **_EXPERIMENT_FIELDS),
+    "Experiment": {"type": "object"},
+    "AssignRequest": _obj(["experiment", "unit_id"], experiment=_STR, unit_id=_STR, attributes=_OBJ),
+    "AssignResponse": _obj(["experiment", "variant", "engine", "in_experiment"], experiment=_STR,
+                           variant=_STR, engine=_STR, in_experiment=_BOOL, reason=_STR),
+}
+
+# (method, path, summary, scope or None, request schema or None, success status, response schema)
+OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
+    ("get", "/healthz", "Liveness and dependency reachability", None, None, 200, "Experiment"),
+    ("get", "/openapi.json", "This document", None, None, 200, "Experiment"),
+    ("post", "/v1/experiments", "Create an experiment (draft)", "admin", "ExperimentCreate", 201, "Experiment"),
+    ("get", "/v1/experiments", "List experiments", "admin", None, 200, "Experiment"),
+    ("get", "/v1/experiments/{key}", "Show an experiment", "admin", None, 200, "Experiment"),
+    ("patch", "/v1/experiments/{key}", "Change an experiment", "admin", "ExperimentPatch", 200, "Experiment"),
+    ("post", "/v1/experiments/{key}/start", "Start or resume", "admin", None, 200, "Experiment"),
+    ("post", "/v1/experiments/{key}/pause", "Pause", "admin", None, 200, "Experiment"),
+    ("post", "/v1/experiments/{key}/stop", "Stop for good", "admin", None, 200, "Experiment"),
+    ("get", "/v1/experiments/{key}/audit", "Audit log", "admin", None, 200, "Experiment"),
+    ("post", "/v1/assign", "Assign a unit to a variant", "sdk", "AssignRequest", 200, "AssignResponse"),
+]
+
+
+def _operation(method: str, path: str, summary: str, scope: str | None, body: str | None,
+               status: int, schema: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+        "responses": {
+            str(status): {"description": "success",
+                          "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}},
+            "default": {"description": "error", "content": {"application/json": {"schema": _ERROR}}},
+        },
+    }
+    if "{key}" in path:
+        op["parameters"] = [{"name": "key", "in": "path", "required": True, "schema": _STR}]
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+    op["security"] = [{"bearer": [scope]}] if scope else []
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, *rest in OPERATIONS:
+        paths.setdefault(path, {})[method] = _operation(method, path, *rest)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "abtest", "version": "1", "description": "A/B testing for LLM inference engines"},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

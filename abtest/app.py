@@ -1,0 +1,86 @@
+"""Flask application factory (the only module besides ``abtest.api`` that imports Flask).
+
+``create_app(overrides)`` layers configuration as defaults, then ``ABTEST_*`` environment
+variables, then ``overrides`` (tests), and wires the extensions: the database, the API-key
+cache, the assignment service with its exposure writer, and the blueprints.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from .config import Settings
+from .db import Database, upgrade
+from .services.assign import Assigner, ConfigCache, ExposureWriter
+from .services.keys import KeyCache, create_key, hash_key
+
+__all__ = ["create_app", "Services"]
+
+
+class Services:
+    """Everything a request handler needs, built once per process (``app.extensions``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.keys = KeyCache(settings.cache_ttl_s)
+        self.configs = ConfigCache(self.db, settings.cache_ttl_s)
+        self.exposures = ExposureWriter(
+            self.db, interval_s=settings.exposure_flush_interval_s, max_pending=settings.exposure_flush_size
+        )
+        self.assigner = Assigner(self.configs, self.exposures)
+        self._engine_names: frozenset[str] | None = None
+
+    def is_engine(self, name: str) -> bool:
+        if self._engine_names is None:
+            from engines.spec import load_registry  # torch-free by contract
+
+            registry = load_registry(self.settings.engine_registry, self.settings.checkpoint_dir)
+            self._engine_names = frozenset(registry)
+        return name in self._engine_names
+
+    def close(self) -> None:
+        self.exposures.close()
+        self.db.dispose()
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    settings = Settings.load(overrides)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.is_sqlite and _sqlite_needs_schema(settings.database_url):
+        upgrade(settings.database_url)  # the embedded default creates its own schema
+    app = Flask("abtest")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    services = Services(settings)
+    app.extensions["abtest"] = services
+    if settings.bootstrap_admin_key:
+        _ensure_key(services, settings.bootstrap_admin_key)
+    atexit.register(services.exposures.close)
+
+    from .api import register
+
+    register(app)
+    return app
+
+
+def _sqlite_needs_schema(url: str) -> bool:
+    db = Database(url)
+    try:
+        return db.is_empty()
+    finally:
+        db.dispose()
+
+
+def _ensure_key(services: Services, key: str) -> None:
+    from sqlalchemy import select
+
+    from .models import ApiKey
+
+    with services.db.transaction() as session:
+        if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))) is None:
+            create_key(session, "bootstrap-admin", "admin", key=key)

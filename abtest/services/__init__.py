@@ -1,0 +1,1 @@
+"""Service logic, independent of HTTP: experiments, assignment and exposures, API keys."""

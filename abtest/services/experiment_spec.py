@@ -1,0 +1,157 @@
+"""Parse and validate experiment payloads into plain values (no database access).
+
+Payload (POST /v1/experiments; PATCH takes the mutable subset)::
+
+    {"key": "v2-vs-v1", "name": "V2 INT4 vs V1 FP32", "hypothesis": "...", "owner": "...",
+     "coverage": 1.0,
+     "variants": [{"key": "control", "engine": "v1-fp32", "weight": 0.5, "control": true},
+                  {"key": "treatment", "engine": "v2-int4", "weight": 0.5, "shadow": false}],
+     "targeting": [{"attribute": "country", "op": "in", "value": ["US", "CA"]}],
+     "forced": {"qa-user-1": "treatment"},
+     "layer": "homepage", "layer_share": 0.5,
+     "metrics": [{"name": "conversion", "event": "purchase", "kind": "binary",
+                  "role": "primary", "direction": "increase", "attribution_window_hours": 24}]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..assignment import TARGETING_OPERATORS
+from ..errors import ValidationError
+from ..validation import Fields
+
+__all__ = [
+    "BUILTIN_METRICS",
+    "DEFAULT_GUARDRAILS",
+    "CREATE_FIELDS",
+    "MUTABLE_FIELDS",
+    "parse_variants",
+    "parse_metrics",
+    "parse_targeting",
+    "parse_forced",
+]
+
+# Built-in metrics computed from the request log; direction is what counts as better.
+BUILTIN_METRICS: dict[str, str] = {
+    "latency_ms": "decrease",
+    "latency_p50_ms": "decrease",
+    "latency_p95_ms": "decrease",
+    "latency_p99_ms": "decrease",
+    "error_rate": "decrease",
+}
+DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
+MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics")
+CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS)
+WEIGHT_TOLERANCE = 1e-6
+
+
+def parse_variants(raw: Any, is_engine: Callable[[str], bool]) -> list[dict[str, Any]]:
+    f = Fields({"variants": raw}, ["variants"])
+    items = f.list("variants", max_len=20)
+    if len(items) < 2:
+        raise ValidationError("variants", "an experiment needs at least two variants")
+    variants, seen = [], set()
+    for i, item in enumerate(items):
+        path = f"variants[{i}]"
+        v = Fields(item, ["key", "engine", "weight", "control", "shadow"], path)
+        key = v.str("key", slug=True, max_len=100)
+        if key in seen:
+            raise ValidationError(f"{path}.key", f"duplicate variant key {key!r}")
+        seen.add(key)
+        engine = v.str("engine", max_len=100)
+        if not is_engine(engine):
+            raise ValidationError(f"{path}.engine", f"unknown engine {engine!r}")
+        variants.append({
+            "key": key, "engine": engine,
+            "weight": float(v.num("weight", lo=0.0, hi=1.0)),
+            "is_control": v.bool("control", False), "shadow": v.bool("shadow", False),
+        })
+    _check_roles(variants)
+    total = sum(v["weight"] for v in variants)
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise ValidationError("variants", f"weights must sum to 1 (they sum to {total:.6g})")
+    return variants
+
+
+def _check_roles(variants: list[dict[str, Any]]) -> None:
+    controls = [i for i, v in enumerate(variants) if v["is_control"]]
+    if len(controls) > 1:
+        raise ValidationError(f"variants[{controls[1]}].control", "only one variant can be the control")
+    if not controls:
+        variants[0]["is_control"] = True  # the first variant is the control by default
+    for i, v in enumerate(variants):
+        if v["is_control"] and v["shadow"]:
+            raise ValidationError(f"variants[{i}].shadow", "the control cannot be a shadow")
+
+
+def parse_metrics(raw: Any) -> list[dict[str, Any]]:
+    items = Fields({"metrics": raw}, ["metrics"]).list("metrics", max_len=50)
+    metrics, seen = [], set()
+    for i, item in enumerate(items):
+        path = f"metrics[{i}]"
+        m = Fields(item, ["name", "event", "kind", "role", "direction",
+                          "attribution_window_hours", "margin"], path)
+        name = m.str("name", slug=True, max_len=100)
+        if name in seen:
+            raise ValidationError(f"{path}.name", f"duplicate metric {name!r}")
+        seen.add(name)
+        builtin = name in BUILTIN_METRICS
+        if builtin and m.has("event"):
+            raise ValidationError(f"{path}.event", f"{name!r} is a built-in metric and takes no event")
+        metrics.append({
+            "name": name,
+            "event_name": None if builtin else m.str("event", max_len=100),
+            "kind": "builtin" if builtin else m.choice("kind", ["binary", "count", "sum"], "binary"),
+            "role": m.choice("role", ["primary", "secondary", "guardrail"], "secondary"),
+            "direction": m.choice("direction", ["increase", "decrease"],
+                                  BUILTIN_METRICS.get(name, "increase")),
+            "attribution_window_s": int(round(m.num("attribution_window_hours", 24, lo=0.0, hi=24 * 365) * 3600)),
+            "margin": float(m.num("margin", 0.0, lo=0.0, hi=10.0)),
+        })
+    if sum(m["role"] == "primary" for m in metrics) > 1:
+        raise ValidationError("metrics", "at most one metric can be primary")
+    if not any(m["role"] == "guardrail" for m in metrics):
+        taken = {m["name"] for m in metrics}
+        metrics += [_default_guardrail(name) for name in DEFAULT_GUARDRAILS if name not in taken]
+    return metrics
+
+
+def _default_guardrail(name: str) -> dict[str, Any]:
+    return {"name": name, "event_name": None, "kind": "builtin", "role": "guardrail",
+            "direction": BUILTIN_METRICS[name], "attribution_window_s": 86_400, "margin": 0.0}
+
+
+def parse_targeting(raw: Any) -> list[dict[str, Any]]:
+    items = Fields({"targeting": raw}, ["targeting"]).list("targeting", max_len=50)
+    rules = []
+    for i, item in enumerate(items):
+        r = Fields(item, ["attribute", "op", "value"], f"targeting[{i}]")
+        op = r.choice("op", list(TARGETING_OPERATORS))
+        value = r._get("value", None)
+        if value is None:
+            raise ValidationError(f"targeting[{i}].value", "is required")
+        if op in ("in", "not_in") and not isinstance(value, list):
+            raise ValidationError(f"targeting[{i}].value", f"must be a list for {op!r}")
+        rules.append({"attribute": r.str("attribute", max_len=100), "op": op, "value": value})
+    return rules
+
+
+def parse_forced(raw: Any, variant_keys: set[str]) -> dict[str, str]:
+    forced = Fields({"forced": raw}, ["forced"]).obj("forced")
+    if len(forced) > 10_000:
+        raise ValidationError("forced", "at most 10000 forced units")
+    for unit, key in forced.items():
+        if key not in variant_keys:
+            raise ValidationError(f"forced.{unit}", f"unknown variant {key!r}")
+    return dict(forced)
+
+
+def metric_view(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's JSON form of a stored metric."""
+    view = {"name": m["name"], "kind": m["kind"], "role": m["role"], "direction": m["direction"],
+            "attribution_window_hours": m["attribution_window_s"] / 3600, "margin": m["margin"]}
+    if m["event_name"] is not None:
+        view["event"] = m["event_name"]
+    return view

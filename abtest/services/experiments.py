@@ -1,0 +1,229 @@
+"""Experiment lifecycle: create, update, start/pause/stop, audit. No HTTP here.
+
+Lifecycle::
+
+    draft ──start──> running <──start── paused
+                       │  └──pause──────^  │
+                       └──stop──> stopped <┘
+
+Any other transition is a :class:`~abtest.errors.Conflict` (409).
+
+Changing variants (weights, engines, the set of arms) of an experiment that has started opens
+a new *phase*: the variant hash is re-salted with the phase number and the analysis covers the
+current phase only, so no comparison mixes two allocations. Coverage changes keep the phase:
+ramping coverage up only enrolls new units and never moves an enrolled one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from ..assignment import ExperimentConfig, VariantConfig
+from ..errors import Conflict, NotFound, ValidationError
+from ..models import AuditEntry, Experiment, Metric, Variant
+from ..validation import Fields
+from . import experiment_spec as spec
+
+__all__ = [
+    "create_experiment",
+    "update_experiment",
+    "transition",
+    "get_experiment",
+    "list_experiments",
+    "audit_entries",
+    "experiment_view",
+    "to_config",
+    "TRANSITIONS",
+]
+
+TRANSITIONS: dict[str, dict[str, str]] = {
+    "start": {"draft": "running", "paused": "running"},
+    "pause": {"running": "paused"},
+    "stop": {"running": "stopped", "paused": "stopped"},
+}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def create_experiment(
+    session: Session, payload: Any, actor: str, is_engine: Callable[[str], bool]
+) -> Experiment:
+    f = Fields(payload, spec.CREATE_FIELDS)
+    key = f.str("key", slug=True, max_len=100)
+    variants = spec.parse_variants(f.list("variants"), is_engine)
+    keys = {v["key"] for v in variants}
+    exp = Experiment(
+        key=key, name=f.str("name", key), hypothesis=f.str("hypothesis", "", max_len=5000, nonempty=False),
+        owner=f.str("owner", "", nonempty=False), status="draft",
+        coverage=float(f.num("coverage", 1.0, lo=0.0, hi=1.0)), salt=secrets.token_hex(8), phase=1,
+        targeting=spec.parse_targeting(f.list("targeting", [])),
+        forced=spec.parse_forced(f.obj("forced", {}), keys),
+        created_at=now(), updated_at=now(), version=1, treatment_paused=False,
+    )
+    exp.variants = [Variant(position=i, **v) for i, v in enumerate(variants)]
+    exp.metrics = [Metric(position=i, **m) for i, m in enumerate(spec.parse_metrics(f.list("metrics", [])))]
+    if f.has("layer"):
+        _place_in_layer(session, exp, f.str("layer", slug=True, max_len=100),
+                        float(f.num("layer_share", 1.0, lo=0.0, hi=1.0)))
+    elif f.has("layer_share"):
+        raise ValidationError("layer_share", "needs a layer")
+    if session.scalar(select(Experiment.id).where(Experiment.key == key)) is not None:
+        raise Conflict(f"an experiment with key {key!r} already exists", details={"field": "key"})
+    session.add(exp)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent create of the same key
+        raise Conflict(f"an experiment with key {key!r} already exists", details={"field": "key"}) from exc
+    _audit(session, exp, actor, "create", {"experiment": experiment_view(exp)})
+    return exp
+
+
+def _place_in_layer(session: Session, exp: Experiment, layer: str, share: float) -> None:
+    """Give ``exp`` the first free range of ``share`` in ``layer`` (mutual exclusion)."""
+    taken = session.execute(
+        select(Experiment.layer_start, Experiment.layer_end)
+        .where(Experiment.layer == layer, Experiment.status != "stopped")
+        .order_by(Experiment.layer_start)
+    ).all()
+    start = 0.0
+    for lo, hi in taken:
+        if lo - start >= share - 1e-12:
+            break
+        start = max(start, hi)
+    if start + share > 1.0 + 1e-12:
+        raise Conflict(f"layer {layer!r} has no free range of {share:g}", details={"field": "layer_share"})
+    exp.layer, exp.layer_start, exp.layer_end = layer, start, min(1.0, start + share)
+
+
+def update_experiment(
+    session: Session, exp: Experiment, payload: Any, actor: str, is_engine: Callable[[str], bool]
+) -> Experiment:
+    if exp.status == "stopped":
+        raise Conflict(f"experiment {exp.key!r} is stopped and can no longer change")
+    f = Fields(payload, spec.MUTABLE_FIELDS)
+    before = experiment_view(exp)
+    for name in ("name", "owner"):
+        if f.has(name):
+            setattr(exp, name, f.str(name, nonempty=name == "name"))
+    if f.has("hypothesis"):
+        exp.hypothesis = f.str("hypothesis", max_len=5000, nonempty=False)
+    if f.has("coverage"):
+        exp.coverage = float(f.num("coverage", lo=0.0, hi=1.0))
+    if f.has("targeting"):
+        exp.targeting = spec.parse_targeting(f.list("targeting"))
+    if f.has("variants"):
+        _replace_variants(session, exp, spec.parse_variants(f.list("variants"), is_engine))
+    if f.has("forced") or f.has("variants"):
+        raw = f.obj("forced") if f.has("forced") else exp.forced
+        exp.forced = spec.parse_forced(raw, {v.key for v in exp.variants})
+    if f.has("metrics"):
+        exp.metrics.clear()
+        session.flush()
+        exp.metrics.extend(Metric(position=i, **m) for i, m in enumerate(spec.parse_metrics(f.list("metrics"))))
+    exp.updated_at, exp.version = now(), exp.version + 1
+    session.flush()
+    after = experiment_view(exp)
+    changes = {k: {"from": before[k], "to": after[k]} for k in after if before.get(k) != after[k]}
+    _audit(session, exp, actor, "update", changes)
+    return exp
+
+
+def _replace_variants(session: Session, exp: Experiment, variants: list[dict[str, Any]]) -> None:
+    old = [(v.key, v.engine, v.weight, v.is_control, v.shadow) for v in exp.variants]
+    new = [(v["key"], v["engine"], v["weight"], v["is_control"], v["shadow"]) for v in variants]
+    if old == new:
+        return
+    exp.variants.clear()
+    session.flush()
+    exp.variants.extend(Variant(position=i, **v) for i, v in enumerate(variants))
+    if exp.started_at is not None:
+        exp.phase += 1  # a new allocation: re-randomize and analyse separately
+
+
+def transition(session: Session, exp: Experiment, action: str, actor: str) -> Experiment:
+    target = TRANSITIONS[action].get(exp.status)
+    if target is None:
+        raise Conflict(
+            f"cannot {action} an experiment that is {exp.status}",
+            details={"status": exp.status, "action": action},
+        )
+    before = exp.status
+    exp.status, exp.updated_at, exp.version = target, now(), exp.version + 1
+    if target == "running" and exp.started_at is None:
+        exp.started_at = now()
+    if target == "stopped":
+        exp.stopped_at = now()
+    session.flush()
+    _audit(session, exp, actor, action, {"status": {"from": before, "to": target}})
+    return exp
+
+
+def get_experiment(session: Session, key: str, *, for_update: bool = False) -> Experiment:
+    stmt = select(Experiment).where(Experiment.key == key).options(
+        selectinload(Experiment.variants), selectinload(Experiment.metrics)
+    )
+    if for_update:
+        stmt = stmt.with_for_update()
+    exp = session.scalar(stmt)
+    if exp is None:
+        raise NotFound(f"no experiment with key {key!r}", details={"experiment": key})
+    return exp
+
+
+def list_experiments(session: Session, status: str | None = None) -> list[Experiment]:
+    stmt = select(Experiment).options(selectinload(Experiment.variants), selectinload(Experiment.metrics))
+    if status is not None:
+        stmt = stmt.where(Experiment.status == status)
+    return list(session.scalars(stmt.order_by(Experiment.id)))
+
+
+def audit_entries(session: Session, exp: Experiment) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(AuditEntry).where(AuditEntry.experiment_id == exp.id).order_by(AuditEntry.id)
+    )
+    return [{"id": r.id, "at": r.at.isoformat(), "actor": r.actor, "action": r.action,
+             "changes": r.changes} for r in rows]
+
+
+def _audit(session: Session, exp: Experiment, actor: str, action: str, changes: Mapping[str, Any]) -> None:
+    session.add(AuditEntry(experiment_id=exp.id, at=now(), actor=actor, action=action, changes=dict(changes)))
+
+
+def experiment_view(exp: Experiment) -> dict[str, Any]:
+    """The API's JSON form of an experiment."""
+    return {
+        "key": exp.key, "name": exp.name, "hypothesis": exp.hypothesis, "owner": exp.owner,
+        "status": exp.status, "coverage": exp.coverage, "phase": exp.phase,
+        "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight,
+                      "control": v.is_control, "shadow": v.shadow} for v in exp.variants],
+        "targeting": exp.targeting, "forced": exp.forced,
+        "layer": exp.layer, "layer_range": [exp.layer_start, exp.layer_end] if exp.layer else None,
+        "metrics": [spec.metric_view(vars(m)) for m in exp.metrics],
+        "treatment_paused": exp.treatment_paused, "version": exp.version,
+        "created_at": _iso(exp.created_at), "updated_at": _iso(exp.updated_at),
+        "started_at": _iso(exp.started_at), "stopped_at": _iso(exp.stopped_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def to_config(exp: Experiment) -> ExperimentConfig:
+    return ExperimentConfig(
+        id=exp.id, key=exp.key, status=exp.status, salt=exp.salt, phase=exp.phase,
+        coverage=exp.coverage,
+        variants=tuple(VariantConfig(v.key, v.engine, v.weight, v.is_control, v.shadow) for v in exp.variants),
+        targeting=tuple(exp.targeting or ()), forced=dict(exp.forced or {}),
+        layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
+        treatment_paused=exp.treatment_paused,
+    )

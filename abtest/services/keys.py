@@ -1,0 +1,100 @@
+"""API keys: created once, shown once, stored as SHA-256 hashes.
+
+Keys look like ``abt_<43 url-safe characters>`` (256 random bits), so a fast hash is enough:
+there is nothing to brute-force that a slow password hash would protect. Scopes: ``admin``
+(everything) and ``sdk`` (assign, infer and events only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import NotFound, ValidationError
+from ..models import ApiKey
+
+__all__ = ["SCOPES", "Principal", "create_key", "list_keys", "revoke_key", "hash_key", "KeyCache"]
+
+SCOPES = ("admin", "sdk")
+PREFIX = "abt_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's name (recorded in the audit log) and its scope."""
+
+    name: str
+    scope: str
+
+    def allows(self, scope: str) -> bool:
+        return self.scope == "admin" or self.scope == scope
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, scope: str, key: str | None = None) -> str:
+    """Store a new key and return it in clear: the only time it is ever visible."""
+    if scope not in SCOPES:
+        raise ValidationError("scope", f"must be one of {', '.join(SCOPES)}")
+    if not name.strip():
+        raise ValidationError("name", "must not be empty")
+    key = key or PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiKey(name=name, scope=scope, key_hash=hash_key(key), prefix=key[:10],
+                       created_at=datetime.now(timezone.utc), revoked_at=None))
+    session.flush()
+    return key
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke_key(session: Session, name_or_prefix: str) -> int:
+    rows = session.scalars(
+        select(ApiKey).where(
+            ((ApiKey.name == name_or_prefix) | (ApiKey.prefix == name_or_prefix[:10]))
+            & ApiKey.revoked_at.is_(None)
+        )
+    ).all()
+    if not rows:
+        raise NotFound(f"no active key named {name_or_prefix!r}")
+    for row in rows:
+        row.revoked_at = datetime.now(timezone.utc)
+    return len(rows)
+
+
+class KeyCache:
+    """Resolve keys to principals with a short TTL, so each request need not query the database.
+
+    A revoked key stops working within ``ttl`` seconds in every process.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, session_factory, key: str) -> Principal | None:  # type: ignore[no-untyped-def]
+        digest = hash_key(key)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        with session_factory() as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        principal = Principal(row.name, row.scope) if row is not None and row.revoked_at is None else None
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[digest] = (now, principal)
+        return principal

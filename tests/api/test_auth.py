@@ -1,0 +1,40 @@
+"""Authentication and scopes: 401 without a valid key, 403 with the wrong scope."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from abtest.models import ApiKey
+from abtest.services.keys import revoke_key
+from tests.conftest import experiment_payload
+
+
+def test_missing_and_bad_keys_are_401(client) -> None:
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer abt_wrong"}):
+        reply = client.get("/v1/experiments", headers=headers)
+        assert reply.status_code == 401 and reply.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_sdk_scope_cannot_configure_but_can_assign(client, sdk, admin, make_experiment) -> None:
+    reply = client.post("/v1/experiments", json=experiment_payload(), headers=sdk)
+    assert reply.status_code == 403 and reply.get_json()["error"]["code"] == "forbidden"
+    assert client.get("/v1/experiments", headers=sdk).status_code == 403
+    make_experiment("exp-1", start=True)
+    assert client.post("/v1/assign", json={"experiment": "exp-1", "unit_id": "u1"}, headers=sdk).status_code == 200
+    assert client.post("/v1/assign", json={"experiment": "exp-1", "unit_id": "u1"}, headers=admin).status_code == 200
+
+
+def test_keys_are_stored_hashed_and_revocation_works(client, admin, services) -> None:
+    key = admin["Authorization"].split()[1]
+    with services.db.session() as session:
+        stored = [row.key_hash for row in session.scalars(select(ApiKey))]
+    assert key not in stored and len(stored[0]) == 64
+    with services.db.transaction() as session:
+        revoke_key(session, "test-admin")
+    assert client.get("/v1/experiments", headers=admin).status_code == 401
+
+
+def test_healthz_needs_no_key(client) -> None:
+    reply = client.get("/healthz")
+    assert reply.status_code == 200
+    assert reply.get_json()["checks"]["database"] == "ok"
