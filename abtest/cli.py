@@ -1,0 +1,223 @@
+"""The ``abtest`` command line: serve, db, keys, experiments (and engines, worker, demo)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from typing import Any
+
+import click
+
+from .config import Settings
+from .errors import ABTestError
+
+__all__ = ["cli", "main"]
+
+
+def _settings() -> Settings:
+    return Settings.load()
+
+
+def _database():  # type: ignore[no-untyped-def]
+    from .db import Database
+
+    return Database(_settings().database_url)
+
+
+def _fail(exc: ABTestError) -> None:
+    raise click.ClickException(f"{exc.code}: {exc.message}")
+
+
+@click.group()
+@click.version_option(package_name="abtest")
+def cli() -> None:
+    """abtest: A/B testing for LLM inference engines."""
+
+
+# --- serve -------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="gunicorn worker processes")
+@click.option("--threads", default=8, show_default=True, type=int, help="threads per worker")
+def serve(host: str, port: int, workers: int, threads: int) -> None:
+    """Run the API under gunicorn (embedded SQLite schema is created on first start)."""
+    from .server import run_gunicorn
+
+    run_gunicorn(host=host, port=port, workers=workers, threads=threads)
+
+
+# --- db ----------------------------------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    from .db import upgrade
+
+    upgrade(_settings().database_url, revision)
+    click.echo(f"database at {revision}", err=True)
+
+
+@db.command("downgrade")
+@click.option("--revision", default="-1", show_default=True)
+def db_downgrade(revision: str) -> None:
+    from .db import downgrade
+
+    downgrade(_settings().database_url, revision)
+    click.echo(f"database downgraded to {revision}", err=True)
+
+
+# --- keys --------------------------------------------------------------------------------
+
+@cli.group()
+def keys() -> None:
+    """API keys (stored hashed; shown once)."""
+
+
+@keys.command("create")
+@click.option("--scope", type=click.Choice(["admin", "sdk"]), required=True)
+@click.option("--name", required=True)
+def keys_create(scope: str, name: str) -> None:
+    """Create a key and print it, alone, on stdout."""
+    from .services.keys import create_key
+
+    database = _database()
+    try:
+        with database.transaction() as session:
+            key = create_key(session, name, scope)
+    except ABTestError as exc:
+        _fail(exc)
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    from .services.keys import list_keys
+
+    with _database().session() as session:
+        for k in list_keys(session):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            click.echo(f"{k.prefix}…\t{k.scope}\t{k.name}\t{state}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+def keys_revoke(name: str) -> None:
+    """Revoke every active key with this name (or key prefix)."""
+    from .services.keys import revoke_key
+
+    try:
+        with _database().transaction() as session:
+            count = revoke_key(session, name)
+    except ABTestError as exc:
+        _fail(exc)
+    click.echo(f"revoked {count} key(s)", err=True)
+
+
+# --- experiments -------------------------------------------------------------------------
+
+@cli.group()
+def experiments() -> None:
+    """Configure experiments directly in the database."""
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _print(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@experiments.command("create")
+@click.option("-f", "--file", "path", type=click.File("r"), required=True, help="experiment JSON")
+def experiments_create(path: Any) -> None:
+    from .app import Services
+    from .services import experiments as svc
+
+    try:
+        payload = json.load(path)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{path.name}: not valid JSON ({exc})") from exc
+    services = Services(_settings())
+    try:
+        with services.db.transaction() as session:
+            _print(svc.experiment_view(svc.create_experiment(session, payload, _actor(), services.is_engine)))
+    except ABTestError as exc:
+        _fail(exc)
+
+
+@experiments.command("list")
+def experiments_list() -> None:
+    from .services import experiments as svc
+
+    with _database().session() as session:
+        for e in svc.list_experiments(session):
+            click.echo(f"{e.key}\t{e.status}\tphase {e.phase}\t{e.name}")
+
+
+@experiments.command("show")
+@click.argument("key")
+def experiments_show(key: str) -> None:
+    from .services import experiments as svc
+
+    try:
+        with _database().session() as session:
+            _print(svc.experiment_view(svc.get_experiment(session, key)))
+    except ABTestError as exc:
+        _fail(exc)
+
+
+def _transition_command(action: str) -> None:
+    @experiments.command(action, help=f"{action.capitalize()} an experiment.")
+    @click.argument("key")
+    def command(key: str) -> None:
+        from .services import experiments as svc
+
+        try:
+            with _database().transaction() as session:
+                exp = svc.transition(session, svc.get_experiment(session, key, for_update=True), action, _actor())
+                click.echo(f"{exp.key}: {exp.status}")
+        except ABTestError as exc:
+            _fail(exc)
+
+
+for _action in ("start", "pause", "stop"):
+    _transition_command(_action)
+
+
+@cli.command()
+@click.option("--users", default=3000, show_default=True, type=int)
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option("--port", default=0, type=int, help="port for the embedded API (0: any free port)")
+def demo(users: int, seed: int, port: int) -> None:
+    """Start the API on embedded defaults, create a demo experiment, assign simulated users."""
+    from .demo import run_demo
+
+    run_demo(users=users, seed=seed, port=port)
+
+
+def _mount_optional() -> None:
+    try:
+        from engines.cli import engines as engines_group
+    except ImportError:  # engines not installed in this environment
+        return
+    cli.add_command(engines_group, "engines")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    cli(prog_name="abtest")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Run the app under gunicorn (the production WSGI server) from Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+__all__ = ["run_gunicorn"]
+
+
+class _Server(BaseApplication):
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):  # type: ignore[no-untyped-def]
+        from .app import create_app
+
+        return create_app()
+
+
+def run_gunicorn(*, host: str, port: int, workers: int, threads: int) -> None:
+    from .config import Settings
+    from .db import Database, upgrade
+
+    settings = Settings.load()
+    if settings.is_sqlite:
+        database = Database(settings.database_url)
+        empty = database.is_empty()
+        database.dispose()
+        if empty:
+            upgrade(settings.database_url)  # before forking, so workers never race on it
+    _Server({
+        "bind": f"{host}:{port}", "workers": workers, "threads": threads,
+        "worker_class": "gthread", "timeout": 120, "graceful_timeout": 30,
+        "accesslog": "-", "loglevel": settings.log_level.lower(),
+    }).run()

@@ -1,0 +1,69 @@
+"""The abtest CLI against a real database (a fresh SQLite file per test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from abtest.cli import cli
+from abtest.db import Database
+from abtest.services.keys import hash_key
+from tests.conftest import experiment_payload
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch) -> CliRunner:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    monkeypatch.setenv("ABTEST_DATABASE_URL", url)
+    monkeypatch.setenv("ABTEST_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    result = CliRunner().invoke(cli, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    return CliRunner()
+
+
+def test_keys_create_prints_the_key_alone_and_stores_only_its_hash(runner, tmp_path) -> None:
+    result = runner.invoke(cli, ["keys", "create", "--scope", "admin", "--name", "ops"])
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip()
+    assert result.stdout == key + "\n" and key.startswith("abt_")
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("cli.sqlite*"))  # main file and WAL
+    assert key.encode() not in raw and hash_key(key).encode() in raw
+    listed = runner.invoke(cli, ["keys", "list"]).stdout
+    assert "ops" in listed and "admin" in listed and "active" in listed
+    assert runner.invoke(cli, ["keys", "revoke", "ops"]).exit_code == 0
+    assert "revoked" in runner.invoke(cli, ["keys", "list"]).stdout
+    assert runner.invoke(cli, ["keys", "create", "--scope", "root", "--name", "x"]).exit_code != 0
+
+
+def test_experiments_create_list_show_start_stop(runner, tmp_path) -> None:
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(experiment_payload("cli-exp")))
+    result = runner.invoke(cli, ["experiments", "create", "-f", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["key"] == "cli-exp"
+    assert "cli-exp\tdraft" in runner.invoke(cli, ["experiments", "list"]).stdout
+    assert runner.invoke(cli, ["experiments", "start", "cli-exp"]).stdout.strip() == "cli-exp: running"
+    assert json.loads(runner.invoke(cli, ["experiments", "show", "cli-exp"]).stdout)["status"] == "running"
+    assert runner.invoke(cli, ["experiments", "stop", "cli-exp"]).stdout.strip() == "cli-exp: stopped"
+    again = runner.invoke(cli, ["experiments", "start", "cli-exp"])
+    assert again.exit_code != 0 and "conflict" in again.output
+
+
+def test_experiments_create_reports_bad_files(runner, tmp_path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("{nope")
+    result = runner.invoke(cli, ["experiments", "create", "-f", str(path)])
+    assert result.exit_code != 0 and "not valid JSON" in result.output
+    path.write_text(json.dumps(experiment_payload("x", coverage=3)))
+    result = runner.invoke(cli, ["experiments", "create", "-f", str(path)])
+    assert result.exit_code != 0 and "coverage" in result.output
+
+
+def test_db_downgrade_and_upgrade(runner, tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    assert runner.invoke(cli, ["db", "downgrade", "--revision", "base"]).exit_code == 0
+    assert Database(url).is_empty() is False  # only alembic_version is left
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    assert runner.invoke(cli, ["keys", "create", "--scope", "sdk", "--name", "app"]).exit_code == 0
