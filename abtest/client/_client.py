@@ -87,6 +87,14 @@ class Client:
     * ``"drop_oldest"``: drop the oldest buffered event at once (counted).
     * ``"raise"``: raise :class:`BufferFullError`; the caller decides.
 
+    Event batches are not limited by ``max_retries``: a batch that fails
+    transiently is retried (backoff capped at ``backoff_max``) for as long as
+    the client is open, and until ``close_timeout`` once ``close()`` starts;
+    what is still undelivered then is counted in ``stats.dropped``. A batch
+    the server refuses for good (401, 403, 400...) is dropped at once and
+    counted; individually rejected events are counted in ``stats.rejected``.
+    Python ``logging`` (logger ``"abtest.client"``) reports drops and rejects.
+
     ``assign``/``infer`` are retried up to ``max_retries`` times only when the
     server certainly did not act: connection failures before the request was
     sent, 429 and 503 (honouring ``Retry-After``).

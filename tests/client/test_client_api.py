@@ -222,3 +222,14 @@ def test_import_pulls_no_server_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_api_errors_survive_pickling() -> None:
+    import pickle
+
+    err = sdk.EngineError(502, "engine_failed", "CUDA error", {"engine": "v2"}, "req-3", None)
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy) is sdk.EngineError
+    assert (copy.status, copy.code, copy.message, copy.details, copy.request_id) == (
+        502, "engine_failed", "CUDA error", {"engine": "v2"}, "req-3")
+    assert str(copy) == "502 engine_failed: CUDA error (request_id=req-3)"
