@@ -77,7 +77,7 @@ class AsyncEventPipeline:
             self._seq += 1
             self._buf.append((self._seq, self._clock(), event))
             self._counts["tracked"] += 1
-            if len(self._buf) == 1 or len(self._buf) >= self._batch_size:
+            if len(self._buf) == 1 or len(self._buf) == self._batch_size:
                 self._cond.notify_all()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="abtest-events")

@@ -115,8 +115,10 @@ class EventPipeline:
             self._seq += 1
             self._buf.append(_Record(self._seq, self._clock(), event))
             self._counts["tracked"] += 1
-            # Wake the sender only when it has something new to decide.
-            if len(self._buf) == 1 or len(self._buf) >= self._batch_size:
+            # Wake the sender only when it has something new to decide: the
+            # first event starts the interval clock, a full batch is due now.
+            # (Appends are one at a time, so the size passes through equality.)
+            if len(self._buf) == 1 or len(self._buf) == self._batch_size:
                 self._cond.notify_all()
             if self._thread is None:
                 self._start_thread()
