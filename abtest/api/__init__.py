@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import assign, errors, experiments, health
+from . import assign, errors, events, experiments, health
 
 __all__ = ["register"]
 
 
 def register(app: Flask) -> None:
     errors.init_app(app)
-    for module in (health, experiments, assign):
+    for module in (health, experiments, assign, events):
         app.register_blueprint(module.bp)

@@ -35,6 +35,14 @@ SCHEMAS: dict[str, Any] = {
     "AssignRequest": _obj(["experiment", "unit_id"], experiment=_STR, unit_id=_STR, attributes=_OBJ),
     "AssignResponse": _obj(["experiment", "variant", "engine", "in_experiment"], experiment=_STR,
                            variant=_STR, engine=_STR, in_experiment=_BOOL, reason=_STR),
+    "Event": _obj(["event_id", "unit_id", "name"], event_id={"type": "string", "maxLength": 64},
+                  unit_id={"type": "string", "maxLength": 200}, name={"type": "string", "maxLength": 100},
+                  value={"type": "number", "default": 1}, timestamp={"type": "string", "format": "date-time"},
+                  request_id={"type": "string", "maxLength": 36}, experiment={"type": "string", "maxLength": 100}),
+    "EventBatch": _obj(["events"], events={"type": "array", "maxItems": 1000,
+                                           "items": {"$ref": "#/components/schemas/Event"}}),
+    "EventBatchResult": _obj(["accepted", "duplicates", "rejected"], accepted=_INT, duplicates=_INT,
+                             rejected={"type": "array", "items": _obj(["index", "error"], index=_INT, error=_STR)}),
 }
 
 # (method, path, summary, scope or None, request schema or None, success status, response schema)
@@ -50,6 +58,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("post", "/v1/experiments/{key}/stop", "Stop for good", "admin", None, 200, "Experiment"),
     ("get", "/v1/experiments/{key}/audit", "Audit log", "admin", None, 200, "Experiment"),
     ("post", "/v1/assign", "Assign a unit to a variant", "sdk", "AssignRequest", 200, "AssignResponse"),
+    ("post", "/v1/events", "Ingest a batch of events (idempotent by event_id)", "sdk", "EventBatch", 202,
+     "EventBatchResult"),
 ]
 
 
