@@ -48,13 +48,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(port: int = 0, env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+def running_server(
+    port: int = 0, env: dict[str, str] | None = None, workers: int = 1
+) -> Iterator[tuple[str, str]]:
     """Run ``abtest serve`` in a child process; yield (base_url, admin_key)."""
     port = port or _free_port()
     admin_key = "abt_demo_" + secrets.token_urlsafe(24)
     child_env = {**os.environ, **(env or {}), "ABTEST_BOOTSTRAP_ADMIN_KEY": admin_key}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "abtest", "serve", "--port", str(port)],
+        [sys.executable, "-m", "abtest", "serve", "--port", str(port), "--workers", str(workers)],
         env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     base_url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,28 @@
+"""Shared helpers for benchmarks that drive the API over HTTP from a second process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+
+__all__ = ["percentiles", "run_load_process"]
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+    arr = np.asarray(samples_ms)
+    return {"p50_ms": round(float(np.percentile(arr, 50)), 3), "p99_ms": round(float(np.percentile(arr, 99)), 3)}
+
+
+def run_load_process(module: str, args: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    """Run ``python -m <module> --load '<json args>'`` and return the JSON it prints."""
+    out = subprocess.run([sys.executable, "-m", module, "--load", json.dumps(args)],
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"load process failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout)
