@@ -1,0 +1,182 @@
+"""From query rows to per-variant statistics and comparisons, one metric at a time.
+
+Three metric shapes, each turned into :mod:`abtest.stats` objects:
+
+``ratio``     request-level metrics randomized by unit (``latency_ms``, ``error_rate``):
+              :class:`~abtest.stats.RatioStats`, delta-method variance, Welch test.
+``mean``      unit-level event metrics (``binary``/``count``/``sum``):
+              :class:`~abtest.stats.MeanStats` over every exposed unit, Welch test.
+``quantile``  ``latency_pXX_ms``: cluster-aware quantile CIs (Deng et al. 2018) and a
+              normal-approximation comparison.
+
+Rows come per (variant, day); the totals are their sums, and the cumulative sums day by day
+give the time series that the HTML report draws with its sequential bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import stats as S
+
+__all__ = [
+    "MetricSpec",
+    "QUANTILE_LEVELS",
+    "ratio_stats",
+    "mean_stats",
+    "by_day",
+    "quantile_estimates",
+    "indicator_stats",
+    "total",
+    "estimate_view",
+    "effect_view",
+    "comparison_view",
+    "clean",
+]
+
+QUANTILE_LEVELS: dict[str, float] = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95,
+                                     "latency_p99_ms": 0.99}
+_EMPTY_RATIO = S.RatioStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_EMPTY_MEAN = S.MeanStats(0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What the report needs to know about one metric (built-in or event metric)."""
+
+    name: str
+    shape: str  # ratio | mean | quantile
+    kind: str  # builtin | binary | count | sum
+    role: str  # primary | secondary | guardrail
+    higher_is_better: bool
+    margin: float
+    event_name: str | None = None
+    window_s: int = 86_400
+
+    @property
+    def guardrail_margin(self) -> float | None:
+        """Margin for :class:`abtest.stats.MetricEvidence`: 0 means "no tolerance", i.e. a
+        breach is any confident harm and no non-inferiority proof is demanded (None)."""
+        return self.margin if self.margin > 0 else None
+
+
+def ratio_stats(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, dict[str, S.RatioStats]]:
+    """Per variant and day, the RatioStats of ``latency_ms`` or ``error_rate``."""
+    num, den = ("lat", "ok") if metric == "latency_ms" else ("err", "tot")
+    out: dict[str, dict[str, S.RatioStats]] = {}
+    for r in rows:
+        out.setdefault(r["variant"], {})[r["day"]] = S.RatioStats(
+            int(r["units"]), r[num], r[f"{num}_sq"], r[den], r[f"{den}_sq"],
+            r[f"{num}_{den}"])
+    return out
+
+
+def mean_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, S.MeanStats]]:
+    """Per variant and day, the MeanStats of an event metric."""
+    out: dict[str, dict[str, S.MeanStats]] = {}
+    for r in rows:
+        out.setdefault(r["variant"], {})[r["day"]] = S.MeanStats(
+            int(r["units"]), r["sum"] or 0.0, max(r["sum_sq"] or 0.0, 0.0))
+    return out
+
+
+def total(days: Mapping[str, Any] | None, ratio: bool) -> Any:
+    """Sum of a variant's daily statistics (an empty statistic when it has none)."""
+    empty = _EMPTY_RATIO if ratio else _EMPTY_MEAN
+    result = empty
+    for value in (days or {}).values():
+        result = result + value
+    return result
+
+
+def by_day(days: Mapping[str, Any] | None, all_days: Sequence[str], ratio: bool) -> list[Any]:
+    """Cumulative statistics at the end of each day in ``all_days``."""
+    running = _EMPTY_RATIO if ratio else _EMPTY_MEAN
+    out = []
+    for day in all_days:
+        if days and day in days:
+            running = running + days[day]
+        out.append(running)
+    return out
+
+
+def quantile_estimates(points: Mapping[str, tuple[int, list[float]]],
+                       indicators: Mapping[str, Mapping[str, Any]],
+                       bounds: Mapping[str, Mapping[int, float]],
+                       ranks: Mapping[str, list[S.QuantileRanks]],
+                       variants: Sequence[str], alpha: float) -> dict[str, dict[str, S.QuantileEstimate]]:
+    """Step 4 of the quantile recipe: metric name -> variant -> QuantileEstimate."""
+    out: dict[str, dict[str, S.QuantileEstimate]] = {name: {} for name in QUANTILE_LEVELS}
+    for j, (name, level) in enumerate(QUANTILE_LEVELS.items()):
+        for v in variants:
+            ind = indicator_stats(indicators.get(v), j)
+            if v not in points or v not in ranks:
+                out[name][v] = S.quantile_estimate(level, math.nan, math.nan, math.nan, ind, alpha)
+                continue
+            rk = ranks[v][j]
+            x_lo, x_hi = bounds[v].get(rk.rank_lower, math.nan), bounds[v].get(rk.rank_upper, math.nan)
+            if not (math.isfinite(x_lo) and math.isfinite(x_hi)):
+                x_lo = x_hi = points[v][1][j]
+            out[name][v] = S.quantile_estimate(level, points[v][1][j], x_lo, x_hi, ind, alpha)
+    return out
+
+
+def indicator_stats(row: Mapping[str, Any] | None, j: int) -> S.RatioStats:
+    """The RatioStats of ``s_i`` (requests at or below x_hat) over ``d_i`` (requests)."""
+    if row is None:
+        return _EMPTY_RATIO
+    return S.RatioStats(row["units"], row["s"][j], row["s_sq"][j], row["d"], row["d_sq"], row["s_d"][j])
+
+
+# --- JSON views --------------------------------------------------------------------------
+
+def clean(x: Any) -> Any:
+    """JSON-safe numbers: NaN and infinities become None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def estimate_view(stats: Any, alpha: float) -> dict[str, Any]:
+    """A variant's estimate with its CI (t(n-1) for means/ratios, cluster-aware for quantiles)."""
+    if isinstance(stats, S.QuantileEstimate):
+        return {"units": stats.n_units, "requests": stats.n_requests, "estimate": clean(stats.estimate),
+                "ci_lower": clean(stats.ci_lower), "ci_upper": clean(stats.ci_upper),
+                "se": clean(stats.se), "error": stats.error}
+    est = S.variant_estimate(stats, alpha)
+    view = {"units": est.n, "estimate": clean(est.mean), "ci_lower": clean(est.ci_lower),
+            "ci_upper": clean(est.ci_upper), "se": clean(est.se), "error": est.error}
+    if isinstance(stats, S.RatioStats):
+        view["requests"] = int(stats.den_sum)
+    return view
+
+
+def effect_view(effect: Any) -> dict[str, Any] | None:
+    if effect is None:
+        return None
+    return {"estimate": clean(effect.estimate), "se": clean(effect.se),
+            "ci_lower": clean(effect.ci_lower), "ci_upper": clean(effect.ci_upper),
+            "p_value": clean(effect.p_value)}
+
+
+def comparison_view(variant: str, analysis: S.MetricAnalysis) -> dict[str, Any]:
+    """One treatment-vs-control comparison (adjusted p-value filled in later)."""
+    c, seq, bayes = analysis.comparison, analysis.sequential, analysis.bayesian
+    return {
+        "variant": variant,
+        "control_estimate": clean(c.control_mean), "treatment_estimate": clean(c.treatment_mean),
+        "absolute": effect_view(c.absolute), "relative": effect_view(c.relative),
+        "p_value": clean(c.absolute.p_value) if c.absolute else None,
+        "adjusted_p_value": None,
+        "significant": False,
+        "sequential": {"absolute": effect_view(seq.absolute), "relative": effect_view(seq.relative),
+                       "p_value": clean(seq.absolute.p_value) if seq.absolute else None,
+                       "significant": seq.significant, "n_star": seq.n_star},
+        "chance_to_win": clean(bayes.chance_to_win),
+        "expected_loss": {"treatment": clean(bayes.loss_treatment), "control": clean(bayes.loss_control),
+                          "scale": bayes.scale},
+        "error": c.error, "relative_error": c.relative_error,
+    }
