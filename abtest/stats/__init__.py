@@ -6,26 +6,33 @@ Invalid arguments raise ValueError; expected analysis failures (empty variant,
 n < 2, zero variance, zero baseline) come back as results with an ``error``
 message.
 
-Typical report flow for one treatment vs control::
+Report field -> API (one treatment vs control; see tests/stats/test_report_flow.py
+for the whole flow on simulated data)::
 
-    from abtest import stats as S
+    SRM block                    srm_test([units_c, units_t], weights) -> SRMResult
+    per-variant estimate + CI    variant_estimate(stats)   (quantiles: quantile_estimate)
+    comparison                   welch_test(stats_c, stats_t)            means, ratios
+                                 compare_quantiles(q_c, q_t)             p50/p95/p99
+    absolute / relative effect   Comparison.absolute / .relative  (Effect: estimate,
+                                 se, ci_lower, ci_upper, p_value, df)
+    sequential CI, p-value       analyze(cmp, higher_is_better).sequential
+    chance to win, expected loss analyze(...).bayesian
+    adjusted p-value             adjust_p_values([all p-values of the report], "holm")
+    significant                  Comparison.significant (fixed horizon) or
+                                 SequentialComparison.significant (monitoring)
+    power, days to go            power_analysis(stats_c, stats_t, mde, days_elapsed=...)
+    recommendation               recommend(MetricEvidence.from_effect(...primary...),
+                                           [guardrail evidence], srm=..., power=...)
+    guardrail auto-stop check    guardrail_status(MetricEvidence.from_effect(
+                                     name, seq.relative, False, margin)) == "breached"
 
-    srm = S.srm_test([n_control, n_treatment], weights=[0.5, 0.5])
-
-    # unit-level metric (conversion): one 0/1 value per unit
-    conv = S.welch_test(S.MeanStats.proportion(n_c, k_c),
-                        S.MeanStats.proportion(n_t, k_t))
-    # request-level metric randomized by unit (latency, error rate)
-    lat = S.welch_test(S.RatioStats(...control sums...), S.RatioStats(...))
-    # quantile (see abtest.stats.quantiles for the SQL recipe)
-    p99 = S.compare_quantiles(S.quantile_estimate(0.99, ...), S.quantile_estimate(0.99, ...))
-
-    views = {name: S.analyze(c, higher_is_better=hib) for name, c, hib in ...}
-    adj = S.adjust_p_values([v.comparison.absolute.p_value ...], method="holm")
-    plan = S.power_analysis(ctrl_stats, trt_stats, mde=0.02, days_elapsed=3)
-    rec = S.recommend(S.MetricEvidence.from_effect("conversion", views["conversion"].sequential.relative, True),
-                      guardrails=[S.MetricEvidence.from_effect("error_rate", ..., False, margin=0.1)],
-                      srm=srm, power=plan)
+Sufficient statistics per metric (SQL GROUP BY unit, then variant):
+``MeanStats(n, sum, sum_sq)`` for conversion (``MeanStats.proportion(n, k)``),
+counts and sums of event values; ``RatioStats(n, num_sum, num_sum_sq, den_sum,
+den_sum_sq, cross_sum)`` for latency (capped latency, see ``capping``) and
+error rate; the quantile recipe is in ``abtest.stats.quantiles``. Every result
+field is a finite float, a string, a bool or None: ``dataclasses.asdict``
+output serialises to strict JSON.
 
 Modules: ``sufficient`` (MeanStats, RatioStats), ``capping`` (winsorization
 and percentile_cont), ``frequentist`` (Welch test, relative lift),

@@ -77,8 +77,9 @@ class Effect:
         se: standard error of ``estimate``.
         ci_lower, ci_upper: two-sided (1 - alpha) confidence interval.
         p_value: two-sided p-value of the null hypothesis "effect == 0".
-        df: degrees of freedom of the t reference distribution
-            (``math.inf`` means the normal distribution was used).
+        df: degrees of freedom of the t reference distribution, or None when
+            the normal distribution was used (quantiles). Every field is a
+            finite float or None, so results serialise to strict JSON.
     """
 
     estimate: float
@@ -86,7 +87,7 @@ class Effect:
     ci_lower: float
     ci_upper: float
     p_value: float
-    df: float
+    df: float | None
 
     def excludes_zero(self) -> bool:
         """True when the CI lies entirely above or entirely below zero."""

@@ -118,7 +118,8 @@ def _t_effect(estimate: float, se: float, df: float, alpha: float) -> Effect:
         sps.norm.ppf(1.0 - alpha / 2.0))
     stat = abs(estimate) / se
     p = float(2.0 * (sps.t.sf(stat, df) if math.isfinite(df) else sps.norm.sf(stat)))
-    return Effect(estimate, se, estimate - crit * se, estimate + crit * se, min(p, 1.0), df)
+    return Effect(estimate, se, estimate - crit * se, estimate + crit * se, min(p, 1.0),
+                  df if math.isfinite(df) else None)
 
 
 def _input_error(control: Estimable, treatment: Estimable) -> str | None:
@@ -166,7 +167,8 @@ def compare_estimates(control_estimate: float, control_se: float, n_control: int
 
     Used for quantiles, whose estimates come with a standard error but no
     per-unit variance. Absolute: ``se^2 = se_t^2 + se_c^2``; relative (delta
-    method): ``se^2 = se_t^2 / q_c^2 + se_c^2 q_t^2 / q_c^4``; ``df = inf``.
+    method): ``se^2 = se_t^2 / q_c^2 + se_c^2 q_t^2 / q_c^4``; normal reference
+    (``Effect.df`` is None).
     """
     alpha = check_alpha(alpha)
     base = dict(control_mean=control_estimate, treatment_mean=treatment_estimate,
