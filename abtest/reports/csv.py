@@ -1,0 +1,119 @@
+"""CSV renderings: the report's results (one row per metric x comparison) and raw exports.
+
+``export_csv`` streams a raw table of one experiment: the query runs with a server-side cursor
+(``stream_results`` + ``yield_per``) and the generator yields one CSV chunk per batch, so
+memory stays flat however many rows the table holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from sqlalchemy import Engine, or_, select
+
+from ..errors import ValidationError
+from ..models import Event, Exposure, RequestLog
+
+__all__ = ["RESULT_COLUMNS", "EXPORT_TABLES", "render_csv", "export_csv", "export_statement"]
+
+RESULT_COLUMNS = (
+    "metric", "role", "direction", "variant", "control_units", "treatment_units",
+    "control_estimate", "treatment_estimate", "absolute_effect", "absolute_ci_lower",
+    "absolute_ci_upper", "relative_effect", "relative_ci_lower", "relative_ci_upper", "p_value",
+    "adjusted_p_value", "significant", "sequential_relative_ci_lower", "sequential_relative_ci_upper",
+    "sequential_p_value", "chance_to_win", "error",
+)
+EXPORT_TABLES = ("exposures", "requests", "events")
+_BATCH = 2_000
+
+
+def _get(d: Mapping[str, Any] | None, key: str) -> Any:
+    return None if d is None else d.get(key)
+
+
+def result_rows(report: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Flatten the report's comparisons (the CSV rows as dicts)."""
+    for m in report["metrics"]:
+        control = next(v for v in report["variants"] if v["control"])["variant"]
+        for c in m["comparisons"]:
+            seq_rel = c["sequential"]["relative"]
+            yield {
+                "metric": m["name"], "role": m["role"], "direction": m["direction"],
+                "variant": c["variant"], "control_units": m["variants"][control]["units"],
+                "treatment_units": m["variants"][c["variant"]]["units"],
+                "control_estimate": c["control_estimate"], "treatment_estimate": c["treatment_estimate"],
+                "absolute_effect": _get(c["absolute"], "estimate"),
+                "absolute_ci_lower": _get(c["absolute"], "ci_lower"),
+                "absolute_ci_upper": _get(c["absolute"], "ci_upper"),
+                "relative_effect": _get(c["relative"], "estimate"),
+                "relative_ci_lower": _get(c["relative"], "ci_lower"),
+                "relative_ci_upper": _get(c["relative"], "ci_upper"),
+                "p_value": c["p_value"], "adjusted_p_value": c["adjusted_p_value"],
+                "significant": c["significant"],
+                "sequential_relative_ci_lower": _get(seq_rel, "ci_lower"),
+                "sequential_relative_ci_upper": _get(seq_rel, "ci_upper"),
+                "sequential_p_value": c["sequential"]["p_value"], "chance_to_win": c["chance_to_win"],
+                "error": c["error"] or c["relative_error"] or "",
+            }
+
+
+def render_csv(report: Mapping[str, Any]) -> str:
+    """The results table as CSV text (empty cells for undefined values, errors explained)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in result_rows(report):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def export_statement(table: str, experiment_id: int, experiment_key: str) -> Any:
+    """The SELECT behind an export; ``table`` not in EXPORT_TABLES is a 422 naming ``table``.
+
+    ``events`` exports the events that can concern the experiment: those of units it exposed
+    (any phase) or naming it in ``experiment_key`` (attribution itself is the report's job).
+    """
+    if table == "exposures":
+        return select(Exposure.__table__).where(Exposure.experiment_id == experiment_id).order_by(
+            Exposure.phase, Exposure.unit_id)
+    if table == "requests":
+        return select(RequestLog.__table__).where(RequestLog.experiment_id == experiment_id).order_by(
+            RequestLog.started_at, RequestLog.request_id)
+    if table == "events":
+        exposed = select(Exposure.unit_id).where(Exposure.experiment_id == experiment_id)
+        return select(Event.__table__).where(or_(Event.unit_id.in_(exposed),
+                                                 Event.experiment_key == experiment_key)).order_by(Event.id)
+    raise ValidationError("table", f"must be one of {', '.join(EXPORT_TABLES)}")
+
+
+def export_csv(engine: Engine, table: str, experiment_id: int, experiment_key: str,
+               batch: int = _BATCH) -> Iterator[str]:
+    """Stream a raw table as CSV chunks (header first). Validates ``table`` before streaming."""
+    stmt = export_statement(table, experiment_id, experiment_key)
+
+    def generate() -> Iterator[str]:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(result.keys())
+            for part in result.partitions():
+                for row in part:
+                    writer.writerow([_cell(v) for v in row])
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+            yield buf.getvalue()
+
+    return generate()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
