@@ -26,6 +26,12 @@ linear in rows; at most 3 scans):
 4. ``quantile_estimate(q, x_hat, x_lower, x_upper, indicator, alpha)`` per
    variant and ``compare_quantiles(control, treatment)`` for the difference.
 
+All levels share the scans: step 1 is one ``percentile_cont(ARRAY[0.5, 0.95,
+0.99])``, step 2 one GROUP BY unit with one ``CASE`` sum per level, step 3 one
+``ROW_NUMBER()`` scan filtered to the wanted ranks (prefer it to
+``percentile_disc(rank / N)``, whose floating-point ``rank / N`` can land one
+row off).
+
 The CI for the difference (and relative lift) treats the two variants'
 estimates as independent normals with ``se = (x_upper - x_lower) / (2 z)``
 (the approach of GrowthBook's ``QuantileClusteredStatistic``).
@@ -142,7 +148,7 @@ def quantile_estimate(level: float, estimate: float, value_lower: float, value_u
     if lo > hi:
         raise ValueError("value_lower must not exceed value_upper")
     se = (hi - lo) / (2.0 * float(sps.norm.ppf(1.0 - alpha / 2.0)))
-    return QuantileEstimate(q, float(estimate), n, k, lo, hi, se)
+    return QuantileEstimate(q, check_finite(estimate, "estimate"), n, k, lo, hi, se)
 
 
 def compare_quantiles(control: QuantileEstimate, treatment: QuantileEstimate,
@@ -151,15 +157,11 @@ def compare_quantiles(control: QuantileEstimate, treatment: QuantileEstimate,
     alpha = check_alpha(alpha)
     if control.level != treatment.level:
         raise ValueError("cannot compare quantiles at different levels")
-    for v in (control, treatment):
-        if v.error is not None or v.se is None or v.estimate is None:
-            return Comparison(control.estimate, treatment.estimate,
-                              control.n_units, treatment.n_units, alpha, None, None,
-                              v.error or MSG_TOO_FEW_FOR_QUANTILE)
-    assert control.estimate is not None and treatment.estimate is not None
-    assert control.se is not None and treatment.se is not None
-    return compare_estimates(control.estimate, control.se, control.n_units,
-                             treatment.estimate, treatment.se, treatment.n_units, alpha)
+    q_c, se_c, q_t, se_t = control.estimate, control.se, treatment.estimate, treatment.se
+    if q_c is None or se_c is None or q_t is None or se_t is None:
+        error = control.error or treatment.error or MSG_TOO_FEW_FOR_QUANTILE
+        return Comparison(q_c, q_t, control.n_units, treatment.n_units, alpha, None, None, error)
+    return compare_estimates(q_c, se_c, control.n_units, q_t, se_t, treatment.n_units, alpha)
 
 
 def quantile_from_values(values: ArrayLike, unit_ids: ArrayLike, level: float,
