@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from .config import Settings
 from .db import Database, upgrade
 from .services.assign import Assigner, ConfigCache, ExposureWriter
 from .services.keys import KeyCache, create_key, hash_key
+from .services.outcomes import OutcomeLog
 
 __all__ = ["create_app", "Services"]
 
@@ -34,7 +36,31 @@ class Services:
             self.db, interval_s=settings.exposure_flush_interval_s, max_pending=settings.exposure_flush_size
         )
         self.assigner = Assigner(self.configs, self.exposures)
+        self.outcomes = OutcomeLog(self.db)
         self._engine_names: frozenset[str] | None = None
+        self._inference: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def inference(self) -> Any:
+        """The inference service, built on first use (it may start engines or a broker client)."""
+        if self._inference is None:
+            with self._lock:
+                if self._inference is None:
+                    from workers.dispatch import make_dispatcher
+
+                    from .services.inference import InferenceService
+
+                    self._inference = InferenceService(
+                        self.assigner, make_dispatcher(self.settings), self.outcomes, self.settings.infer_timeout_s
+                    )
+        return self._inference
+
+    def broker_health(self) -> str | None:
+        """None in embedded mode; else "ok" or the reason the broker is unreachable."""
+        if self.settings.embedded:
+            return None
+        return self.inference.dispatcher.health()
 
     def is_engine(self, name: str) -> bool:
         if self._engine_names is None:
@@ -45,6 +71,10 @@ class Services:
         return name in self._engine_names
 
     def close(self) -> None:
+        if self._inference is not None:
+            self._inference.close()
+            self._inference.dispatcher.close()
+        self.outcomes.close()
         self.exposures.close()
         self.db.dispose()
 
@@ -60,7 +90,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["abtest"] = services
     if settings.bootstrap_admin_key:
         _ensure_key(services, settings.bootstrap_admin_key)
-    atexit.register(services.exposures.close)
+    atexit.register(services.close)
 
     from .api import register
 

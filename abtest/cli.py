@@ -49,6 +49,21 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     run_gunicorn(host=host, port=port, workers=workers, threads=threads)
 
 
+@cli.command()
+@click.option("--engine", required=True, help="engine name, e.g. v1-fp32 or v2-int4")
+@click.option("--device", default=None, help="override the spec's device, e.g. cuda:0")
+@click.option("--concurrency", default=None, type=int, help="worker threads (default: the batch size, at most 64)")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(engine: str, device: str | None, concurrency: int | None, loglevel: str) -> None:
+    """Run a Celery worker for one engine's queue (needs ABTEST_BROKER_URL)."""
+    from workers.main import run_worker
+
+    settings = _settings()
+    if not settings.broker_url:
+        raise click.ClickException("ABTEST_BROKER_URL is not set: workers need a Redis broker")
+    run_worker(engine, device=device, concurrency=concurrency, settings=settings, loglevel=loglevel)
+
+
 # --- db ----------------------------------------------------------------------------------
 
 @cli.group()

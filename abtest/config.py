@@ -38,6 +38,8 @@ class Settings:
     max_body_bytes: int = 1_048_576
     # How long /v1/infer waits for an engine before answering 504.
     infer_timeout_s: float = 30.0
+    # Celery mode: an engine queue at least this long answers 429 (with Retry-After).
+    queue_limit: int = 1024
     # Exposure write-behind: flush every interval or when this many units are pending.
     exposure_flush_interval_s: float = 1.0
     exposure_flush_size: int = 2000

@@ -19,6 +19,9 @@ def healthz() -> Response:
         checks["database"] = "ok"
     except Exception as exc:  # report, don't raise: health checks must always answer
         checks["database"] = f"error: {type(exc).__name__}"
+    broker = svc.broker_health()
+    if broker is not None:
+        checks["broker"] = broker
     healthy = all(v == "ok" for v in checks.values())
     response = jsonify({"status": "ok" if healthy else "degraded", "checks": checks,
                         "mode": "embedded" if svc.settings.embedded else "celery"})

@@ -39,10 +39,22 @@ SCHEMAS: dict[str, Any] = {
                   unit_id={"type": "string", "maxLength": 200}, name={"type": "string", "maxLength": 100},
                   value={"type": "number", "default": 1}, timestamp={"type": "string", "format": "date-time"},
                   request_id={"type": "string", "maxLength": 36}, experiment={"type": "string", "maxLength": 100}),
+    "InferRequest": _obj(["experiment", "unit_id", "prompt"], experiment=_STR, unit_id=_STR, attributes=_OBJ,
+                         prompt={"type": "string", "maxLength": 32768},
+                         max_new_tokens={"type": "integer", "minimum": 1, "maximum": 1024},
+                         temperature={"type": "number", "minimum": 0, "maximum": 2},
+                         top_p={"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                         seed=_INT, stop={"type": "array", "items": _STR, "maxItems": 4}),
+    "InferResponse": _obj(["request_id", "experiment", "variant", "engine", "text"], request_id=_STR,
+                          experiment=_STR, variant=_STR, engine=_STR, text=_STR, prompt_tokens=_INT,
+                          completion_tokens=_INT, latency_ms=_NUM, ttft_ms=_NUM, queue_ms=_NUM, batch_size=_INT),
+    "PrometheusText": {"type": "string"},
     "EventBatch": _obj(["events"], events={"type": "array", "maxItems": 1000,
                                            "items": {"$ref": "#/components/schemas/Event"}}),
     "EventBatchResult": _obj(["accepted", "duplicates", "rejected"], accepted=_INT, duplicates=_INT,
                              rejected={"type": "array", "items": _obj(["index", "error"], index=_INT, error=_STR)}),
+    "Report": {"type": "object", "description": "JSON report; ?format=html|csv returns text"},
+    "CsvText": {"type": "string"},
 }
 
 # (method, path, summary, scope or None, request schema or None, success status, response schema)
@@ -58,8 +70,14 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("post", "/v1/experiments/{key}/stop", "Stop for good", "admin", None, 200, "Experiment"),
     ("get", "/v1/experiments/{key}/audit", "Audit log", "admin", None, 200, "Experiment"),
     ("post", "/v1/assign", "Assign a unit to a variant", "sdk", "AssignRequest", 200, "AssignResponse"),
+    ("post", "/v1/infer", "Assign the unit and run its variant's engine", "sdk", "InferRequest", 200,
+     "InferResponse"),
+    ("get", "/metrics", "Prometheus metrics of this process", None, None, 200, "PrometheusText"),
     ("post", "/v1/events", "Ingest a batch of events (idempotent by event_id)", "sdk", "EventBatch", 202,
      "EventBatchResult"),
+    ("get", "/v1/experiments/{key}/report", "Results: JSON, or ?format=html|csv", "admin", None, 200, "Report"),
+    ("get", "/v1/experiments/{key}/export", "Raw CSV of ?table=exposures|requests|events", "admin", None, 200,
+     "CsvText"),
 ]
 
 

@@ -1,0 +1,219 @@
+"""/v1/infer as a service: assign, dispatch, wait, log the outcome, answer. No HTTP here.
+
+Every request becomes exactly one ``requests`` row, committed before the caller gets an
+answer (see :mod:`abtest.services.outcomes`):
+
+    engine answered                 -> ok        (200)
+    engine refused the request      -> rejected  (422 prompt too long / invalid; 429 overloaded)
+    engine or worker failed         -> error     (502)
+    no answer within the timeout    -> timeout   (504)
+    broker unreachable / queue full -> error / rejected (503 / 429, with Retry-After)
+
+Shadow variants: the control engine serves; a copy runs on the shadow engine in the
+background and its own row (``shadow = true``, ``output_match``) is written without delaying
+the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from ..assignment import Assignment, ExperimentConfig
+from ..errors import ABTestError, RateLimited, UpstreamError, UpstreamTimeout, ValidationError
+from ..metrics import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
+from .assign import Assigner
+from .outcomes import OutcomeLog
+
+__all__ = ["InferenceService", "InferParams", "Dispatcher"]
+
+log = logging.getLogger("abtest.infer")
+
+REJECTED_CODES = {"prompt_too_long", "invalid_request"}
+
+
+class Dispatcher(Protocol):
+    mode: str
+
+    def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future: ...
+    def queue_depths(self) -> dict[str, int]: ...
+    def health(self) -> str: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class InferParams:
+    prompt: str
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        return {"prompt": self.prompt, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed, "stop": list(self.stop)}
+
+
+def _metrics() -> Registry:
+    r = Registry()
+    r.counter("abtest_requests_total", "Inference requests by engine, variant and status")
+    r.counter("abtest_engine_errors_total", "Failed inference requests by engine and error code")
+    r.histogram("abtest_request_latency_ms", "Server-side end-to-end latency of /v1/infer", LATENCY_BUCKETS_MS)
+    r.histogram("abtest_batch_size", "Batch size each request ran in", BATCH_BUCKETS)
+    r.gauge("abtest_queue_depth", "Requests waiting for each engine")
+    r.counter("abtest_shadow_dropped_total", "Shadow copies skipped because the shadow pool was full")
+    return r
+
+
+class InferenceService:
+    def __init__(self, assigner: Assigner, dispatcher: Dispatcher, outcomes: OutcomeLog,
+                 timeout_s: float, shadow_workers: int = 16) -> None:
+        self.assigner, self.dispatcher, self.outcomes, self.timeout_s = assigner, dispatcher, outcomes, timeout_s
+        self.metrics = _metrics()
+        self._shadow_pool = ThreadPoolExecutor(max_workers=shadow_workers, thread_name_prefix="shadow")
+        self._shadow_slots = threading.BoundedSemaphore(shadow_workers * 4)
+
+    def infer(self, experiment: str, unit_id: str, attributes: Mapping[str, Any], params: InferParams) -> dict[str, Any]:
+        t0, started = time.perf_counter(), datetime.now(timezone.utc)
+        request_id = str(uuid.uuid4())
+        assignment, config = self.assigner.assign(experiment, unit_id, attributes)
+        row = {"request_id": request_id, "experiment_id": config.id, "phase": config.phase,
+               "variant": assignment.variant, "engine": assignment.engine, "unit_id": unit_id,
+               "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started}
+        shadow = self._start_shadow(assignment, config, unit_id, params)
+        control_text: str | None = None
+        try:
+            reply = self._call(assignment.engine, request_id, params)
+            if not reply.get("ok"):
+                raise self._failed(row, t0, reply["error"])
+            result = reply["result"]
+            control_text = result["text"]
+        except ABTestError as exc:
+            if exc.request_id is None:  # dispatch failed before an engine decided
+                status = "timeout" if isinstance(exc, UpstreamTimeout) else (
+                    "rejected" if isinstance(exc, RateLimited) else "error")
+                self._finish(row, t0, status, exc.code)
+                exc.request_id = request_id
+            raise
+        finally:
+            if shadow is not None:
+                self._compare_later(shadow, control_text)
+        latency = self._finish(row, t0, "ok", None, result)
+        log.info("infer request_id=%s experiment=%s variant=%s engine=%s status=ok latency_ms=%.1f",
+                 request_id, experiment, assignment.variant, assignment.engine, latency)
+        return {"request_id": request_id, "experiment": experiment, "variant": assignment.variant,
+                "engine": assignment.engine, "text": result["text"], "prompt_tokens": result["prompt_tokens"],
+                "completion_tokens": result["completion_tokens"], "latency_ms": round(latency, 3),
+                "ttft_ms": round(result["ttft_ms"], 3), "queue_ms": round(result["queue_ms"], 3),
+                "batch_size": result["batch_size"]}
+
+    def _call(self, engine: str, request_id: str, params: InferParams) -> dict[str, Any]:
+        future = self.dispatcher.submit(engine, request_id, params.payload(), self.timeout_s)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise UpstreamTimeout(f"engine {engine!r} did not answer within {self.timeout_s:g}s",
+                                  details={"engine": engine}) from None
+
+    def _failed(self, row: dict[str, Any], t0: float, error: Mapping[str, str]) -> ABTestError:
+        code, message = error.get("code", "engine_error"), error.get("message", "")
+        details = {"engine": row["engine"], "engine_code": code}
+        if code in REJECTED_CODES:
+            exc: ABTestError = ValidationError("prompt", message, details=details, code=code)
+            status = "rejected"
+        elif code == "overloaded":
+            exc, status = RateLimited(message, details=details, retry_after=1), "rejected"
+        elif code in ("engine_timeout", "expired"):
+            exc, status = UpstreamTimeout(message, details=details), "timeout"
+        else:
+            exc, status = UpstreamError(message or "the engine failed", details=details), "error"
+        self._finish(row, t0, status, code)
+        exc.request_id = row["request_id"]
+        log.warning("infer request_id=%s engine=%s status=%s code=%s", row["request_id"], row["engine"], status, code)
+        return exc
+
+    def _finish(self, row: dict[str, Any], t0: float, status: str, code: str | None,
+                result: Mapping[str, Any] | None = None) -> float:
+        latency = (time.perf_counter() - t0) * 1000
+        row.update(status=status, error_code=code, latency_ms=latency,
+                   finished_at=row["started_at"] + timedelta(milliseconds=latency))
+        if result is not None:
+            row.update(queue_ms=result["queue_ms"], ttft_ms=result["ttft_ms"], prompt_tokens=result["prompt_tokens"],
+                       completion_tokens=result["completion_tokens"], batch_size=result["batch_size"])
+            self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
+        self.outcomes.write(row)
+        self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "", status=status)
+        self.metrics.observe("abtest_request_latency_ms", latency, engine=row["engine"])
+        if code is not None and status != "ok":
+            self.metrics.inc("abtest_engine_errors_total", engine=row["engine"], code=code)
+        return latency
+
+    # --- shadow copies --------------------------------------------------------------------
+
+    def _start_shadow(self, assignment: Assignment, config: ExperimentConfig, unit_id: str,
+                      params: InferParams) -> Future | None:
+        if assignment.shadow_engine is None:
+            return None
+        if not self._shadow_slots.acquire(blocking=False):
+            self.metrics.inc("abtest_shadow_dropped_total", engine=assignment.shadow_engine)
+            return None
+        row = {"request_id": str(uuid.uuid4()), "experiment_id": config.id, "phase": config.phase,
+               "variant": assignment.variant, "engine": assignment.shadow_engine, "unit_id": unit_id,
+               "in_experiment": assignment.in_experiment, "shadow": True,
+               "started_at": datetime.now(timezone.utc)}
+        return self._shadow_pool.submit(self._run_shadow, row, params)
+
+    def _run_shadow(self, row: dict[str, Any], params: InferParams) -> tuple[dict[str, Any], str | None]:
+        t0 = time.perf_counter()
+        try:
+            reply = self.dispatcher.submit(row["engine"], row["request_id"], params.payload(),
+                                           self.timeout_s).result(timeout=self.timeout_s)
+        except (ABTestError, FutureTimeout) as exc:
+            reply = {"ok": False, "error": {"code": "engine_timeout" if isinstance(exc, FutureTimeout) else exc.code}}
+        latency = (time.perf_counter() - t0) * 1000
+        ok = bool(reply.get("ok"))
+        code = None if ok else reply["error"].get("code", "engine_error")
+        status = "ok" if ok else ("timeout" if code in ("engine_timeout", "expired") else "error")
+        row.update(status=status, error_code=code, latency_ms=latency,
+                   finished_at=row["started_at"] + timedelta(milliseconds=latency))
+        if ok:
+            r = reply["result"]
+            row.update(queue_ms=r["queue_ms"], ttft_ms=r["ttft_ms"], prompt_tokens=r["prompt_tokens"],
+                       completion_tokens=r["completion_tokens"], batch_size=r["batch_size"])
+        return row, reply["result"]["text"] if ok else None
+
+    def _compare_later(self, shadow: Future, control_text: str | None) -> None:
+        def done(f: Future) -> None:
+            self._shadow_slots.release()
+            try:
+                row, text = f.result()
+            except Exception:  # the shadow path must never affect anything else
+                log.exception("shadow copy failed")
+                return
+            row["output_match"] = None if text is None or control_text is None else text == control_text
+            self.outcomes.write_nowait(row)
+            self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "",
+                             status=f"shadow_{row['status']}")
+
+        shadow.add_done_callback(done)
+
+    def render_metrics(self) -> str:
+        try:
+            for engine, depth in self.dispatcher.queue_depths().items():
+                self.metrics.set("abtest_queue_depth", depth, engine=engine)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the broker is down
+            log.warning("queue depths unavailable")
+        return self.metrics.render()
+
+    def close(self) -> None:
+        self._shadow_pool.shutdown(wait=True)

@@ -1,0 +1,87 @@
+"""The outcome log: one ``requests`` row per inference request, written by group commit.
+
+A request handler calls :meth:`OutcomeLog.write`, which queues the row and waits until a
+background writer has committed it. The writer takes *everything* queued at that moment and
+inserts it in one statement (``INSERT ... ON CONFLICT (request_id) DO NOTHING``), so under
+load many requests share one transaction and SQL is not the bottleneck, while a response is
+only returned after its row is durable: a crash can lose no answered request, and a replay
+(same request id) can never duplicate a row.
+
+Shadow copies, whose caller does not wait, use :meth:`OutcomeLog.write_nowait`; everything
+queued is flushed by :meth:`OutcomeLog.close` on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..db import Database
+from ..models import RequestLog
+
+__all__ = ["OutcomeLog", "STATUSES"]
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "error", "timeout", "rejected")
+_COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
+
+
+class OutcomeLog:
+    def __init__(self, db: Database, *, max_batch: int = 5000) -> None:
+        self.db, self.max_batch = db, max_batch
+        self._queue: list[tuple[dict[str, Any], Future[None]]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
+        self._stmt = insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"])
+        self._thread = threading.Thread(target=self._run, name="outcome-log", daemon=True)
+        self._thread.start()
+
+    def write(self, row: Mapping[str, Any], timeout: float = 30.0) -> None:
+        """Queue ``row`` and block until it is committed (raises if the commit failed)."""
+        self.write_nowait(row).result(timeout)
+
+    def write_nowait(self, row: Mapping[str, Any]) -> Future[None]:
+        done: Future[None] = Future()
+        full = {name: row.get(name) for name in _COLUMNS}
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the outcome log is closed")
+            self._queue.append((full, done))
+            self._cond.notify()
+        return done
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue and self._closed:
+                    return
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[dict[str, Any], Future[None]]]) -> None:
+        try:
+            with self.db.transaction() as session:
+                session.execute(self._stmt, [row for row, _ in batch])
+        except Exception as exc:  # every waiter learns of the failure; nothing is half-written
+            log.exception("outcome log commit of %d rows failed", len(batch))
+            for _, done in batch:
+                done.set_exception(exc)
+            return
+        for _, done in batch:
+            done.set_result(None)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)

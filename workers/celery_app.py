@@ -1,0 +1,64 @@
+"""The one Celery app: Redis broker and result backend, one queue per engine.
+
+Settings a GPU worker needs, and why:
+    task_acks_late + task_reject_on_worker_lost
+        a message is acknowledged only after its task finished, so a worker killed mid-task
+        hands the message back to the queue. The task is idempotent (its id is the request
+        id, its result is keyed by it, and the outcome row is written by the API with
+        ON CONFLICT DO NOTHING), so a redelivery can never double-count.
+    expires (set per message by the dispatcher)
+        a redelivered or long-queued message whose caller already gave up is dropped
+        unexecuted instead of burning GPU time.
+    worker_prefetch_multiplier = 1
+        a worker reserves no more messages than it has threads; the rest stay in Redis for
+        other workers of the same engine (fair load sharing, nothing stranded on a dead one).
+    visibility_timeout
+        how long Redis waits before redelivering an unacknowledged message; it must exceed
+        the longest task (the inference timeout plus queueing), or a slow task runs twice.
+    socket timeouts of 1 s
+        an unreachable broker fails a publish fast (the API answers 503 instead of hanging).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from abtest.config import Settings
+
+__all__ = ["make_celery", "queue_name", "TASK_NAME"]
+
+TASK_NAME = "abtest.generate"
+
+
+def queue_name(engine: str) -> str:
+    return f"engine.{engine}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.broker_url:
+        raise ValueError("ABTEST_BROKER_URL is not set: Celery mode needs a Redis broker")
+    app = Celery("abtest", broker=settings.broker_url, backend=settings.result_backend or settings.broker_url)
+    visibility = max(300, int(settings.infer_timeout_s * 4))
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="abtest.default",
+        task_publish_retry=False,
+        broker_connection_timeout=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility, "socket_connect_timeout": 1,
+                                  "socket_timeout": 5, "health_check_interval": 10},
+        redis_socket_connect_timeout=1,
+        redis_socket_timeout=5,
+        redis_backend_health_check_interval=10,
+        result_expires=max(600, visibility),
+        worker_send_task_events=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+    )
+    app.conf.imports = ("workers.tasks",)
+    return app

@@ -1,0 +1,193 @@
+"""Dispatchers: how the API hands a request to an engine and gets a Future of the reply.
+
+    InProcessDispatcher   embedded mode (no broker): a thread executor runs run_generation
+                          against engines loaded in this process.
+    CeleryDispatcher      ABTEST_BROKER_URL set: send_task to the engine's queue; one listener
+                          thread per process receives every result from the Redis result
+                          backend (Celery's own AsyncResult.get is not safe across threads).
+
+Past the dispatch point both modes run the same ``workers.runner.run_generation``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import redis
+
+from abtest.config import Settings
+from abtest.errors import RateLimited, ServiceUnavailable
+
+from .celery_app import TASK_NAME, make_celery, queue_name
+from .host import EngineHost
+from .runner import run_generation
+
+__all__ = ["InProcessDispatcher", "CeleryDispatcher", "make_dispatcher"]
+
+log = logging.getLogger(__name__)
+RESULT_PREFIX = "celery-task-meta-"
+
+
+class InProcessDispatcher:
+    mode = "embedded"
+
+    def __init__(self, host: EngineHost, max_workers: int = 64) -> None:
+        self.host = host
+        self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="engine-call")
+
+    def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future:
+        deadline = time.time() + timeout
+        return self.executor.submit(run_generation, self.host, engine, {**payload, "request_id": request_id}, deadline)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {name: self.host.queue_depth(name) for name in self.host.specs}
+
+    def health(self) -> str:
+        return "ok"
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=False)
+        self.host.close()
+
+
+class ResultListener:
+    """One pattern subscription to the result backend's channels; completes waiting Futures."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5,
+                                          health_check_interval=10)
+        self._pending: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="celery-results", daemon=True)
+        self._thread.start()
+
+    def expect(self, task_id: str) -> Future:
+        future: Future = Future()
+        with self._lock:
+            self._pending[task_id] = future
+        return future
+
+    def forget(self, task_id: str) -> None:
+        with self._lock:
+            self._pending.pop(task_id, None)
+
+    def _complete(self, raw: bytes | str) -> None:
+        meta = json.loads(raw)
+        with self._lock:
+            future = self._pending.pop(meta.get("task_id"), None)
+        if future is None or future.done():
+            return
+        if meta.get("status") == "SUCCESS":
+            future.set_result(meta["result"])
+        elif meta.get("status") in ("FAILURE", "REVOKED"):
+            future.set_result({"ok": False, "error": {"code": "engine_error",
+                                                      "message": str(meta.get("result"))}})
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe(RESULT_PREFIX + "*")
+                self.connected.set()
+                self._catch_up()  # results stored while we were not subscribed
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "pmessage":
+                        self._complete(message["data"])
+                    elif message is None:
+                        self._drop_abandoned()
+            except (redis.RedisError, OSError) as exc:
+                self.connected.clear()
+                log.warning("result listener lost Redis (%s); reconnecting", exc)
+                self._stop.wait(0.5)
+
+    def _drop_abandoned(self) -> None:
+        """Forget futures whose caller gave up (cancelled on timeout)."""
+        with self._lock:
+            for task_id in [t for t, f in self._pending.items() if f.done()]:
+                del self._pending[task_id]
+
+    def _catch_up(self) -> None:
+        with self._lock:
+            ids = list(self._pending)
+        for task_id in ids:
+            raw = self.redis.get(RESULT_PREFIX + task_id)
+            if raw is not None:
+                self._complete(raw)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3)
+
+
+class CeleryDispatcher:
+    mode = "celery"
+
+    def __init__(self, settings: Settings) -> None:
+        self.celery = make_celery(settings)
+        self.listener = ResultListener(settings.result_backend or settings.broker_url or "")
+        self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=1, socket_timeout=1)
+        self.max_queue = settings.queue_limit
+        self._depth_cache: dict[str, tuple[float, int]] = {}
+        self.listener.connected.wait(0.5)  # a healthy Redis answers in milliseconds
+
+    def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future:
+        if not self.listener.connected.is_set():
+            raise ServiceUnavailable("the broker (Redis) is unreachable", retry_after=1)
+        if self._depth(engine) >= self.max_queue:
+            raise RateLimited(f"the queue of engine {engine!r} is full", retry_after=1,
+                              details={"engine": engine})
+        future = self.listener.expect(request_id)
+        try:
+            self.celery.send_task(TASK_NAME, args=[request_id, engine, payload, time.time() + timeout],
+                                  task_id=request_id, queue=queue_name(engine), expires=timeout)
+        except Exception as exc:  # kombu/redis connection errors: fail fast, never hang
+            self.listener.forget(request_id)
+            raise ServiceUnavailable(f"the broker (Redis) is unreachable: {type(exc).__name__}",
+                                     retry_after=1) from exc
+        return future
+
+    def _depth(self, engine: str) -> int:
+        now = time.monotonic()
+        hit = self._depth_cache.get(engine)
+        if hit is not None and now - hit[0] < 0.2:
+            return hit[1]
+        try:
+            depth = int(self.broker.llen(queue_name(engine)))
+        except (redis.RedisError, OSError) as exc:
+            raise ServiceUnavailable("the broker (Redis) is unreachable", retry_after=1) from exc
+        self._depth_cache[engine] = (now, depth)
+        return depth
+
+    def queue_depths(self) -> dict[str, int]:
+        depths = {}
+        for key in self.broker.scan_iter(match="engine.*", count=100):
+            name = key.decode()
+            if "\x06" not in name:
+                depths[name.removeprefix("engine.")] = int(self.broker.llen(key))
+        return depths
+
+    def health(self) -> str:
+        try:
+            self.broker.ping()
+        except (redis.RedisError, OSError) as exc:
+            return f"error: {type(exc).__name__}"
+        return "ok" if self.listener.connected.is_set() else "error: result listener disconnected"
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def make_dispatcher(settings: Settings):  # type: ignore[no-untyped-def]
+    from engines.spec import load_registry
+
+    if settings.broker_url:
+        return CeleryDispatcher(settings)
+    return InProcessDispatcher(EngineHost(load_registry(settings.engine_registry, settings.checkpoint_dir)))

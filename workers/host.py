@@ -1,0 +1,83 @@
+"""EngineHost: the engines of one process, each loaded once behind its batching scheduler."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+
+from engines.spec import EngineSpec
+from engines.types import EngineError
+
+__all__ = ["EngineHost", "EngineUnavailable"]
+
+log = logging.getLogger(__name__)
+
+
+class EngineUnavailable(EngineError):
+    code = "engine_unavailable"
+
+
+class EngineHost:
+    """Load engines lazily (or eagerly with :meth:`preload`) and keep one scheduler each.
+
+    A failed load is remembered for ``retry_after_s`` seconds, so a broken checkpoint fails
+    its requests fast (502) instead of reloading on every request.
+    """
+
+    def __init__(self, specs: dict[str, EngineSpec], *, device: str | None = None,
+                 retry_after_s: float = 30.0) -> None:
+        self.specs = {name: dataclasses.replace(s, device=device) if device else s for name, s in specs.items()}
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.retry_after_s = retry_after_s
+        self._schedulers: dict[str, object] = {}
+        self._failures: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+
+    def scheduler(self, name: str):  # type: ignore[no-untyped-def]
+        found = self._schedulers.get(name)
+        if found is not None:
+            return found
+        with self._lock:
+            if name not in self._schedulers:
+                self._schedulers[name] = self._load(name)
+            return self._schedulers[name]
+
+    def _load(self, name: str):  # type: ignore[no-untyped-def]
+        spec = self.specs.get(name)
+        if spec is None:
+            raise EngineUnavailable(f"engine {name!r} is not registered in this process")
+        failed = self._failures.get(name)
+        if failed is not None and time.monotonic() - failed[0] < self.retry_after_s:
+            raise EngineUnavailable(failed[1])
+        from engines.runtime import load_engine
+        from engines.scheduler import BatchingScheduler
+
+        started = time.perf_counter()
+        try:
+            engine = load_engine(spec)
+        except Exception as exc:
+            message = f"engine {name!r} failed to load from {spec.checkpoint}: {type(exc).__name__}: {exc}"
+            log.error(message)
+            self._failures[name] = (time.monotonic(), message)
+            raise EngineUnavailable(message) from exc
+        log.info("engine %s loaded in %.1fs on %s", name, time.perf_counter() - started, spec.device)
+        return BatchingScheduler(engine)
+
+    def preload(self, *names: str) -> None:
+        for name in names:
+            self.scheduler(name)
+
+    def queue_depth(self, name: str) -> int:
+        scheduler = self._schedulers.get(name)
+        return scheduler.queue_depth() if scheduler is not None else 0  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        with self._lock:
+            schedulers, self._schedulers = self._schedulers, {}
+        for scheduler in schedulers.values():
+            scheduler.close(drain=True, timeout=30)  # type: ignore[attr-defined]
+            scheduler.engine.close()  # type: ignore[attr-defined]
