@@ -6,7 +6,7 @@ Invalid arguments raise ValueError; expected analysis failures (empty variant,
 n < 2, zero variance, zero baseline) come back as results with an ``error``
 message.
 
-Report field -> API (one treatment vs control; see tests/stats/test_report_flow.py
+Report field -> API (one treatment vs control; see tests/stats/test_stats_report_flow.py
 for the whole flow on simulated data)::
 
     SRM block                    srm_test([units_c, units_t], weights) -> SRMResult

@@ -2,7 +2,7 @@
 
 A fixed-horizon CI is valid only if it is looked at once. Teams watch the
 report every day, and "stop as soon as p < 0.05" inflates the false-positive
-rate several-fold (measured in ``tests/stats/test_sequential.py``). A
+rate several-fold (measured in ``tests/stats/test_stats_sequential.py``). A
 confidence sequence is valid *simultaneously at every sample size*, so it may
 be checked after every batch.
 

@@ -22,7 +22,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
-from aa_simulation import aa_peeking_rates  # noqa: E402
+from stats_aa_simulation import aa_peeking_rates  # noqa: E402
 from stats_reference import (  # noqa: E402
     CASES,
     gbstats_bayes,
@@ -32,7 +32,7 @@ from stats_reference import (  # noqa: E402
     rel_err,
     scipy_welch,
 )
-from test_golden import GOLDEN  # noqa: E402
+from test_stats_golden import GOLDEN  # noqa: E402
 
 from abtest.stats import MeanStats, bayesian_test, sequential_test, welch_test  # noqa: E402
 

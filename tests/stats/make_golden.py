@@ -1,4 +1,4 @@
-"""Regenerate GOLDEN in test_golden.py from the references (run by hand).
+"""Regenerate GOLDEN in test_stats_golden.py from the references (run by hand).
 
     .venv/bin/python tests/stats/make_golden.py
 

@@ -5,7 +5,7 @@ each batch the analyst looks and declares a winner the first time p < alpha.
 The naive rule uses Welch's fixed-horizon p-value; the sequential rule uses
 ``abtest.stats.always_valid_p_value``. Vectorised over simulations.
 
-    .venv/bin/python tests/stats/aa_simulation.py     # prints JSON
+    .venv/bin/python tests/stats/stats_aa_simulation.py     # prints JSON
 """
 
 from __future__ import annotations

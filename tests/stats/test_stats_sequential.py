@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from aa_simulation import aa_peeking_rates
+from stats_aa_simulation import aa_peeking_rates
 from stats_reference import gbstats_ttest, random_mean_pair, random_ratio_pair, rel_err
 
 from abtest.stats import (
