@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Database", "alembic_config", "upgrade", "downgrade", "MIGRATIONS_DIR"]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+def _migrations_dir() -> Path:
+    """``migrations/`` beside the package (a checkout), else in the working directory (an image)."""
+    beside = Path(__file__).resolve().parent.parent / "migrations"
+    return beside if beside.is_dir() else Path.cwd() / "migrations"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 class Database:
