@@ -43,7 +43,7 @@ class Factory:
         self.engine.dispose()
 
     def exposure(self, unit: str, variant: str, first_seen: datetime = T0, *, phase: int | None = None) -> None:
-        row = {"experiment_id": self.experiment_id, "phase": phase or self.phase, "unit_id": unit,
+        row = {"experiment_id": self.experiment_id, "phase": self.phase if phase is None else phase, "unit_id": unit,
                "variant": variant, "first_seen": first_seen, "last_seen": first_seen, "count": 1}
         self.log.exposures.append(row)
 
@@ -53,7 +53,7 @@ class Factory:
                 request_id: str | None = None) -> str:
         rid = request_id or str(uuid.uuid4())
         self.log.requests.append({
-            "request_id": rid, "experiment_id": self.experiment_id, "phase": phase or self.phase,
+            "request_id": rid, "experiment_id": self.experiment_id, "phase": self.phase if phase is None else phase,
             "variant": variant, "engine": "v2-int4" if variant != "control" else "v1-fp32",
             "unit_id": unit, "in_experiment": in_experiment, "shadow": shadow, "status": status,
             "error_code": None if status == "ok" else status, "started_at": at,
@@ -95,3 +95,17 @@ def populate(f: Factory, units: Sequence[tuple[str, str]], rng: np.random.Genera
             f.request(unit, variant, 2.0, "rejected", at=seen + timedelta(seconds=5))
         if rng.random() < conv_p[variant]:
             f.event(unit, event, seen + timedelta(hours=1), value=float(rng.integers(1, 5)))
+
+
+def simple(f: Factory, rng: np.random.Generator, n: dict[str, int], conv: dict[str, float],
+           err: dict[str, float], lat: dict[str, float]) -> None:
+    """``n[v]`` units per variant, two requests each, Bernoulli conversions and errors."""
+    for variant, count in n.items():
+        for i in range(count):
+            unit = f"{variant}-{i}"
+            f.exposure(unit, variant, T0)
+            for k in range(2):
+                status = "error" if rng.random() < err[variant] else "ok"
+                f.request(unit, variant, lat[variant] + rng.normal(0, 20), status, at=T0 + timedelta(minutes=k))
+            if rng.random() < conv[variant]:
+                f.event(unit, "purchase", T0 + timedelta(hours=1))
