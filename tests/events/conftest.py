@@ -1,0 +1,110 @@
+"""Real-server fixtures for the event tests: a database per backend and a fault-injecting proxy."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from abtest.models import Event
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def server_db(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A migrated database URL for a real server process (SQLite file or the session's PostgreSQL)."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'server.sqlite'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stored_ids(url: str, name: str) -> list[str]:
+    """Every stored event_id of events called ``name`` (duplicates would appear twice)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.scalars(select(Event.event_id).where(Event.name == name)))
+    finally:
+        engine.dispose()
+
+
+class FaultProxy:
+    """A TCP proxy in front of the API that can lose responses on purpose.
+
+    While ``lose_responses`` is positive, the first bytes of each response coming back from
+    the server are swallowed and both connections are closed: the server has stored the
+    batch but the client never hears so, which is exactly when a retry must not double-count.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.lose_responses = 0
+        self.lost = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _take_fault(self) -> bool:
+        with self._lock:
+            if self.lose_responses > 0:
+                self.lose_responses -= 1
+                self.lost += 1
+                return True
+            return False
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, is_response: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if is_response and self._take_fault():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[type[FaultProxy]]:
+    proxies: list[FaultProxy] = []
+
+    def make(upstream_port: int) -> FaultProxy:
+        proxy = FaultProxy(upstream_port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make  # type: ignore[misc]
+    for proxy in proxies:
+        proxy.close()
