@@ -12,8 +12,9 @@
   ``sequential`` holds the always-valid CI / p-value (confidence sequence, tuning ``n_star``),
   valid however often the report is looked at.
 * The recommendation (per treatment, see :mod:`abtest.stats.decision`) uses the *sequential*
-  relative CIs, the SRM check (p < 0.001 blocks "ship"), the guardrails (margin 0 = any
-  confident harm breaches) and the primary metric's power for ``mde`` (relative).
+  CIs: absolute for the primary metric and for guardrails without a margin (margin 0 = any
+  confident harm breaches), relative for guardrails with a relative ``margin``; the SRM check
+  (p < 0.001 blocks "ship") and the primary metric's power for ``mde`` (relative).
 * ``cap`` (optional, e.g. 0.99) winsorizes request latency at the pooled quantile of that level
   before ``latency_ms`` is computed (quantile metrics are unaffected by capping at their level).
 """
@@ -111,7 +112,7 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
         "options": {"alpha": options.alpha, "cap": options.cap, "cap_value_ms": data.get("cap_value"),
                     "mde": options.mde, "n_star": options.n_star,
                     "multiple_testing": {"method": "holm", "family": adjustment},
-                    "recommendation_basis": "sequential (always-valid) relative CIs"},
+                    "recommendation_basis": "sequential (always-valid) CIs: absolute; relative for guardrails with a margin"},
         "srm": _srm_block(srm, keys, exposed, arms),
         "variants": _variant_block(arms, exposed, data.get("requests_by_variant", {})),
         "metrics": metrics_out,
@@ -235,10 +236,19 @@ def _days(started: datetime | None, now: datetime) -> float | None:
 
 
 def _evidence(spec: MetricSpec, analysis: S.MetricAnalysis, guardrail: bool) -> S.MetricEvidence:
+    """Sequential evidence for the decision rules.
+
+    Without a margin only the sign matters, and the absolute CI decides it: it has the same sign
+    as the relative lift but no delta-method blow-up near a zero baseline (an error rate of 1%
+    vs 20% is unmistakable in absolute terms, yet its relative CI can span zero). A guardrail
+    with a relative margin is judged on the relative CI against that margin.
+    """
     seq = analysis.sequential
-    error = seq.error or analysis.comparison.relative_error
-    return S.MetricEvidence.from_effect(spec.name, seq.relative, spec.higher_is_better,
-                                        spec.guardrail_margin if guardrail else None, True, error)
+    margin = spec.guardrail_margin if guardrail else None
+    if margin is not None:
+        error = seq.error or analysis.comparison.relative_error
+        return S.MetricEvidence.from_effect(spec.name, seq.relative, spec.higher_is_better, margin, True, error)
+    return S.MetricEvidence.from_effect(spec.name, seq.absolute, spec.higher_is_better, None, False, seq.error)
 
 
 def _recommend(treatment: str, specs: Sequence[MetricSpec], data: Mapping[str, Any],
