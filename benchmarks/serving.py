@@ -1,0 +1,177 @@
+"""Serving benchmark: what the API path adds over a direct engine call, and throughput.
+
+    python -m benchmarks.serving [--quick] [--engines demo|tiny] [--no-celery]
+
+Prints one JSON object:
+  added_latency   per mode (embedded, celery): p50/p99 of a /v1/infer call minus a direct call
+                  to the same engine's batching scheduler, measured interleaved (A, B, A, B...)
+                  so machine noise hits both sides alike.
+  throughput      requests/s and completion tokens/s at concurrency 1, 8 and 32, batching on
+                  (the engine's max_batch_size) and off (max_batch_size 1), per mode; plus the
+                  engine's own batched throughput at concurrency 32 and the ratio of each mode to it.
+
+The API runs in this process (Flask's WSGI app, no HTTP parsing on either side of the
+comparison); in Celery mode the engine runs in a real `abtest worker` process on local Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._http import percentiles
+
+PROMPTS = ["def parse_config(path):", "import collections\n\n", "class LRUCache:", "The result of the query is",
+           "for index, item in enumerate(", "    return self._"]
+REDIS_URL = os.environ.get("ABTEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def registry_file(root: Path, engines: str, batching: bool) -> tuple[str, str]:
+    from engines.spec import builtin_specs
+    from engines.testing import build_tiny_checkpoints
+
+    if engines == "tiny":
+        specs = build_tiny_checkpoints(root / "tiny")
+    else:
+        specs = builtin_specs()
+    spec = specs["v2-int4"]
+    if not batching:
+        spec = dataclasses.replace(spec, max_batch_size=1, max_wait_ms=0.0)
+    path = root / f"registry-{engines}-{'batch' if batching else 'nobatch'}.json"
+    path.write_text(json.dumps({"engines": [spec.to_dict()]}))
+    return str(path), spec.name
+
+
+def direct_scheduler(registry: str, name: str):  # type: ignore[no-untyped-def]
+    from engines.runtime import load_engine
+    from engines.scheduler import BatchingScheduler
+    from engines.spec import load_registry
+
+    return BatchingScheduler(load_engine(load_registry(registry)[name]))
+
+
+def make_api(db_url: str, registry: str, broker: str | None) -> tuple[Any, dict[str, str]]:
+    from abtest.app import create_app
+    from abtest.services.keys import create_key
+
+    app = create_app({"database_url": db_url, "engine_registry": registry, "broker_url": broker or "",
+                      "log_level": "WARNING", "infer_timeout_s": 120})
+    with app.extensions["abtest"].db.transaction() as session:
+        headers = {"Authorization": f"Bearer {create_key(session, 'bench', 'admin')}"}
+    client = app.test_client()
+    key = f"bench-{time.time_ns()}"
+    body = {"key": key, "variants": [{"key": "a", "engine": "v2-int4", "weight": 0.5, "control": True},
+                                     {"key": "b", "engine": "v2-int4", "weight": 0.5}]}
+    assert client.post("/v1/experiments", json=body, headers=headers).status_code == 201
+    client.post(f"/v1/experiments/{key}/start", headers=headers)
+    app.config["BENCH_EXPERIMENT"] = key
+    return app, headers
+
+
+def api_call(app: Any, headers: dict[str, str], i: int, tokens: int) -> int:
+    reply = app.test_client().post("/v1/infer", headers=headers, json={
+        "experiment": app.config["BENCH_EXPERIMENT"], "unit_id": f"u{i}", "prompt": PROMPTS[i % len(PROMPTS)],
+        "max_new_tokens": tokens})
+    assert reply.status_code == 200, reply.get_json()
+    return int(reply.get_json()["completion_tokens"])
+
+
+def direct_call(scheduler: Any, i: int, tokens: int) -> int:
+    from engines.types import GenerationRequest
+
+    return scheduler.submit(GenerationRequest(prompt=PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens)).result().completion_tokens
+
+
+def added_latency(app: Any, headers: dict[str, str], scheduler: Any, n: int, tokens: int) -> dict[str, Any]:
+    api_ms, direct_ms = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        direct_call(scheduler, i, tokens)
+        t1 = time.perf_counter()
+        api_call(app, headers, i, tokens)
+        t2 = time.perf_counter()
+        direct_ms.append((t1 - t0) * 1000)
+        api_ms.append((t2 - t1) * 1000)
+    added = np.asarray(api_ms) - np.asarray(direct_ms)
+    return {"samples": n, "direct": percentiles(direct_ms), "api": percentiles(api_ms),
+            "added_p50_ms": round(float(np.percentile(added, 50)), 3),
+            "added_p99_ms": round(float(np.percentile(added, 99)), 3)}
+
+
+def throughput(call, concurrency: int, n: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        tokens = sum(pool.map(call, range(n)))
+    elapsed = time.perf_counter() - start
+    return {"requests_per_s": round(n / elapsed, 2), "tokens_per_s": round(tokens / elapsed, 1)}
+
+
+def run_mode(mode: str, root: Path, engines: str, quick: bool, tokens: int) -> dict[str, Any]:
+    from tests.serving.harness import WorkerProcess  # the same worker harness the tests use
+
+    out: dict[str, Any] = {}
+    for batching in (True, False):
+        registry, name = registry_file(root, engines, batching)
+        worker = None
+        broker = None
+        if mode == "celery":
+            import redis
+
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            broker = REDIS_URL
+            worker = WorkerProcess(name, {"ABTEST_BROKER_URL": broker, "ABTEST_ENGINE_REGISTRY": registry},
+                                   str(root / f"worker-{batching}.log"), concurrency=64).start()
+            worker.wait_ready()
+        db = f"sqlite:///{root / f'{mode}-{batching}.sqlite'}"
+        app, headers = make_api(db, registry, broker)
+        try:
+            api_call(app, headers, 0, 2)  # load the engine (embedded) / warm the path
+            label = "batching_on" if batching else "batching_off"
+            if batching:
+                scheduler = direct_scheduler(registry, name)
+                out["added_latency"] = added_latency(app, headers, scheduler, 20 if quick else 60, tokens)
+                per = 32 if quick else 96
+                out["engine_direct_c32"] = throughput(lambda i: direct_call(scheduler, i, tokens), 32, per)
+                scheduler.close()
+            out[label] = {}
+            for c in (1, 8, 32):
+                n = max(c * (2 if quick else 4), 8)
+                out[label][f"c{c}"] = throughput(lambda i: api_call(app, headers, i, tokens), c, n)
+        finally:
+            app.extensions["abtest"].close()
+            if worker is not None:
+                worker.stop()
+    out["c32_vs_engine_direct"] = round(out["batching_on"]["c32"]["tokens_per_s"] / out["engine_direct_c32"]["tokens_per_s"], 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--engines", choices=["demo", "tiny"], default=None,
+                        help="default: demo checkpoints when built (abtest engines build-demo), else tiny")
+    parser.add_argument("--no-celery", action="store_true")
+    parser.add_argument("--tokens", type=int, default=16)
+    ns = parser.parse_args()
+    from engines.spec import builtin_specs
+
+    engines = ns.engines or ("demo" if Path(builtin_specs()["v2-int4"].checkpoint).is_dir() else "tiny")
+    report: dict[str, Any] = {"benchmark": "serving", "engines": engines, "engine": "v2-int4",
+                              "max_new_tokens": ns.tokens, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("embedded",) + (() if ns.no_celery else ("celery",)):
+            report[mode] = run_mode(mode, Path(tmp), engines, ns.quick, ns.tokens)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
