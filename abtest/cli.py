@@ -219,6 +219,15 @@ def demo(users: int, seed: int, port: int) -> None:
     run_demo(users=users, seed=seed, port=port)
 
 
+def _mount_report() -> None:
+    from .reports.cli import report
+
+    cli.add_command(report)
+
+
+_mount_report()
+
+
 def _mount_optional() -> None:
     try:
         from engines.cli import engines as engines_group

@@ -1,11 +1,27 @@
 """Experiment reports: sufficient statistics in SQL, analysis by :mod:`abtest.stats`, and the
 JSON, HTML and CSV renderings (no Flask here; ``abtest.api.reports`` serves them).
 
-    from abtest.reports import ReportOptions, build_report, render_html, render_csv
+    from abtest.reports import ReportOptions, build_report
+    from abtest.reports.html import render_html
+    from abtest.reports.csv import render_csv
     with db.session() as session:
         report = build_report(session, "v2-vs-v1", ReportOptions(cap=0.99))
+
+Modules: ``queries`` (SQL only), ``metrics`` (rows to statistics), ``build`` (the report dict),
+``html``/``svg`` (the page), ``csv`` (results and raw exports), ``cli`` (``abtest report``).
+The names below load lazily so that the CLI can mount ``abtest report`` without scipy.
 """
 
-from .build import ReportOptions, build_report, metric_specs
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["ReportOptions", "build_report", "metric_specs"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
