@@ -39,6 +39,7 @@ class Services:
         self.outcomes = OutcomeLog(self.db)
         self._engine_names: frozenset[str] | None = None
         self._inference: Any = None
+        self.monitor: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -70,7 +71,16 @@ class Services:
             self._engine_names = frozenset(registry)
         return name in self._engine_names
 
+    def start_monitor(self) -> None:
+        from .services.monitor import GuardrailMonitor, redis_round_lock
+
+        interval = self.settings.guardrail_interval_s
+        lock = redis_round_lock(self.settings.broker_url, interval) if self.settings.broker_url else None
+        self.monitor = GuardrailMonitor(self.db, interval, lock).start()
+
     def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
         if self._inference is not None:
             self._inference.close()
             self._inference.dispatcher.close()
@@ -90,6 +100,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["abtest"] = services
     if settings.bootstrap_admin_key:
         _ensure_key(services, settings.bootstrap_admin_key)
+    if settings.guardrail_interval_s > 0:
+        services.start_monitor()
     atexit.register(services.close)
 
     from .api import register

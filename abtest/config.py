@@ -45,6 +45,8 @@ class Settings:
     exposure_flush_size: int = 2000
     # In-process cache of experiment configs and API keys (other processes see changes after it).
     cache_ttl_s: float = 2.0
+    # Guardrail checks of running experiments every this many seconds (0 turns them off).
+    guardrail_interval_s: float = 300.0
     # When set, an admin API key with this exact value is ensured at start-up (for bootstrapping).
     bootstrap_admin_key: str | None = None
     log_level: str = "INFO"

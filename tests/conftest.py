@@ -79,6 +79,7 @@ def app(db_url: str, tmp_path) -> Iterator[Any]:
         "exposure_flush_interval_s": 0.0,  # synchronous, so tests can read what was written
         "checkpoint_dir": str(tmp_path / "checkpoints"),
         "max_body_bytes": 65_536,
+        "guardrail_interval_s": 0.0,  # tests run guardrail rounds explicitly
     })
     yield application
     application.extensions["abtest"].close()

@@ -30,7 +30,7 @@ SCHEMAS: dict[str, Any] = {
     "Error": _obj(["error"], error=_obj(["code", "message"], code=_STR, message=_STR, details={}),
                   request_id=_STR),
     "ExperimentCreate": _obj(["key", "variants"], key=_STR, layer=_STR, layer_share=_NUM, **_EXPERIMENT_FIELDS),
-    "ExperimentPatch": _obj([], **_EXPERIMENT_FIELDS),
+    "ExperimentPatch": _obj([], treatment_paused=_BOOL, **_EXPERIMENT_FIELDS),
     "Experiment": {"type": "object"},
     "AssignRequest": _obj(["experiment", "unit_id"], experiment=_STR, unit_id=_STR, attributes=_OBJ),
     "AssignResponse": _obj(["experiment", "variant", "engine", "in_experiment"], experiment=_STR,

@@ -42,8 +42,9 @@ BUILTIN_METRICS: dict[str, str] = {
     "error_rate": "decrease",
 }
 DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
-MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics")
-CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS)
+MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics",
+                  "treatment_paused")
+CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])
 WEIGHT_TOLERANCE = 1e-6
 
 

@@ -120,6 +120,8 @@ def update_experiment(
         exp.coverage = float(f.num("coverage", lo=0.0, hi=1.0))
     if f.has("targeting"):
         exp.targeting = spec.parse_targeting(f.list("targeting"))
+    if f.has("treatment_paused"):  # e.g. resume the treatment after a guardrail breach was understood
+        exp.treatment_paused = f.bool("treatment_paused")
     if f.has("variants"):
         _replace_variants(session, exp, spec.parse_variants(f.list("variants"), is_engine))
     if f.has("forced") or f.has("variants"):

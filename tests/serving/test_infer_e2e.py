@@ -50,7 +50,8 @@ def celery_workers(redis_url, tiny_registry, tmp_path_factory):  # type: ignore[
 def make_app(db_url: str, registry: str, **overrides: Any) -> Any:
     clear_tables(db_url)
     settings = {"database_url": db_url, "engine_registry": registry, "cache_ttl_s": 0.0,
-                "exposure_flush_interval_s": 0.0, "infer_timeout_s": 60.0, **overrides}
+                "exposure_flush_interval_s": 0.0, "infer_timeout_s": 60.0,
+                "guardrail_interval_s": 0.0, **overrides}
     return create_app(settings)
 
 
