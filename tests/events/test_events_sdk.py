@@ -95,7 +95,7 @@ def test_sdk_survives_a_server_restart_mid_run(server_db, tmp_path) -> None:
             if i % 20 == 0:
                 time.sleep(0.002)
 
-    with running_server(port=port, env=env, workers=2) as (base_url, key):
+    with running_server(port=port, env=env, workers=1) as (base_url, key):
         client = fast_client(base_url, key, max_buffer=100_000)
         producer = threading.Thread(target=produce, args=(client,))
         producer.start()
@@ -103,7 +103,7 @@ def test_sdk_survives_a_server_restart_mid_run(server_db, tmp_path) -> None:
     marks["stopped"] = len(tracked)
     time.sleep(0.5)  # tracking goes on with nobody listening
     try:
-        with running_server(port=port, env=env, workers=2):
+        with running_server(port=port, env=env, workers=1):
             marks["restarted"] = len(tracked)
             time.sleep(0.5)
             done.set()
