@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy.exc import OperationalError
 
+from ..errors import ServiceUnavailable
 from ..services.events import EventStore, ingest
 from .common import json_body, requires, services
 
@@ -28,9 +30,14 @@ def events() -> Response:
     """202 with ``{"accepted", "duplicates", "rejected": [{"index", "error"}]}``.
 
     202 rather than 200 or 201: the batch is acknowledged as a whole even when some of
-    its events were rejected or already stored, and the counts say which.
+    its events were rejected or already stored, and the counts say which. A database that
+    cannot be reached is a 503 with ``Retry-After``: clients resend the same batch later,
+    which is safe whatever the failed transaction did, since event_ids are unique.
     """
-    result = ingest(_store(), json_body())
+    try:
+        result = ingest(_store(), json_body())
+    except OperationalError as exc:  # database down or locked; a resend is safe (idempotent)
+        raise ServiceUnavailable("the event store is unavailable; retry the batch", retry_after=1) from exc
     response = jsonify(result.to_dict())
     response.status_code = 202
     return response

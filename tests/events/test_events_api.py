@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from abtest.models import Event
 from abtest.services.events import MAX_BATCH, EventStore, ingest
@@ -210,3 +211,14 @@ def test_racing_writers_store_each_event_once(services) -> None:
     assert sum(r.duplicates for r in results) == 3 * len(shared)
     with services.db.session() as session:
         assert session.scalar(select(func.count()).select_from(Event)) == len(shared)
+
+
+def test_unreachable_database_is_503_with_retry_after(client, sdk, services, monkeypatch) -> None:
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(EventStore, "insert", down)
+    reply = post(client, sdk, [ev()])
+    assert reply.status_code == 503
+    assert reply.get_json()["error"]["code"] == "service_unavailable"
+    assert reply.headers["Retry-After"] == "1"
