@@ -1,0 +1,281 @@
+"""Demo checkpoints, built offline and deterministically: a byte-level BPE tokenizer and two
+small decoders (V1 dense Llama-style, V2 hybrid sliding/global Qwen2-style) trained briefly on
+the Python standard library's own source, plus the INT4 artifact of V2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DemoSize", "DEMO", "stdlib_files", "stdlib_texts", "heldout_texts", "train_tokenizer",
+           "make_config", "train_model", "build_demo"]
+
+EOT = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    vocab: int = 8192
+    hidden: int = 768
+    intermediate: int = 2048
+    layers: int = 12
+    heads: int = 12
+    kv_heads: int = 4
+    train_steps: int = 48
+    batch: int = 8
+    seq: int = 128
+    lr: float = 1.5e-3
+    warmup: int = 4
+    init_std: float = 0.02
+
+
+DEMO = DemoSize()
+
+
+def _stdlib_dir() -> Path:
+    return Path(os.__file__).resolve().parent
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's top-level and package .py files, sorted (same on every machine
+    with the same Python minor version)."""
+    root = _stdlib_dir()
+    files = []
+    for p in sorted(root.rglob("*.py")):
+        rel = p.relative_to(root).as_posix()
+        if rel.startswith(("site-packages/", "dist-packages/", "test/", "idlelib/idle_test/", "lib2to3/tests/")):
+            continue
+        if "/tests/" in rel or "/test/" in rel:
+            continue
+        files.append(p)
+    return files
+
+
+def _is_heldout(p: Path) -> bool:
+    return int(hashlib.sha1(p.name.encode()).hexdigest(), 16) % 10 == 0
+
+
+def _read(p: Path, limit: int | None = None) -> str:
+    try:
+        t = p.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return t if limit is None else t[:limit]
+
+
+def stdlib_texts(max_chars: int | None = None, per_file: int | None = None) -> list[str]:
+    """Training texts: the stdlib sources that are not held out."""
+    out, total = [], 0
+    for p in stdlib_files():
+        if _is_heldout(p):
+            continue
+        t = _read(p, per_file)
+        if not t:
+            continue
+        out.append(t)
+        total += len(t)
+        if max_chars is not None and total >= max_chars:
+            break
+    return out
+
+
+def heldout_texts(max_chars: int = 200_000) -> list[str]:
+    """Held-out stdlib sources (never trained on), for quality measurements."""
+    out, total = [], 0
+    for p in stdlib_files():
+        if not _is_heldout(p):
+            continue
+        t = _read(p)
+        if len(t) < 2000:
+            continue
+        out.append(t)
+        total += len(t)
+        if total >= max_chars:
+            break
+    return out
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
+    """Byte-level BPE with one special token (<|endoftext|>: bos, eos and pad), saved as HF files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{EOT} $A", pair=f"{EOT} $A {EOT} $B", special_tokens=[(EOT, tok.token_to_id(EOT))]
+    )
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOT, eos_token=EOT, pad_token=EOT,
+                                 model_max_length=8192)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out_dir)
+    return hf
+
+
+def make_config(kind: str, size: DemoSize, vocab_size: int, *, sliding_window: int = 1024,
+                context: int | None = None):
+    """V1: Llama-style dense. V2: Qwen2-style, lower half sliding-window layers, upper half global."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        initializer_range=size.init_std,
+    )
+    if kind == "dense":
+        return LlamaConfig(max_position_embeddings=context or 2048, **common)
+    n_sliding = size.layers // 2
+    return Qwen2Config(
+        max_position_embeddings=context or 8192, use_sliding_window=True, sliding_window=sliding_window,
+        max_window_layers=size.layers,
+        layer_types=["sliding_attention"] * n_sliding + ["full_attention"] * (size.layers - n_sliding),
+        **common,
+    )
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def _token_stream(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
+    eot = tokenizer.convert_tokens_to_ids(EOT)
+    ids: list[int] = []
+    enc = tokenizer.backend_tokenizer if hasattr(tokenizer, "backend_tokenizer") else None
+    for t in texts:
+        piece = enc.encode(t, add_special_tokens=False).ids if enc is not None else tokenizer(t, add_special_tokens=False)["input_ids"]
+        ids.append(eot)
+        ids.extend(piece)
+        if len(ids) >= max_tokens:
+            break
+    return ids[:max_tokens]
+
+
+def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, out_dir: Path,
+                desc: str = "train", progress: bool = True) -> dict:
+    """Brief, deterministic training (bf16 autocast on CPU), then save as an HF checkpoint."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    steps = size.train_steps
+    need = steps * size.batch * (size.seq + 1) + 1
+    stream = torch.tensor(_token_stream(tokenizer, texts, max(need * 4, 10_000)), dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.95), weight_decay=0.01,
+                            foreach=True)
+
+    def lr_at(i):
+        if i < size.warmup:
+            return size.lr * (i + 1) / size.warmup
+        frac = (i - size.warmup) / max(1, steps - size.warmup)
+        return size.lr * (0.1 + 0.9 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * frac)))
+
+    model.train()
+    t0 = time.perf_counter()
+    losses = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, mininterval=1.0)
+    for i in bar:
+        starts = torch.randint(0, len(stream) - size.seq - 1, (size.batch,), generator=g)
+        x = torch.stack([stream[s:s + size.seq + 1] for s in starts.tolist()])
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(i)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(input_ids=x[:, :-1], labels=x[:, :-1].clone())
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    info = {
+        "parameters": n_params,
+        "steps": steps,
+        "tokens": steps * size.batch * size.seq,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "first_loss": round(losses[0], 3),
+        "final_loss": round(sum(losses[-5:]) / min(5, len(losses)), 3),
+        "seed": seed,
+    }
+    (out_dir / "demo_train.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def build_demo(root: str | os.PathLike | None = None, force: bool = False, progress: bool = True,
+               size: DemoSize = DEMO, group_size: int = 64) -> dict:
+    """Build (or reuse) <root>/tokenizer, v1-fp32, v2-fp32, v2-int4. Returns a summary."""
+    import torch
+
+    from engines.quant import is_int4_artifact, quantize_checkpoint
+    from engines.spec import default_checkpoint_root
+
+    root = Path(root) if root is not None else default_checkpoint_root()
+    root.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"root": str(root)}
+    t_all = time.perf_counter()
+    if torch.get_num_threads() > 2 and os.environ.get("ABTEST_DEMO_THREADS") is None:
+        pass
+    if os.environ.get("ABTEST_DEMO_THREADS"):
+        torch.set_num_threads(int(os.environ["ABTEST_DEMO_THREADS"]))
+    tok_dir = root / "tokenizer"
+    if force:
+        for sub in ("tokenizer", "v1-fp32", "v2-fp32", "v2-int4"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    texts = stdlib_texts()
+    from transformers import AutoTokenizer
+
+    if not (tok_dir / "tokenizer.json").is_file():
+        t = time.perf_counter()
+        train_tokenizer(stdlib_texts(max_chars=6_000_000), size.vocab, tok_dir)
+        summary["tokenizer_seconds"] = round(time.perf_counter() - t, 1)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    vocab = _round_up(len(tokenizer), 64)
+    for name, kind, seed in (("v1-fp32", "dense", 1), ("v2-fp32", "hybrid", 2)):
+        d = root / name
+        if (d / "config.json").is_file() and not force:
+            summary[name] = "cached"
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cfg = make_config(kind, size, vocab)
+        summary[name] = train_model(cfg, tokenizer, texts, size, seed, tmp, desc=f"train {name}", progress=progress)
+        tmp.rename(d)
+    q = root / "v2-int4"
+    if not is_int4_artifact(q) or force:
+        shutil.rmtree(q, ignore_errors=True)
+        tmp = root / ".v2-int4.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        calib = stdlib_texts(max_chars=400_000)
+        summary["v2-int4"] = quantize_checkpoint(root / "v2-fp32", tmp, group_size, calibration_texts=calib)
+        tmp.rename(q)
+    else:
+        summary["v2-int4"] = "cached"
+    summary["seconds"] = round(time.perf_counter() - t_all, 1)
+    return summary

@@ -1,0 +1,409 @@
+"""4-bit group-wise weight-only quantization (gpt-fast style) and the INT4 artifact format.
+
+Scheme, per output row and group of ``group_size`` input columns (asymmetric):
+
+    scale = (max - min) / 15           (bf16)
+    zero  = min + 8 * scale            (bf16)
+    q     = clamp(round((w - (zero - 8*scale)) / scale), 0, 15)
+    w_hat = (q - 8) * scale + zero
+
+This is the layout torch's packed int4 kernels expect (``scales_and_zeros[k_group, n, 0/1]``).
+The quantizer improves on plain round-to-nearest with a per-group clipping search that
+minimises the (optionally activation-weighted) reconstruction error.
+
+The artifact (a folder) holds the Hugging Face config and tokenizer files of the source
+checkpoint plus ``model-int4.safetensors`` with, per quantized Linear ``P``:
+``P.qcodes`` (uint8, two raw 4-bit codes per byte, low nibble first, row-major [out, in/2]),
+``P.scales`` and ``P.zeros`` (bf16 [out, in/group]) and ``P.bias`` when present; every other
+tensor is stored as is (embeddings in bf16). ``int4_config.json`` says how it was made.
+Packing into the kernel layout happens at load time, because that layout depends on the device
+(and on the CPU's capabilities).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "ARTIFACT_FILE",
+    "ARTIFACT_CONFIG",
+    "quantize_weight",
+    "dequantize",
+    "pack_codes",
+    "unpack_codes",
+    "Int4Linear",
+    "BF16Embedding",
+    "can_quantize",
+    "quantize_checkpoint",
+    "is_int4_artifact",
+    "read_int4_config",
+]
+
+ARTIFACT_FILE = "model-int4.safetensors"
+ARTIFACT_CONFIG = "int4_config.json"
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Quantize / dequantize (the plain reference path)
+# --------------------------------------------------------------------------------------------
+
+
+def _qparams(wmin: torch.Tensor, wmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scales = ((wmax - wmin).clamp(min=1e-6) / 15).to(torch.bfloat16)
+    zeros = (wmin + scales.float() * 8).to(torch.bfloat16)
+    return scales, zeros
+
+
+def _codes(groups: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    s = scales.float()
+    lo = zeros.float() - 8 * s
+    return ((groups - lo) / s).round_().clamp_(0, 15)
+
+
+@torch.no_grad()
+def quantize_weight(
+    w: torch.Tensor,
+    group_size: int,
+    *,
+    act_scale: torch.Tensor | None = None,
+    clip_search: bool = True,
+    grid: Iterable[float] = (1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.79, 0.76, 0.73, 0.70),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize a [out, in] weight. Returns (codes uint8 [out,in], scales bf16, zeros bf16 [out, in/g]).
+
+    ``act_scale`` (optional, [in]) is the mean squared activation of each input channel: the
+    clipping search then minimises the output error E[(x·(w - w_hat))^2] per group instead of
+    the plain weight error.
+    """
+    out_f, in_f = w.shape
+    if in_f % group_size:
+        raise ValueError(f"in_features {in_f} is not a multiple of group size {group_size}")
+    g = w.float().reshape(out_f, in_f // group_size, group_size)
+    wmax, wmin = g.amax(-1, keepdim=True), g.amin(-1, keepdim=True)
+    if act_scale is not None:
+        weight = act_scale.float().clamp(min=1e-8).reshape(1, in_f // group_size, group_size)
+    else:
+        weight = None
+    best_err = None
+    best = None
+    for ratio in grid if clip_search else (1.0,):
+        # shrink the range towards its middle-preserving ends (asymmetric clipping)
+        s, z = _qparams(wmin * ratio, wmax * ratio)
+        q = _codes(g, s, z)
+        deq = (q - 8) * s.float() + z.float()
+        err = (deq - g).pow_(2)
+        if weight is not None:
+            err = err * weight
+        err = err.sum(-1, keepdim=True)
+        if best_err is None:
+            best_err, best = err, (q, s, z)
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = tuple(torch.where(better, new, old) for new, old in zip((q, s, z), best))
+    q, s, z = best
+    return (
+        q.to(torch.uint8).reshape(out_f, in_f),
+        s.reshape(out_f, -1).contiguous(),
+        z.reshape(out_f, -1).contiguous(),
+    )
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Reference path: codes [out,in] (0..15) + bf16 scales/zeros -> fp32 weight [out,in]."""
+    out_f, in_f = codes.shape
+    q = codes.float().reshape(out_f, in_f // group_size, group_size)
+    w = (q - 8) * scales.float().unsqueeze(-1) + zeros.float().unsqueeze(-1)
+    return w.reshape(out_f, in_f)
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """[out,in] codes 0..15 -> [out,in/2] uint8, low nibble = even column (storage only)."""
+    c = codes.to(torch.uint8)
+    return (c[:, 0::2] | (c[:, 1::2] << 4)).contiguous()
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    out_f, half = packed.shape
+    c = torch.empty(out_f, half * 2, dtype=torch.uint8, device=packed.device)
+    c[:, 0::2] = packed & 0xF
+    c[:, 1::2] = packed >> 4
+    return c
+
+
+def can_quantize(linear: nn.Module, group_size: int) -> bool:
+    """Whether the kernels accept this Linear's shape (else it stays in floating point)."""
+    if not isinstance(linear, nn.Linear):
+        return False
+    n, k = linear.out_features, linear.in_features
+    return k % group_size == 0 and k % 128 == 0 and n % 16 == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Modules used at inference
+# --------------------------------------------------------------------------------------------
+
+
+def _kernel_pack(codes: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Raw codes [out,in] -> the packed layout of this device's int4 matmul kernel."""
+    if device.type == "cuda":
+        c = codes.to(torch.int32)
+        w_uint8 = ((c[:, ::2] << 4) | c[:, 1::2]).to(torch.uint8).to(device)
+        return torch.ops.aten._convert_weight_to_int4pack(w_uint8, 8)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).to(device), 2)
+
+
+def _scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    n = scales.shape[0]
+    sz = torch.cat([scales.reshape(n, -1, 1), zeros.reshape(n, -1, 1)], 2)
+    return sz.transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+class Int4Linear(nn.Module):
+    """Linear layer with packed int4 weights; bf16 activations into the kernel, output in the
+    input's dtype. Built on the meta device and filled with ``load_state_dict(assign=True)``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int,
+                 device: torch.device | str | None = None, packed_shape: tuple[int, ...] | None = None):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        # shape of the packed weight depends on the kernel; set properly by from_codes()
+        shape = packed_shape or (out_features, in_features // 2)
+        self.register_buffer("weight_packed", torch.empty(shape, dtype=torch.uint8, device=device))
+        self.register_buffer(
+            "scales_and_zeros",
+            torch.empty(in_features // group_size, out_features, 2, dtype=torch.bfloat16, device=device),
+        )
+        if bias:
+            self.register_buffer("bias", torch.empty(out_features, device=device))
+        else:
+            self.bias = None
+
+    @staticmethod
+    def kernel_tensors(codes, scales, zeros, device) -> dict[str, torch.Tensor]:
+        device = torch.device(device)
+        return {
+            "weight_packed": _kernel_pack(codes, device),
+            "scales_and_zeros": _scales_and_zeros(scales, zeros).to(device),
+        }
+
+    reference_weight: torch.Tensor | None = None
+
+    def use_reference(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> None:
+        """Switch this layer to the plain dequantize reference path (for tests): fp32 weights
+        ``(q - 8) * scale + zero`` times the same bf16-rounded activations the kernel sees."""
+        self.reference_weight = dequantize(codes, scales, zeros, self.group_size).to(self.scales_and_zeros.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        if self.reference_weight is not None:
+            y = F.linear(x2.float(), self.reference_weight)
+        elif x2.is_cuda:
+            y = torch.ops.aten._weight_int4pack_mm(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, self.weight_packed, self.group_size, self.scales_and_zeros
+            )
+        y = y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}"
+
+
+class FusedPart(nn.Module):
+    """One projection carved out of a fused Int4Linear (q out of qkv, gate out of gate_up).
+
+    Keeps the Hugging Face module tree working (``model.forward`` calls ``q_proj``) without a
+    second copy of the weights; the engine's own forward calls the fused layer once instead.
+    """
+
+    def __init__(self, fused: nn.Module, start: int, end: int):
+        super().__init__()
+        object.__setattr__(self, "fused", fused)  # not a submodule: no duplicate state_dict keys
+        self.start, self.end = start, end
+        self.in_features, self.out_features = fused.in_features, end - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)[..., self.start:self.end]
+
+    def extra_repr(self) -> str:
+        return f"fused[{self.start}:{self.end}]"
+
+
+class BF16Embedding(nn.Embedding):
+    """Embedding table stored in bf16 (half the bytes); looks up rows in fp32."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Offline quantization of a Hugging Face checkpoint
+# --------------------------------------------------------------------------------------------
+
+
+def is_int4_artifact(path: str | Path) -> bool:
+    return (Path(path) / ARTIFACT_CONFIG).is_file()
+
+
+def read_int4_config(path: str | Path) -> dict:
+    return json.loads((Path(path) / ARTIFACT_CONFIG).read_text())
+
+
+def _quantizable_names(model: nn.Module, group_size: int, include_lm_head: bool) -> list[str]:
+    names = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        if name.endswith("lm_head") and not include_lm_head:
+            continue
+        if can_quantize(mod, group_size):
+            names.append(name)
+    return names
+
+
+@torch.no_grad()
+def _activation_stats(model: nn.Module, tokenizer, names: list[str], texts: list[str],
+                      max_tokens: int = 4096, seq_len: int = 256) -> dict[str, torch.Tensor]:
+    """Mean squared input activation per input channel of each named Linear (calibration)."""
+    stats: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    mods = dict(model.named_modules())
+    hooks = []
+
+    def make_hook(n):
+        def hook(_m, inp, _out):
+            x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
+            stats[n] = stats.get(n, 0) + x.pow(2).sum(0)
+            counts[n] = counts.get(n, 0) + x.shape[0]
+        return hook
+
+    for n in names:
+        hooks.append(mods[n].register_forward_hook(make_hook(n)))
+    try:
+        ids: list[int] = []
+        for t in texts:
+            ids.extend(tokenizer(t)["input_ids"])
+            if len(ids) >= max_tokens:
+                break
+        ids = ids[:max_tokens]
+        for i in range(0, len(ids), seq_len):
+            chunk = ids[i:i + seq_len]
+            if len(chunk) < 8:
+                break
+            model(input_ids=torch.tensor([chunk]), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: stats[n] / counts[n] for n in stats}
+
+
+@torch.no_grad()
+def quantize_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    group_size: int = 64,
+    *,
+    lm_head_group_size: int | None = 32,
+    calibration_texts: list[str] | None = None,
+    clip_search: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Quantize the Linear layers of the HF checkpoint ``src`` and write the artifact ``dst``.
+
+    ``lm_head_group_size``: quantize the output head too, with this (smaller, since it is the
+    most sensitive layer) group size; None keeps it in bf16. Returns the artifact's config dict.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if group_size not in (32, 64, 128):
+        raise ValueError(f"group size must be 32, 64 or 128, got {group_size}")
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    config = AutoConfig.from_pretrained(src, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(src, local_files_only=True, dtype=torch.float32)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    lm_gs = lm_head_group_size
+    names = _quantizable_names(model, group_size, include_lm_head=False)
+    head_name = None
+    for name, mod in model.named_modules():
+        if name.endswith("lm_head") and lm_gs is not None and can_quantize(mod, lm_gs):
+            head_name = name
+    all_names = names + ([head_name] if head_name else [])
+    act = _activation_stats(model, tokenizer, all_names, calibration_texts) if calibration_texts else {}
+
+    tensors: dict[str, torch.Tensor] = {}
+    mods = dict(model.named_modules())
+    quantized: dict[str, int] = {}
+    for i, name in enumerate(all_names):
+        mod = mods[name]
+        gs = lm_gs if name == head_name else group_size
+        codes, scales, zeros = quantize_weight(mod.weight.data, gs, act_scale=act.get(name), clip_search=clip_search)
+        tensors[f"{name}.qcodes"] = pack_codes(codes)
+        tensors[f"{name}.scales"] = scales
+        tensors[f"{name}.zeros"] = zeros
+        if mod.bias is not None:
+            tensors[f"{name}.bias"] = mod.bias.data.float().contiguous()
+        quantized[name] = gs
+        if progress:
+            progress(f"quantized {name} ({i + 1}/{len(all_names)})")
+    skip_prefixes = tuple(n + "." for n in all_names)
+    embed = model.get_input_embeddings()
+    embed_name = next(n for n, m in model.named_modules() if m is embed)
+    for pname, p in model.state_dict().items():
+        if pname.startswith(skip_prefixes):
+            continue
+        if pname.endswith("lm_head.weight") and head_name is None and getattr(config, "tie_word_embeddings", False):
+            continue
+        t = p.detach()
+        if pname == f"{embed_name}.weight" or pname.endswith("lm_head.weight"):
+            t = t.to(torch.bfloat16)
+        tensors[pname] = t.contiguous().clone()
+    dst.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dst / ARTIFACT_FILE), metadata={"format": "abtest-int4", "version": str(FORMAT_VERSION)})
+    # HF config + tokenizer files, untied head (the head has its own quantized weights)
+    config.tie_word_embeddings = False if head_name is not None else getattr(config, "tie_word_embeddings", False)
+    config.save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    gen_cfg = src / "generation_config.json"
+    if gen_cfg.is_file():
+        (dst / "generation_config.json").write_text(gen_cfg.read_text())
+    n_fp = sum(p.numel() for p in model.parameters())
+    meta = {
+        "format": "abtest-int4",
+        "version": FORMAT_VERSION,
+        "group_size": group_size,
+        "lm_head_group_size": lm_gs if head_name else None,
+        "scheme": "asymmetric per-group: w = (q - 8) * scale + zero; codes 0..15, bf16 scale/zero",
+        "clip_search": clip_search,
+        "activation_aware": bool(act),
+        "quantized": quantized,
+        "embedding": embed_name,
+        "tied_source": bool(getattr(model.config, "tie_word_embeddings", False)),
+        "source": str(src),
+        "source_parameters": n_fp,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (dst / ARTIFACT_CONFIG).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def group_count(in_features: int, group_size: int) -> int:
+    return math.ceil(in_features / group_size)

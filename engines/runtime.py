@@ -1,0 +1,345 @@
+"""Engines: batched generation with a static KV cache over a loaded decoder.
+
+``load_engine(spec)`` gives an :class:`Engine`; ``Engine.generate(requests)`` runs them as one
+batch (left-padded prompts, one prefill, then one decode step per token for the whole batch,
+finished rows dropped from the batch as it shrinks) and returns, in order, a result or an
+:class:`~engines.types.EngineError` per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from engines.model import DecoderRunner, LoadedModel, load_model
+from engines.spec import EngineSpec
+from engines.types import (
+    EngineClosed,
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    InvalidRequest,
+    PromptTooLong,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Engine", "load_engine"]
+
+# Bound on the attention score tensor of one prefill chunk (bytes): long prompts prefill in chunks.
+_PREFILL_SCORE_BYTES = 256 * 2**20
+
+
+def load_engine(spec: EngineSpec) -> "Engine":
+    """Load the engine a spec describes (the checkpoint must exist locally)."""
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    if spec.device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError(f"engine {spec.name}: device {spec.device} requested but CUDA is not available")
+    t0 = time.perf_counter()
+    loaded = load_model(spec.checkpoint, precision=spec.precision, device=spec.device,
+                        group_size=spec.group_size, attention=spec.attention)
+    eng = Engine(spec, loaded)
+    eng.load_seconds = time.perf_counter() - t0
+    return eng
+
+
+class _Row:
+    """Book-keeping of one request inside a running batch."""
+
+    __slots__ = ("index", "req", "ids", "queue_ms", "limit", "gen", "stop", "text_len", "finish",
+                 "t_done", "generator", "text", "greedy")
+
+    def __init__(self, index, req, ids, queue_ms, limit, generator):
+        self.index = index
+        self.req = req
+        self.ids = ids
+        self.queue_ms = queue_ms
+        self.limit = limit
+        self.gen: list[int] = []
+        self.finish: str | None = None
+        self.t_done = 0.0
+        self.generator = generator
+        self.text: str | None = None
+        self.greedy = req.temperature <= 0
+
+
+class Engine:
+    """One loaded model plus its generation loop. ``generate`` is thread-safe (serialised)."""
+
+    def __init__(self, spec: EngineSpec, loaded: LoadedModel):
+        self.spec = spec
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.runner = DecoderRunner(loaded, spec.context_window, spec.attention, spec.sliding_window)
+        self.load_seconds = 0.0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._seed_rng = torch.Generator().manual_seed(0x5EED)
+        self.eos_ids = self._eos_ids(Path(spec.checkpoint))
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (min(self.eos_ids) if self.eos_ids else 0)
+        self.pad_id = int(pad)
+        self.bos_id = tok.bos_token_id
+
+    # ---------------------------------------------------------------------------------------
+
+    def _eos_ids(self, ckpt: Path) -> set[int]:
+        ids: set[int] = set()
+
+        def add(v):
+            if isinstance(v, int):
+                ids.add(v)
+            elif isinstance(v, (list, tuple)):
+                ids.update(int(x) for x in v)
+
+        gc = ckpt / "generation_config.json"
+        if gc.is_file():
+            try:
+                add(json.loads(gc.read_text()).get("eos_token_id"))
+            except (OSError, ValueError):
+                pass
+        add(getattr(self.loaded.config, "eos_token_id", None))
+        add(self.tokenizer.eos_token_id)
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        if not ids and self.bos_id is not None:
+            ids = [int(self.bos_id)]
+        return list(ids)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def weight_bytes(self) -> int:
+        return self.loaded.weight_bytes()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    # ---------------------------------------------------------------------------------------
+
+    def _validate(self, req) -> list[int]:
+        if not isinstance(req, GenerationRequest):
+            raise InvalidRequest(f"expected a GenerationRequest, got {type(req).__name__}")
+        if not isinstance(req.prompt, str):
+            raise InvalidRequest("prompt must be a string")
+        if not isinstance(req.max_new_tokens, int) or isinstance(req.max_new_tokens, bool) or req.max_new_tokens < 1:
+            raise InvalidRequest(f"max_new_tokens must be a positive integer, got {req.max_new_tokens!r}")
+        if not isinstance(req.temperature, (int, float)) or not math.isfinite(req.temperature) or req.temperature < 0:
+            raise InvalidRequest(f"temperature must be a finite number >= 0, got {req.temperature!r}")
+        if not isinstance(req.top_p, (int, float)) or not (0 < req.top_p <= 1):
+            raise InvalidRequest(f"top_p must be in (0, 1], got {req.top_p!r}")
+        if not isinstance(req.stop, (tuple, list)) or not all(isinstance(s, str) and s for s in req.stop):
+            raise InvalidRequest("stop must be a sequence of non-empty strings")
+        if req.seed is not None and (not isinstance(req.seed, int) or isinstance(req.seed, bool)):
+            raise InvalidRequest(f"seed must be an integer, got {req.seed!r}")
+        ids = self.encode(req.prompt)
+        if not ids:
+            raise InvalidRequest("prompt is empty")
+        ctx = self.spec.context_window
+        if len(ids) >= ctx:
+            raise PromptTooLong(
+                f"prompt is {len(ids)} tokens; engine {self.spec.name} has a context window of {ctx} "
+                f"tokens (prompt + at least one generated token must fit)"
+            )
+        return ids
+
+    def generate(self, requests: Sequence[GenerationRequest], *,
+                 queue_ms: Sequence[float] | None = None) -> list[GenerationResult | EngineError]:
+        """Run requests together; same length and order as ``requests``, a result or an error each."""
+        out: list[GenerationResult | EngineError | None] = [None] * len(requests)
+        with self._lock:
+            if self._closed:
+                raise EngineClosed(f"engine {self.spec.name} is closed")
+            rows: list[_Row] = []
+            for i, req in enumerate(requests):
+                try:
+                    ids = self._validate(req)
+                except EngineError as e:
+                    out[i] = e
+                    continue
+                limit = min(req.max_new_tokens, self.spec.context_window - len(ids))
+                seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
+                gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
+                rows.append(_Row(i, req, ids, float(queue_ms[i]) if queue_ms else 0.0, limit, gen))
+            step = max(1, self.spec.max_batch_size)
+            for c in range(0, len(rows), step):
+                chunk = rows[c:c + step]
+                self._run_isolated(chunk, out)
+        return out  # type: ignore[return-value]
+
+    def _run_isolated(self, rows: list[_Row], out: list) -> None:
+        """Run a batch; if it fails as a whole, rerun its rows one by one so that only the
+        request that causes the failure fails."""
+        try:
+            for r, res in zip(rows, self._run_batch(rows)):
+                out[r.index] = res
+        except Exception as e:  # noqa: BLE001 - reported per request
+            if len(rows) == 1:
+                log.exception("generation failed")
+                err = e if isinstance(e, EngineError) else EngineError(f"generation failed: {type(e).__name__}: {e}")
+                out[rows[0].index] = err
+                return
+            log.warning("batch of %d failed (%s); retrying requests one by one", len(rows), e)
+            for r in rows:
+                r.gen, r.finish, r.text = [], None, None
+                if r.generator is not None:
+                    r.generator.manual_seed(r.generator.initial_seed())
+                self._run_isolated([r], out)
+
+    # ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _run_batch(self, rows: list[_Row]) -> list[GenerationResult]:
+        t_start = time.perf_counter()
+        dev = self.device
+        runner = self.runner
+        B = len(rows)
+        lens = [len(r.ids) for r in rows]
+        P = max(lens)
+        max_limit = max(r.limit for r in rows)
+        T = P + max_limit - 1
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        pads = []
+        for b, r in enumerate(rows):
+            ids[b, P - lens[b]:] = torch.tensor(r.ids, dtype=torch.long)
+            pads.append(P - lens[b])
+        pad_t = torch.tensor(pads, dtype=torch.long)
+        ids = ids.to(dev)
+        positions = (torch.arange(P)[None, :] - pad_t[:, None]).clamp_(min=0).to(dev)
+        key_valid = None
+        if any(pads):
+            key_valid = (torch.arange(T)[None, :] >= pad_t[:, None]).to(dev)
+        cache = runner.new_cache(B, T)
+        # prefill, in chunks bounded by the attention score memory
+        per_q = B * runner.n_heads * max(T, 1) * 4
+        qchunk = max(16, min(P, _PREFILL_SCORE_BYTES // per_q))
+        logits = None
+        for s in range(0, P, qchunk):
+            e = min(P, s + qchunk)
+            logits = runner.forward(ids[:, s:e], positions[:, s:e], s, cache, key_valid, last_only=True)
+        tok = self._sample(logits[:, -1], rows)
+        t_first = time.perf_counter()
+        ctx = self.spec.context_window
+        active = list(range(B))  # indices into `rows` of the rows still generating
+        crow = list(range(B))  # cache row of each active row
+        pad_c = pad_t.to(dev)  # left padding of each cache row
+        CB = B  # rows in the cache (finished rows linger until the batch halves)
+        slot = P
+        while True:
+            toks = tok.tolist()
+            now = time.perf_counter()
+            still = []
+            for j, b in enumerate(active):
+                r = rows[b]
+                t = toks[crow[j]]
+                r.gen.append(t)
+                if t in self.eos_ids:
+                    r.finish = "stop"
+                elif r.req.stop and self._hit_stop(r):
+                    r.finish = "stop"
+                elif len(r.gen) >= r.limit:
+                    r.finish = "length"
+                if r.finish is not None:
+                    r.t_done = now
+                else:
+                    still.append(j)
+            if not still:
+                break
+            if len(still) < len(active):
+                active = [active[j] for j in still]
+                crow = [crow[j] for j in still]
+                if len(active) <= CB // 2:  # compact: the copy pays for itself in fewer FLOPs
+                    keep = torch.tensor(crow, dtype=torch.long, device=dev)
+                    cache = runner.select_rows(cache, keep)
+                    if key_valid is not None:
+                        key_valid = key_valid.index_select(0, keep)
+                    pad_c = pad_c.index_select(0, keep)
+                    tok = tok.index_select(0, keep)
+                    crow = list(range(len(active)))
+                    CB = len(active)
+            pos = (slot - pad_c).clamp_(0, ctx - 1)[:, None]
+            logits = runner.forward(tok[:, None], pos, slot, cache, key_valid)[:, -1]
+            slot += 1
+            if CB != len(active):
+                ct = torch.tensor(crow, dtype=torch.long, device=dev)
+                new = self._sample(logits.index_select(0, ct), [rows[b] for b in active])
+                tok = torch.full((CB,), self.pad_id, dtype=torch.long, device=dev)
+                tok[ct] = new
+            else:
+                tok = self._sample(logits, [rows[b] for b in active])
+        results = []
+        for r in rows:
+            gen = r.gen[:-1] if r.gen and r.gen[-1] in self.eos_ids else r.gen
+            text = r.text if r.text is not None else self._decode(gen)
+            run_ms = (r.t_done - t_start) * 1e3
+            results.append(GenerationResult(
+                text=text,
+                prompt_tokens=len(r.ids),
+                completion_tokens=len(r.gen),
+                queue_ms=r.queue_ms,
+                ttft_ms=(t_first - t_start) * 1e3,
+                decode_ms=(r.t_done - t_first) * 1e3,
+                total_ms=r.queue_ms + run_ms,
+                batch_size=B,
+                finish_reason=r.finish or "length",
+                request_id=r.req.request_id,
+            ))
+        return results
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _hit_stop(self, r: _Row) -> bool:
+        text = self._decode(r.gen)
+        cut = -1
+        for s in r.req.stop:
+            i = text.find(s)
+            if i >= 0 and (cut < 0 or i < cut):
+                cut = i
+        if cut >= 0:
+            r.text = text[:cut]
+            return True
+        return False
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """Next token per row: argmax for greedy rows; seeded temperature/top-p sampling else."""
+        tok = logits.argmax(-1)
+        sampled = [j for j, r in enumerate(rows) if not r.greedy]
+        if not sampled:
+            return tok
+        for j in sampled:
+            r = rows[j]
+            lg = logits[j].float().cpu() / r.req.temperature
+            probs = torch.softmax(lg, -1)
+            if r.req.top_p < 1.0:
+                sp, si = probs.sort(descending=True)
+                cum = sp.cumsum(0)
+                keep = (cum - sp) < r.req.top_p  # smallest prefix whose mass reaches top_p
+                sp = sp * keep
+                choice = si[torch.multinomial(sp, 1, generator=r.generator)]
+            else:
+                choice = torch.multinomial(probs, 1, generator=r.generator)
+            tok[j] = choice.to(tok.device)[0]
+        return tok
+
+    # ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def teacher_forced_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """Logits [len(ids), vocab] for every position of one sequence (benchmarks, tests)."""
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        cache = self.runner.new_cache(1, x.shape[1])
+        pos = torch.arange(x.shape[1], device=self.device)[None]
+        return self.runner.forward(x, pos, 0, cache, None, last_only=False)[0].float()

@@ -1,0 +1,169 @@
+"""Engine specs: what an engine is, as data. Must not import torch (the API server imports it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EngineSpec",
+    "builtin_specs",
+    "load_registry",
+    "default_checkpoint_root",
+    "PRECISIONS",
+    "ATTENTIONS",
+    "GROUP_SIZES",
+]
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int4")
+ATTENTIONS = ("dense", "hybrid")
+GROUP_SIZES = (32, 64, 128)
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str  # e.g. "v1-fp32", "v2-int4"
+    checkpoint: str  # local dir: a Hugging Face checkpoint, or an INT4 artifact (engines quantize)
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" | "int4" (int4 needs an INT4 artifact)
+    group_size: int | None = None  # int4 only: 32 | 64 | 128 (must match the artifact)
+    attention: str = "dense"  # "dense" | "hybrid" (hybrid: lower layers sliding window, upper global)
+    context_window: int = 2048  # prompt + generated tokens must fit
+    sliding_window: int | None = None  # hybrid only; None = the checkpoint's config value
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
+    max_batch_size: int = 256  # BatchingScheduler: flush when this many requests wait
+    max_wait_ms: float = 50.0  # BatchingScheduler: flush when the oldest waited this long
+    max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
+    num_threads: int | None = None  # torch CPU threads for this engine (None: leave as is)
+    description: str = ""  # free text shown by `engines list`
+
+    def __post_init__(self) -> None:
+        problems = validate_fields(dataclasses.asdict(self))
+        if problems:
+            raise ValueError(f"engine spec {self.name!r}: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate_fields(d: dict[str, Any]) -> list[str]:
+    """Human-readable problems with a spec's field values (each names the field)."""
+    p: list[str] = []
+    if not isinstance(d.get("name"), str) or not d.get("name"):
+        p.append("field 'name' must be a non-empty string")
+    if not isinstance(d.get("checkpoint"), str) or not d.get("checkpoint"):
+        p.append("field 'checkpoint' must be a non-empty string")
+    if d.get("precision") not in PRECISIONS:
+        p.append(f"field 'precision' must be one of {PRECISIONS}, got {d.get('precision')!r}")
+    gs = d.get("group_size")
+    if d.get("precision") == "int4":
+        if gs not in GROUP_SIZES:
+            p.append(f"field 'group_size' must be one of {GROUP_SIZES} for int4, got {gs!r}")
+    elif gs is not None:
+        p.append("field 'group_size' is only valid with precision 'int4'")
+    if d.get("attention") not in ATTENTIONS:
+        p.append(f"field 'attention' must be one of {ATTENTIONS}, got {d.get('attention')!r}")
+    for f in ("context_window", "max_batch_size", "max_queue"):
+        v = d.get(f)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            p.append(f"field {f!r} must be a positive integer, got {v!r}")
+    sw = d.get("sliding_window")
+    if sw is not None and (not isinstance(sw, int) or isinstance(sw, bool) or sw < 1):
+        p.append(f"field 'sliding_window' must be a positive integer or null, got {sw!r}")
+    mw = d.get("max_wait_ms")
+    if not isinstance(mw, (int, float)) or isinstance(mw, bool) or mw < 0:
+        p.append(f"field 'max_wait_ms' must be a number >= 0, got {mw!r}")
+    dev = d.get("device")
+    if not isinstance(dev, str) or not (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")):
+        p.append(f"field 'device' must be 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+    nt = d.get("num_threads")
+    if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 1):
+        p.append(f"field 'num_threads' must be a positive integer or null, got {nt!r}")
+    return p
+
+
+def default_checkpoint_root() -> Path:
+    return Path(os.environ.get("ABTEST_CHECKPOINT_DIR") or "var/checkpoints")
+
+
+def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str, EngineSpec]:
+    """The two built-in engines on the demo checkpoints (`engines build-demo` makes them)."""
+    root = Path(checkpoint_root) if checkpoint_root is not None else default_checkpoint_root()
+    return {
+        "v1-fp32": EngineSpec(
+            name="v1-fp32",
+            checkpoint=str(root / "v1-fp32"),
+            precision="fp32",
+            attention="dense",
+            context_window=2048,
+            description="V1: dense attention on every layer, FP32",
+        ),
+        "v2-int4": EngineSpec(
+            name="v2-int4",
+            checkpoint=str(root / "v2-int4"),
+            precision="int4",
+            group_size=64,
+            attention="hybrid",
+            context_window=8192,
+            sliding_window=1024,
+            description="V2: hybrid sliding-window/global attention, INT4 group-wise weights",
+        ),
+    }
+
+
+_FIELDS = {f.name for f in dataclasses.fields(EngineSpec)}
+
+
+def spec_from_dict(d: Any, *, base: EngineSpec | None = None, where: str = "") -> EngineSpec:
+    """An EngineSpec from a JSON object; a ``base`` spec with the same name supplies defaults."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: each engine must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - _FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(_FIELDS)}")
+    values = base.to_dict() if base is not None else {}
+    values.update(d)
+    for f in ("name", "checkpoint"):
+        if f not in values:
+            raise ValueError(f"{where}: missing required field {f!r}")
+    problems = validate_fields({**{f.name: f.default for f in dataclasses.fields(EngineSpec)}, **values})
+    if problems:
+        raise ValueError(f"{where} ({values.get('name')!r}): " + "; ".join(problems))
+    return EngineSpec(**values)
+
+
+def load_registry(
+    path: str | os.PathLike | None = None, checkpoint_root: str | os.PathLike | None = None
+) -> dict[str, EngineSpec]:
+    """Built-in specs, overridden or extended by a JSON file ``{"engines": [{...}, ...]}``.
+
+    An entry whose name matches a built-in overrides only the fields it gives. Relative
+    checkpoint paths are resolved against the JSON file's folder. Raises ValueError naming the
+    offending entry and field.
+    """
+    specs = builtin_specs(checkpoint_root)
+    if path is None:
+        return specs
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"engine registry {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"engine registry {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("engines"), list):
+        raise ValueError(f"engine registry {path}: expected an object with an 'engines' list")
+    for i, entry in enumerate(data["engines"]):
+        where = f"engine registry {path}, engines[{i}]"
+        if isinstance(entry, dict) and isinstance(entry.get("checkpoint"), str):
+            ck = Path(entry["checkpoint"]).expanduser()
+            if not ck.is_absolute():
+                entry = {**entry, "checkpoint": str(path.parent / ck)}
+        base = specs.get(entry.get("name")) if isinstance(entry, dict) else None
+        spec = spec_from_dict(entry, base=base, where=where)
+        specs[spec.name] = spec
+    return specs
