@@ -129,23 +129,28 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
 
 def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], keys: Sequence[str],
              options: ReportOptions) -> dict[str, Any]:
-    """Run each query once: request sums, quantile steps 1-3, event sums per metric, extras."""
+    """Run each query once: quantile step 1, the request scan (sums and quantile step 2),
+    quantile step 3, event sums per metric, then the histogram and shadow extras."""
+    Q.tune_session(conn)
     data: dict[str, Any] = {}
     shapes = {s.shape for s in specs}
-    if "ratio" in shapes or options.metrics is None:
+    levels = list(QUANTILE_LEVELS.values())
+    points = Q.quantile_points(conn, scope, levels) if "quantile" in shapes else {}
+    if shapes & {"ratio", "quantile"}:
         cap_value = Q.pooled_quantile(conn, scope, options.cap) if options.cap else None
         data["cap_value"] = cap_value
-        rows = Q.request_rows(conn, scope, cap_value)
+        rows = Q.request_rows(conn, scope, cap_value, {v: xs for v, (_, xs) in points.items()})
         data["ratio"] = {m: ratio_stats(rows, m) for m in ("latency_ms", "error_rate")}
         data["requests_by_variant"] = _request_counts(rows)
-    if "quantile" in shapes:
-        data["quantiles"] = _quantiles(conn, scope, keys, options.alpha)
+        if "quantile" in shapes:
+            data["quantiles"] = _quantiles(conn, scope, keys, points, _indicators(rows, len(levels)),
+                                           options.alpha)
     for s in specs:
         if s.shape == "mean":
             rows = Q.event_rows(conn, scope, key, s.event_name or s.name, s.kind, s.window_s)
             data[f"mean:{s.name}"] = mean_stats(rows)
     if options.histogram and options.metrics is None:
-        data["histogram"] = _histogram(conn, scope)
+        data["histogram"] = _histogram(conn, scope, points)
         data["shadow"] = Q.shadow_rows(conn, scope)
     return data
 
@@ -160,29 +165,45 @@ def _request_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, in
     return out
 
 
-def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], alpha: float) -> dict[str, Any]:
+def _indicators(rows: Sequence[Mapping[str, Any]], k: int) -> dict[str, dict[str, Any]]:
+    """Quantile step 2 per variant: the day rows' indicator sums added up."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        acc = out.setdefault(r["variant"], {"units": 0, "d": 0.0, "d_sq": 0.0, "s": [0.0] * k,
+                                            "s_sq": [0.0] * k, "s_d": [0.0] * k})
+        acc["units"] += int(r["ok_units"])
+        acc["d"] += r["ok"]
+        acc["d_sq"] += r["ok_sq"]
+        for j in range(k):
+            acc["s"][j] += r.get(f"s{j}") or 0.0
+            acc["s_sq"][j] += r.get(f"s{j}_sq") or 0.0
+            acc["s_d"][j] += r.get(f"s{j}_d") or 0.0
+    return out
+
+
+def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], points: Mapping[str, tuple[int, list[float]]],
+               indicators: Mapping[str, Mapping[str, Any]], alpha: float) -> dict[str, Any]:
+    """Quantile steps 3 and 4: ranks from the indicator, values at those ranks, estimates."""
     levels = list(QUANTILE_LEVELS.values())
-    points = Q.quantile_points(conn, scope, levels)
-    indicators = Q.indicator_rows(conn, scope, {v: xs for v, (_, xs) in points.items()})
     ranks: dict[str, list[S.QuantileRanks]] = {}
-    bounds: dict[str, dict[int, float]] = {}
+    wanted: dict[str, tuple[int, set[int]]] = {}
     for v, (n, _) in points.items():
         if v not in indicators or n == 0:
             continue
         ranks[v] = [S.quantile_ranks(q, n, indicator_stats(indicators[v], j), alpha)
                     for j, q in enumerate(levels)]
-        wanted = {r for rk in ranks[v] for r in (rk.rank_lower, rk.rank_upper)}
-        bounds[v] = Q.values_at_ranks(conn, scope, v, n, wanted)
+        wanted[v] = (n, {r for rk in ranks[v] for r in (rk.rank_lower, rk.rank_upper)})
+    bounds = Q.values_at_ranks(conn, scope, wanted)
     estimates = quantile_estimates(points, indicators, bounds, ranks, keys, alpha)
     return {"estimates": estimates, "points": points}
 
 
-def _histogram(conn: Any, scope: Q.Scope) -> dict[str, Any] | None:
-    """Latency distribution per variant over [0, 1.05 x pooled p99), for the HTML page."""
-    upper = Q.pooled_quantile(conn, scope, 0.99)
-    if upper is None or upper <= 0:
+def _histogram(conn: Any, scope: Q.Scope, points: Mapping[str, tuple[int, list[float]]]) -> dict[str, Any] | None:
+    """Latency distribution per variant over [0, 1.05 x the largest variant p99), for the page."""
+    p99s = [xs[-1] for n, xs in points.values() if n > 0]
+    if not p99s or max(p99s) <= 0:
         return None
-    upper *= 1.05
+    upper = max(p99s) * 1.05
     bins = 40
     counts = Q.latency_histogram(conn, scope, upper, bins)
     return {"bin_width_ms": upper / bins, "upper_ms": upper, "counts": counts,

@@ -33,11 +33,18 @@ never exposed are kept in the table but count towards nothing. A unit's value is
 the sum of their values (``sum``); every exposed unit counts, with 0 when it has no event.
 
 Quantiles (``latency_p50_ms`` ...) follow the four-step recipe of
-:mod:`abtest.stats.quantiles`: PostgreSQL computes ``percentile_cont`` and fetches the CI's
-order statistics with ``percentile_disc`` at fractions ``(rank - 0.5) / N`` (which select
-exactly the 1-based ``rank``); SQLite, which has neither, fetches each needed order statistic
+:mod:`abtest.stats.quantiles`: PostgreSQL computes ``percentile_cont`` (step 1), the indicator
+sums ride along in the request scan (step 2, :func:`request_rows`), and the CI's order
+statistics come from ``percentile_disc`` at fractions ``(rank - 0.5) / N``, which select exactly
+the 1-based ``rank`` (step 3). SQLite, which has neither, fetches each needed order statistic
 with ``ORDER BY latency_ms LIMIT 1 OFFSET rank - 1`` and interpolates with
 :func:`abtest.stats.percentile_cont_ranks` (the same definition as PostgreSQL's).
+
+Cost on PostgreSQL: one aggregation of the request log by unit, two sorts of each variant's ok
+latencies (steps 1 and 3), one scan for the latency histogram and one for the shadow summary,
+plus the event joins. :func:`tune_session` raises ``work_mem`` for the report's transaction so
+these sorts and hash aggregates stay in memory, and turns JIT off (its compile time exceeds its
+gain on these short aggregate queries).
 """
 
 from __future__ import annotations
@@ -52,11 +59,11 @@ from ..stats import percentile_cont_ranks
 
 __all__ = [
     "Scope",
+    "tune_session",
     "exposure_counts",
     "request_rows",
     "event_rows",
     "quantile_points",
-    "indicator_rows",
     "values_at_ranks",
     "pooled_quantile",
     "latency_histogram",
@@ -102,6 +109,13 @@ def _floor(scope: Scope, expr: str) -> str:
     return f"FLOOR({expr})" if scope.is_pg else f"CAST({expr} AS INTEGER)"
 
 
+def tune_session(conn: Connection, work_mem: str = "256MB") -> None:
+    """PostgreSQL only: transaction-local ``work_mem`` and ``jit`` for the report's queries."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SET LOCAL work_mem = '{work_mem}'"))
+        conn.execute(text("SET LOCAL jit = off"))
+
+
 def exposure_counts(conn: Connection, scope: Scope) -> dict[str, int]:
     """Exposed units per variant (the SRM check's observed counts)."""
     rows = conn.execute(text(
@@ -110,32 +124,57 @@ def exposure_counts(conn: Connection, scope: Scope) -> dict[str, int]:
     return {v: int(n) for v, n in rows}
 
 
-def request_rows(conn: Connection, scope: Scope, cap: float | None = None) -> list[dict[str, Any]]:
+def request_rows(conn: Connection, scope: Scope, cap: float | None = None,
+                 thresholds: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
     """Per (variant, day of the unit's first request): RatioStats sums for latency and errors.
 
     ``lat``/``ok`` are the latency numerator and denominator of a unit (ok requests only,
     latency capped at ``cap`` when given); ``err``/``tot`` the error-rate pair; ``n_all`` and
-    ``n_rej`` count all and rejected requests.
+    ``n_rej`` count all and rejected requests. With ``thresholds`` (variant -> x_hat per quantile
+    level, step 1 of the quantile recipe) the same scan also returns step 2, the indicator sums
+    ``s{j}``, ``s{j}_sq``, ``s{j}_d`` over units with at least one ok request (``ok_units``),
+    so the request log is aggregated by unit once, not twice.
     """
     lat = "latency_ms" if cap is None else "CASE WHEN latency_ms > :cap THEN :cap ELSE latency_ms END"
+    params: dict[str, Any] = {**scope.params, "cap": cap}
+    inner, outer, names = [], [], []
+    for j, case in enumerate(_threshold_cases(thresholds or {}, params)):
+        inner.append(f"SUM(CASE WHEN status = 'ok' AND latency_ms <= {case} THEN 1 ELSE 0 END) AS s{j}")
+        outer.append(f"SUM(s{j}), SUM(s{j} * s{j}), SUM(s{j} * ok)")
+        names += [f"s{j}", f"s{j}_sq", f"s{j}_d"]
     sql = f"""
         SELECT variant, day, COUNT(*) AS units,
                SUM(lat), SUM(lat * lat), SUM(ok), SUM(ok * ok), SUM(lat * ok),
                SUM(err), SUM(err * err), SUM(tot), SUM(tot * tot), SUM(err * tot),
-               SUM(n_all), SUM(n_rej)
+               SUM(n_all), SUM(n_rej), SUM(CASE WHEN ok > 0 THEN 1 ELSE 0 END){''.join(', ' + o for o in outer)}
         FROM (SELECT variant, unit_id, {_day(scope, 'MIN(started_at)')} AS day,
                      SUM(CASE WHEN status = 'ok' THEN {lat} ELSE 0 END) AS lat,
                      SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS ok,
                      SUM(CASE WHEN status IN ('error', 'timeout') THEN 1 ELSE 0 END) AS err,
                      SUM(CASE WHEN status <> 'rejected' THEN 1 ELSE 0 END) AS tot,
                      COUNT(*) AS n_all,
-                     SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS n_rej
+                     SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS n_rej{''.join(', ' + i for i in inner)}
               FROM requests WHERE {_SERVED}
               GROUP BY variant, unit_id) AS u
         GROUP BY variant, day ORDER BY variant, day"""
-    names = ("variant", "day", "units", "lat", "lat_sq", "ok", "ok_sq", "lat_ok", "err", "err_sq",
-             "tot", "tot_sq", "err_tot", "n_all", "n_rej")
-    return _dicts(conn.execute(text(sql), {**scope.params, "cap": cap}), names)
+    names = ["variant", "day", "units", "lat", "lat_sq", "ok", "ok_sq", "lat_ok", "err", "err_sq",
+             "tot", "tot_sq", "err_tot", "n_all", "n_rej", "ok_units", *names]
+    return _dicts(conn.execute(text(sql), params), names)
+
+
+def _threshold_cases(thresholds: dict[str, list[float]], params: dict[str, Any]) -> list[str]:
+    """One ``CASE variant WHEN ... THEN x_hat END`` per level; binds its values into ``params``."""
+    variants = sorted(thresholds)
+    if not variants:
+        return []
+    cases = []
+    for j in range(len(thresholds[variants[0]])):
+        whens = []
+        for i, v in enumerate(variants):
+            params[f"tv{i}"], params[f"tx{i}_{j}"] = v, thresholds[v][j]
+            whens.append(f"WHEN :tv{i} THEN :tx{i}_{j}")
+        cases.append(f"(CASE variant {' '.join(whens)} END)")
+    return cases
 
 
 def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: str,
@@ -151,17 +190,16 @@ def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: 
         WITH attributed AS (
             SELECT r.unit_id AS unit_id, r.variant AS variant, ev.value AS value
             FROM events ev JOIN requests r ON r.request_id = ev.request_id
-            WHERE ev.name = :name AND {other_exp} AND r.experiment_id = :e AND r.phase = :p
+            WHERE ev.name = :name AND ev.request_id IS NOT NULL AND {other_exp}
+              AND r.experiment_id = :e AND r.phase = :p
               AND r.in_experiment = :yes AND r.shadow = :no
               AND {_seconds(scope, 'r.started_at', 'ev.timestamp')} BETWEEN 0 AND :w
             UNION ALL
             SELECT x.unit_id, x.variant, ev.value
             FROM exposures x JOIN events ev ON ev.unit_id = x.unit_id AND ev.name = :name
-            WHERE x.experiment_id = :e AND x.phase = :p AND {other_exp}
+            LEFT JOIN requests r2 ON r2.request_id = ev.request_id AND r2.experiment_id = :e
+            WHERE x.experiment_id = :e AND x.phase = :p AND {other_exp} AND r2.request_id IS NULL
               AND {_seconds(scope, 'x.first_seen', 'ev.timestamp')} BETWEEN 0 AND :w
-              AND (ev.request_id IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM requests r2
-                   WHERE r2.request_id = ev.request_id AND r2.experiment_id = :e))
         ), per_unit AS (
             SELECT unit_id, variant, COUNT(*) AS n_ev, SUM(value) AS v
             FROM attributed GROUP BY unit_id, variant
@@ -190,60 +228,37 @@ def quantile_points(conn: Connection, scope: Scope,
     out: dict[str, tuple[int, list[float]]] = {}
     for variant, n in counts:
         plan = [percentile_cont_ranks(int(n), q) for q in levels]
-        values = values_at_ranks(conn, scope, variant, int(n), [r for lo, hi, _ in plan for r in (lo, hi)])
+        ranks = [r for lo, hi, _ in plan for r in (lo, hi)]
+        values = values_at_ranks(conn, scope, {variant: (int(n), ranks)})[variant]
         out[variant] = (int(n), [values[lo] + w * (values[hi] - values[lo]) for lo, hi, w in plan])
     return out
 
 
-def values_at_ranks(conn: Connection, scope: Scope, variant: str, n: int,
-                    ranks: Iterable[int]) -> dict[int, float]:
-    """Latencies (ok requests of ``variant``) at 1-based ascending ``ranks``."""
-    wanted = sorted(set(ranks))
-    params = {**scope.params, "v": variant}
+def values_at_ranks(conn: Connection, scope: Scope,
+                    wanted: dict[str, tuple[int, Iterable[int]]]) -> dict[str, dict[int, float]]:
+    """Step 3: ok latencies at 1-based ascending ranks, ``{variant: (N, ranks)}`` -> values.
+
+    PostgreSQL: one ``percentile_disc`` query for all variants (one sort per variant) at
+    fractions ``(rank - 0.5) / N``; SQLite: one ``LIMIT 1 OFFSET rank - 1`` query per rank.
+    """
+    plan = {v: (n, sorted(set(ranks))) for v, (n, ranks) in wanted.items() if n > 0}
+    if not plan:
+        return {}
     if scope.is_pg:
-        fractions = [(r - 0.5) / n for r in wanted]
-        row = conn.execute(text(
-            f"SELECT percentile_disc(CAST(:f AS double precision[])) WITHIN GROUP (ORDER BY latency_ms) "
-            f"FROM requests WHERE {_SERVED} AND status = 'ok' AND variant = :v"),
-            {**params, "f": fractions}).scalar_one()
-        return {r: float(x) for r, x in zip(wanted, row)}
+        params: dict[str, Any] = dict(scope.params)
+        whens = []
+        for i, (v, (n, ranks)) in enumerate(sorted(plan.items())):
+            params[f"rv{i}"], params[f"rf{i}"] = v, [(r - 0.5) / n for r in ranks]
+            whens.append(f"WHEN :rv{i} THEN CAST(:rf{i} AS double precision[])")
+        rows = conn.execute(text(
+            f"SELECT variant, percentile_disc(CASE variant {' '.join(whens)} END) WITHIN GROUP "
+            f"(ORDER BY latency_ms) FROM requests WHERE {_SERVED} AND status = 'ok' "
+            f"AND variant IN ({', '.join(f':rv{i}' for i in range(len(plan)))}) GROUP BY variant"), params)
+        return {v: {r: float(x) for r, x in zip(plan[v][1], xs)} for v, xs in rows}
     stmt = text(f"SELECT latency_ms FROM requests WHERE {_SERVED} AND status = 'ok' AND variant = :v "
                 f"ORDER BY latency_ms LIMIT 1 OFFSET :k")
-    return {r: float(conn.execute(stmt, {**params, "k": r - 1}).scalar_one()) for r in wanted}
-
-
-def indicator_rows(conn: Connection, scope: Scope,
-                   thresholds: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
-    """Step 2: per variant the RatioStats sums of ``s_i = #(latency <= x_hat)`` per level.
-
-    ``thresholds`` maps variant -> x_hat per level. Returns, per variant, ``units``,
-    ``d``/``d_sq`` and per level ``s``/``s_sq``/``s_d`` lists.
-    """
-    variants = sorted(thresholds)
-    if not variants:
-        return {}
-    k = len(next(iter(thresholds.values())))
-    params: dict[str, Any] = {**scope.params}
-    cols = []
-    for j in range(k):
-        whens = []
-        for i, v in enumerate(variants):
-            params[f"v{i}"], params[f"x{i}_{j}"] = v, thresholds[v][j]
-            whens.append(f"WHEN :v{i} THEN :x{i}_{j}")
-        cols.append(f"SUM(CASE WHEN latency_ms <= (CASE variant {' '.join(whens)} END) "
-                    f"THEN 1 ELSE 0 END) AS s{j}")
-    outer = ", ".join(f"SUM(s{j}), SUM(s{j} * s{j}), SUM(s{j} * d)" for j in range(k))
-    sql = f"""
-        SELECT variant, COUNT(*), SUM(d), SUM(d * d), {outer}
-        FROM (SELECT variant, unit_id, COUNT(*) AS d, {', '.join(cols)}
-              FROM requests WHERE {_SERVED} AND status = 'ok' GROUP BY variant, unit_id) AS u
-        GROUP BY variant"""
-    out: dict[str, dict[str, Any]] = {}
-    for row in conn.execute(text(sql), params):
-        vals = [float(x or 0) for x in row[1:]]
-        out[row[0]] = {"units": int(vals[0]), "d": vals[1], "d_sq": vals[2],
-                       "s": vals[3::3], "s_sq": vals[4::3], "s_d": vals[5::3]}
-    return out
+    return {v: {r: float(conn.execute(stmt, {**scope.params, "v": v, "k": r - 1}).scalar_one()) for r in ranks}
+            for v, (_, ranks) in plan.items()}
 
 
 def pooled_quantile(conn: Connection, scope: Scope, level: float) -> float | None:
