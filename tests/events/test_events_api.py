@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
@@ -222,3 +223,27 @@ def test_unreachable_database_is_503_with_retry_after(client, sdk, services, mon
     assert reply.status_code == 503
     assert reply.get_json()["error"]["code"] == "service_unavailable"
     assert reply.headers["Retry-After"] == "1"
+
+
+def test_one_bulk_statement_per_batch(client, sdk, services) -> None:
+    """A batch of MAX_BATCH events is one INSERT ... ON CONFLICT DO NOTHING RETURNING, one execute."""
+    post(client, sdk, [ev()])  # warm the key cache so only the batch's statements are seen
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    sa_event.listen(services.db.engine, "before_cursor_execute", seen)
+    try:
+        reply = post(client, sdk, _compact(MAX_BATCH, start=10_000))
+    finally:
+        sa_event.remove(services.db.engine, "before_cursor_execute", seen)
+    assert reply.get_json()["accepted"] == MAX_BATCH
+    inserts = [sql for sql in statements if sql.lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 1, statements
+    sql = inserts[0]
+    assert "ON CONFLICT (event_id) DO NOTHING" in sql and "RETURNING" in sql
+    if services.db.dialect == "sqlite":  # every row in the one multi-row VALUES list
+        assert sql.count("(?, ?, ?, ?, ?, ?, ?, ?)") == MAX_BATCH
+    else:  # the whole batch is one JSON parameter
+        assert "jsonb_array_elements" in sql
