@@ -209,14 +209,23 @@ for _action in ("start", "pause", "stop"):
 
 
 @cli.command()
-@click.option("--users", default=3000, show_default=True, type=int)
+@click.option("--users", default=2000, show_default=True, type=int, help="simulated users")
+@click.option("--effect", default=0.18, show_default=True, type=float,
+              help="true relative effect of V2 INT4 on conversion")
+@click.option("--base-rate", default=0.30, show_default=True, type=float, help="V1 conversion probability")
 @click.option("--seed", default=7, show_default=True, type=int)
-@click.option("--port", default=0, type=int, help="port for the embedded API (0: any free port)")
-def demo(users: int, seed: int, port: int) -> None:
-    """Start the API on embedded defaults, create a demo experiment, assign simulated users."""
-    from .demo import run_demo
+@click.option("--max-new-tokens", default=8, show_default=True, type=int)
+@click.option("--concurrency", default=16, show_default=True, type=int, help="simulated users in flight")
+@click.option("--target", default=None, help="run against this server (URL) instead of starting one")
+@click.option("--api-key", envvar="ABTEST_API_KEY", default=None, help="admin key for --target")
+@click.option("-o", "--output", default="report.html", show_default=True, help="where to write the HTML report")
+def demo(users: int, effect: float, base_rate: float, seed: int, max_new_tokens: int, concurrency: int,
+         target: str | None, api_key: str | None, output: str) -> None:
+    """Run a whole experiment: V2 INT4 vs V1 FP32 with simulated users, then the report."""
+    from .demo import DemoConfig, run_demo
 
-    run_demo(users=users, seed=seed, port=port)
+    run_demo(DemoConfig(users=users, effect=effect, base_rate=base_rate, seed=seed, max_new_tokens=max_new_tokens,
+                        concurrency=concurrency, target=target, api_key=api_key, report_path=output))
 
 
 def _mount_report() -> None:

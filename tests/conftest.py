@@ -7,9 +7,11 @@ unreachable PostgreSQL or Redis fails the tests that need it instead of skipping
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +145,17 @@ def make_experiment(client: Any, admin: dict[str, str]):  # type: ignore[no-unty
         return reply.get_json()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A registry JSON naming tiny ``v1-fp32``/``v2-int4`` engines, plus ``broken`` (bad checkpoint)."""
+    from engines.testing import build_tiny_checkpoints
+
+    root = tmp_path_factory.mktemp("tiny-engines")
+    specs = build_tiny_checkpoints(root)
+    entries = [specs[name].to_dict() for name in ("v1-fp32", "v2-int4")]
+    entries.append({**specs["v1-fp32"].to_dict(), "name": "broken", "checkpoint": str(root / "missing")})
+    path = Path(root) / "registry.json"
+    path.write_text(json.dumps({"engines": entries}))
+    return str(path)

@@ -51,7 +51,9 @@ def report(key: str) -> Response:
     if fmt not in FORMATS:
         raise ValidationError("format", f"must be one of {', '.join(FORMATS)}")
     options = options_from_request()
-    with services().db.session() as session:
+    svc = services()
+    svc.exposures.flush()  # this process's pending exposures belong in the report
+    with svc.db.session() as session:
         body = build_report(session, key, options)
     if fmt == "html":
         return Response(render_html(body), mimetype="text/html")

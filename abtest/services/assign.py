@@ -25,7 +25,7 @@ from ..db import Database
 from ..models import Exposure
 from .experiments import get_experiment, to_config
 
-__all__ = ["ConfigCache", "ExposureWriter", "Assigner"]
+__all__ = ["ConfigCache", "ExposureWriter", "Assigner", "exposure_upsert", "aggregate_exposures"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,34 @@ class ConfigCache:
                 self._entries.clear()
             else:
                 self._entries.pop(key, None)
+
+
+def exposure_upsert(dialect: str):  # type: ignore[no-untyped-def]
+    """INSERT of exposure rows that merges into existing ones (count adds up, last_seen moves)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(Exposure)
+    table = Exposure.__table__
+    latest = func.max if dialect == "sqlite" else func.greatest
+    return stmt.on_conflict_do_update(
+        index_elements=["experiment_id", "phase", "unit_id"],
+        set_={"last_seen": latest(table.c.last_seen, stmt.excluded.last_seen),
+              "count": table.c.count + stmt.excluded.count},
+    )
+
+
+def aggregate_exposures(items: list[tuple[int, int, str, str, datetime]]) -> list[dict[str, Any]]:
+    """(experiment_id, phase, unit_id, variant, seen) items to one row per unit: an upsert
+    statement must not touch the same row twice."""
+    merged: dict[tuple[int, int, str], dict[str, Any]] = {}
+    for exp_id, phase, unit, variant, seen in items:
+        row = merged.get((exp_id, phase, unit))
+        if row is None:
+            merged[(exp_id, phase, unit)] = {"experiment_id": exp_id, "phase": phase, "unit_id": unit,
+                                             "variant": variant, "first_seen": seen, "last_seen": seen, "count": 1}
+        else:
+            row["first_seen"], row["last_seen"] = min(row["first_seen"], seen), max(row["last_seen"], seen)
+            row["count"] += 1
+    return list(merged.values())
 
 
 class ExposureWriter:
@@ -98,26 +126,12 @@ class ExposureWriter:
             ]
             try:
                 with self.db.transaction() as session:
-                    session.execute(self._upsert(), rows)
+                    session.execute(exposure_upsert(self.db.dialect), rows)
             except Exception:
                 log.exception("exposure flush failed; %d units kept for the next flush", len(rows))
                 self._requeue(batch)
                 raise
             return len(rows)
-
-    def _upsert(self):  # type: ignore[no-untyped-def]
-        insert = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
-        stmt = insert(Exposure)
-        table = Exposure.__table__
-        return stmt.on_conflict_do_update(
-            index_elements=["experiment_id", "phase", "unit_id"],
-            set_={
-                "last_seen": func.max(table.c.last_seen, stmt.excluded.last_seen)
-                if self.db.dialect == "sqlite"
-                else func.greatest(table.c.last_seen, stmt.excluded.last_seen),
-                "count": table.c.count + stmt.excluded.count,
-            },
-        )
 
     def _requeue(self, batch: Mapping[tuple[int, int, str], list[Any]]) -> None:
         with self._lock:
@@ -156,9 +170,12 @@ class Assigner:
     def __init__(self, configs: ConfigCache, exposures: ExposureWriter) -> None:
         self.configs, self.exposures = configs, exposures
 
-    def assign(self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None) -> tuple[Assignment, ExperimentConfig]:
+    def assign(self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None, *,
+               record: bool = True) -> tuple[Assignment, ExperimentConfig]:
+        """Assign; with ``record`` the exposure goes to the write-behind buffer (callers that
+        commit it themselves, like /v1/infer, pass ``record=False``)."""
         config = self.configs.get(experiment)
         result = assign(config, unit_id, attributes)
-        if result.in_experiment:
+        if record and result.in_experiment:
             self.exposures.record(config.id, config.phase, unit_id, result.variant)
         return result, config

@@ -7,8 +7,10 @@ load many requests share one transaction and SQL is not the bottleneck, while a 
 only returned after its row is durable: a crash can lose no answered request, and a replay
 (same request id) can never duplicate a row.
 
-Shadow copies, whose caller does not wait, use :meth:`OutcomeLog.write_nowait`; everything
-queued is flushed by :meth:`OutcomeLog.close` on shutdown.
+A row may carry the request's exposure (``exposure=(experiment_id, phase, unit_id, variant,
+seen)``): it is upserted in the same transaction, so an answered request's exposure is as
+durable as its outcome. Shadow copies, whose caller does not wait, use
+:meth:`OutcomeLog.write_nowait`; everything queued is flushed by :meth:`OutcomeLog.close`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..db import Database
 from ..models import RequestLog
+from .assign import aggregate_exposures, exposure_upsert
 
 __all__ = ["OutcomeLog", "STATUSES"]
 
@@ -36,25 +39,26 @@ _COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
 class OutcomeLog:
     def __init__(self, db: Database, *, max_batch: int = 5000) -> None:
         self.db, self.max_batch = db, max_batch
-        self._queue: list[tuple[dict[str, Any], Future[None]]] = []
+        self._queue: list[tuple[dict[str, Any], Any, Future[None]]] = []
         self._cond = threading.Condition()
         self._closed = False
         insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
         self._stmt = insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"])
+        self._exposures = exposure_upsert(db.dialect)
         self._thread = threading.Thread(target=self._run, name="outcome-log", daemon=True)
         self._thread.start()
 
-    def write(self, row: Mapping[str, Any], timeout: float = 30.0) -> None:
+    def write(self, row: Mapping[str, Any], exposure: Any = None, timeout: float = 30.0) -> None:
         """Queue ``row`` and block until it is committed (raises if the commit failed)."""
-        self.write_nowait(row).result(timeout)
+        self.write_nowait(row, exposure).result(timeout)
 
-    def write_nowait(self, row: Mapping[str, Any]) -> Future[None]:
+    def write_nowait(self, row: Mapping[str, Any], exposure: Any = None) -> Future[None]:
         done: Future[None] = Future()
         full = {name: row.get(name) for name in _COLUMNS}
         with self._cond:
             if self._closed:
                 raise RuntimeError("the outcome log is closed")
-            self._queue.append((full, done))
+            self._queue.append((full, exposure, done))
             self._cond.notify()
         return done
 
@@ -68,16 +72,19 @@ class OutcomeLog:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[dict[str, Any], Future[None]]]) -> None:
+    def _commit(self, batch: list[tuple[dict[str, Any], Any, Future[None]]]) -> None:
+        exposures = aggregate_exposures([e for _, e, _ in batch if e is not None])
         try:
             with self.db.transaction() as session:
-                session.execute(self._stmt, [row for row, _ in batch])
+                session.execute(self._stmt, [row for row, _, _ in batch])
+                if exposures:
+                    session.execute(self._exposures, exposures)
         except Exception as exc:  # every waiter learns of the failure; nothing is half-written
             log.exception("outcome log commit of %d rows failed", len(batch))
-            for _, done in batch:
+            for _, _, done in batch:
                 done.set_exception(exc)
             return
-        for _, done in batch:
+        for _, _, done in batch:
             done.set_result(None)
 
     def close(self, timeout: float = 30.0) -> None:

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import select
 
 from abtest.app import create_app
 from abtest.assignment import assign as pure_assign
+from abtest.models import Exposure
 from abtest.services.experiments import get_experiment, to_config
 from abtest.services.keys import create_key
 from tests.conftest import REDIS_URL, clear_tables, experiment_payload, unavailable
@@ -105,6 +107,10 @@ def test_split_serving_and_outcome_log(serving) -> None:
         row = by_id[body["request_id"]]
         assert (row.engine, row.variant, row.completion_tokens) == (body["engine"], body["variant"], body["completion_tokens"])
     assert max(body["batch_size"] for _, body in replies) > 1  # concurrent requests were batched
+    with services.db.session() as session:  # committed with the outcome rows, no flush needed
+        exposures = {e.unit_id: e for e in session.scalars(select(Exposure))}
+    assert set(exposures) == set(units) and {e.count for e in exposures.values()} == {3}
+    assert all(exposures[u].variant == pure_assign(config, u).variant for u in units)
     if workers is not None:  # each engine's own worker (its queue) served each request
         for _, body in replies:
             assert body["request_id"] in workers[body["engine"]].tail_all()
