@@ -269,14 +269,16 @@ def _evidence(spec: MetricSpec, analysis: S.MetricAnalysis, guardrail: bool) -> 
     if margin is not None:
         error = seq.error or analysis.comparison.relative_error
         return S.MetricEvidence.from_effect(spec.name, seq.relative, spec.higher_is_better, margin, True, error)
-    return S.MetricEvidence.from_effect(spec.name, seq.absolute, spec.higher_is_better, None, False, seq.error)
+    return S.MetricEvidence.from_effect(f"{spec.name} difference", seq.absolute, spec.higher_is_better, None,
+                                        False, seq.error)
 
 
 def _recommend(treatment: str, specs: Sequence[MetricSpec], data: Mapping[str, Any],
                analyses: Mapping[tuple[str, str], S.MetricAnalysis], srm: S.SRMResult, control: str,
                days_elapsed: float | None, options: ReportOptions) -> dict[str, Any]:
     primary = next((s for s in specs if s.role == "primary"), None)
-    guards = [_evidence(s, analyses[(s.name, treatment)], True) for s in specs if s.role == "guardrail"]
+    guard_specs = [s for s in specs if s.role == "guardrail"]
+    guards = [_evidence(s, analyses[(s.name, treatment)], True) for s in guard_specs]
     power = None
     if primary is None:
         evidence = S.MetricEvidence("primary", None, None, None, True, error="no primary metric configured")
@@ -289,7 +291,7 @@ def _recommend(treatment: str, specs: Sequence[MetricSpec], data: Mapping[str, A
     return {
         "variant": treatment, "action": rec.action, "reasons": list(rec.reasons),
         "primary_metric": primary.name if primary else None, "primary_status": rec.primary_status,
-        "guardrails": [{"metric": n, "status": s} for n, s in rec.guardrail_statuses],
+        "guardrails": [{"metric": g.name, "status": st} for g, (_, st) in zip(guard_specs, rec.guardrail_statuses)],
         "power": None if power is None else {
             "mde_relative": options.mde, "absolute_mde": clean(power.absolute_mde),
             "required_units_per_variant": power.required_per_variant,

@@ -74,7 +74,9 @@ def _recommendation(report: Mapping[str, Any]) -> str:
     variant = f' <span class="meta">for <b>{escape(rec["variant"])}</b></span>' if rec.get("variant") else ""
     return (f'<section id="recommendation" class="card rec {cls}" data-action="{escape(rec["action"])}">'
             f'<div>Recommendation{variant}</div><div class="action">{escape(rec["action"])}</div>'
-            f'<ul class="reasons">{reasons}</ul></section>')
+            f'<ul class="reasons">{reasons}</ul><div class="meta">Decided on always-valid (sequential) CIs of '
+            f'the absolute difference, which has the sign of the relative lift; the relative CIs below also '
+            f'carry the uncertainty of the control mean and can be wider.</div></section>')
 
 
 def _banners(report: Mapping[str, Any]) -> str:

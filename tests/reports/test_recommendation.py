@@ -23,7 +23,7 @@ def test_clear_win_with_healthy_guardrails_ships(factory, report_of) -> None:  #
     f.flush()
     action, reasons = _rec(report_of())
     assert action == "ship", reasons
-    assert reasons[0].startswith("primary metric win: conversion")
+    assert reasons[0].startswith("primary metric win: conversion difference +")
 
 
 def test_guardrail_breach_rolls_back(factory, report_of) -> None:  # type: ignore[no-untyped-def]
