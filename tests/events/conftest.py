@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, select
 
+from abtest.demo import running_server
 from abtest.models import Event
 
 
@@ -34,6 +36,33 @@ def stored_ids(url: str, name: str) -> list[str]:
             return list(conn.scalars(select(Event.event_id).where(Event.name == name)))
     finally:
         engine.dispose()
+
+
+class LiveServer:
+    """``abtest serve`` on a fixed port and database that a test can stop and start again.
+
+    Each start bootstraps a new admin key; the first one stays valid (it is in the
+    database), so clients made with :attr:`key` keep working across restarts.
+    """
+
+    def __init__(self, url: str, env: dict[str, str], workers: int) -> None:
+        self.url, self.env, self.workers = url, env, workers
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.key = ""
+        self._stack: contextlib.ExitStack | None = None
+
+    def start(self) -> None:
+        assert self._stack is None, "already running"
+        stack = contextlib.ExitStack()
+        _, key = stack.enter_context(running_server(port=self.port, env=self.env, workers=self.workers))
+        self.key = self.key or key
+        self._stack = stack
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
 
 
 class FaultProxy:

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from abtest.client import Client
-from abtest.demo import running_server
 
-from .conftest import free_port, stored_ids
+from .conftest import LiveServer, stored_ids
 
 
 def server_env(url: str, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -31,16 +30,18 @@ def fast_client(base_url: str, key: str, **options) -> Client:  # type: ignore[n
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def live(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
-    """One server (2 gunicorn workers) per backend for this module: (base_url, admin_key, db_url)."""
+def live(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[LiveServer]:  # type: ignore[no-untyped-def]
+    """One server (2 gunicorn workers) per backend for this module; tests may restart it."""
     tmp = tmp_path_factory.mktemp("live")
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp / 'live.sqlite'}"
-    with running_server(env=server_env(url, tmp), workers=2) as (base_url, key):
-        yield base_url, key, url
+    server = LiveServer(url, server_env(url, tmp), workers=2)
+    server.start()
+    yield server
+    server.stop()
 
 
 def test_concurrent_track_loses_nothing_and_duplicates_nothing(live) -> None:
-    base_url, key, url = live
+    base_url, key, url = live.base_url, live.key, live.url
     name = f"threads-{uuid.uuid4().hex[:8]}"
     ids: list[list[str]] = [[] for _ in range(8)]
     with fast_client(base_url, key, batch_size=250, max_buffer=5000) as client:
@@ -65,8 +66,8 @@ def test_concurrent_track_loses_nothing_and_duplicates_nothing(live) -> None:
 
 def test_lost_acknowledgements_are_resent_and_counted_once(live, fault_proxy) -> None:
     """The server stores a batch but its answer never arrives: the resend is a duplicate."""
-    base_url, key, url = live
-    proxy = fault_proxy(int(base_url.rsplit(":", 1)[1]))
+    key, url = live.key, live.url
+    proxy = fault_proxy(live.port)
     name = f"lost-acks-{uuid.uuid4().hex[:8]}"
     with fast_client(f"http://127.0.0.1:{proxy.port}", key) as client:
         proxy.lose_responses = 3
@@ -79,9 +80,8 @@ def test_lost_acknowledgements_are_resent_and_counted_once(live, fault_proxy) ->
     assert stats.retries >= 3 and stats.dropped == 0
 
 
-def test_sdk_survives_a_server_restart_mid_run(server_db, tmp_path) -> None:
+def test_sdk_survives_a_server_restart_mid_run(live) -> None:
     """Events keep being tracked while the server stops and starts again on the same port and DB."""
-    env, port = server_env(server_db, tmp_path), free_port()
     name = f"restart-{uuid.uuid4().hex[:8]}"
     tracked: list[str] = []
     done = threading.Event()
@@ -92,29 +92,29 @@ def test_sdk_survives_a_server_restart_mid_run(server_db, tmp_path) -> None:
         while not done.is_set():
             tracked.append(client.track(f"user-{i % 300}", name, value=float(i)))
             i += 1
-            if i % 20 == 0:
-                time.sleep(0.002)
+            if i % 10 == 0:
+                time.sleep(0.01)  # about 1,000 events/s: a steady trickle, not a flood
 
-    with running_server(port=port, env=env, workers=1) as (base_url, key):
-        client = fast_client(base_url, key, max_buffer=100_000)
-        producer = threading.Thread(target=produce, args=(client,))
+    client = fast_client(live.base_url, live.key, max_buffer=100_000)
+    producer = threading.Thread(target=produce, args=(client,))
+    try:
         producer.start()
         time.sleep(0.5)
-    marks["stopped"] = len(tracked)
-    time.sleep(0.5)  # tracking goes on with nobody listening
-    try:
-        with running_server(port=port, env=env, workers=1):
-            marks["restarted"] = len(tracked)
-            time.sleep(0.5)
-            done.set()
-            producer.join()
-            assert client.flush(timeout=60)
-            stats = client.close()
+        live.stop()
+        marks["stopped"] = len(tracked)
+        time.sleep(0.5)  # tracking goes on with nobody listening
+        live.start()
+        marks["restarted"] = len(tracked)
+        time.sleep(0.5)
+        done.set()
+        producer.join()
+        assert client.flush(timeout=60)
+        stats = client.close()
     finally:
         done.set()
         client.close(timeout=1)
     assert 0 < marks["stopped"] < marks["restarted"] < len(tracked)  # events on both sides of the gap
-    rows = stored_ids(server_db, name)
+    rows = stored_ids(live.url, name)
     assert len(rows) == len(tracked) == len(set(tracked))
     assert set(rows) == set(tracked)
     assert stats.retries > 0  # the outage was real, not skipped
