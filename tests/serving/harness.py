@@ -28,7 +28,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "abtest", "worker", "--engine", self.engine,
              "--concurrency", str(self.concurrency), "--loglevel", "INFO"],
-            env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
 
