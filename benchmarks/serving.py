@@ -9,6 +9,7 @@ Prints one JSON object:
   throughput      requests/s and completion tokens/s at concurrency 1, 8 and 32, batching on
                   (the engine's max_batch_size) and off (max_batch_size 1), per mode; plus the
                   engine's own batched throughput at concurrency 32 and the ratio of each mode to it.
+  scale_out_c32   Celery throughput at concurrency 32 with one and with two workers on one queue.
 
 The API runs in this process (Flask's WSGI app, no HTTP parsing on either side of the
 comparison); in Celery mode the engine runs in a real `abtest worker` process on local Redis.
@@ -154,6 +155,39 @@ def run_mode(mode: str, root: Path, engines: str, quick: bool, tokens: int) -> d
     return out
 
 
+def scale_out(root: Path, engines: str, quick: bool, tokens: int) -> dict[str, Any]:
+    """Throughput at concurrency 32 through Celery with one, then two workers on the same queue
+    (each worker pinned to one torch thread, so two workers use the two cores)."""
+    import redis
+
+    from tests.serving.harness import WorkerProcess
+
+    registry, name = registry_file(root, engines, True)
+    data = json.loads(Path(registry).read_text())
+    data["engines"][0]["num_threads"] = 1
+    Path(registry).write_text(json.dumps(data))
+    out: dict[str, Any] = {}
+    for count in (1, 2):
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        env = {"ABTEST_BROKER_URL": REDIS_URL, "ABTEST_ENGINE_REGISTRY": registry}
+        workers = [WorkerProcess(name, env, str(root / f"scale-{count}-{i}.log"), concurrency=32).start()
+                   for i in range(count)]
+        app = None
+        try:
+            for w in workers:
+                w.wait_ready()
+            app, headers = make_api(f"sqlite:///{root / f'scale-{count}.sqlite'}", registry, REDIS_URL)
+            api_call(app, headers, 0, 2)
+            out[f"workers_{count}"] = throughput(lambda i: api_call(app, headers, i, tokens), 32, 64 if quick else 192)
+        finally:
+            if app is not None:
+                app.extensions["abtest"].close()
+            for w in workers:
+                w.stop()
+    out["speedup_2_vs_1"] = round(out["workers_2"]["tokens_per_s"] / out["workers_1"]["tokens_per_s"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -170,6 +204,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("embedded",) + (() if ns.no_celery else ("celery",)):
             report[mode] = run_mode(mode, Path(tmp), engines, ns.quick, ns.tokens)
+        if not ns.no_celery:
+            report["scale_out_c32"] = scale_out(Path(tmp), engines, ns.quick, ns.tokens)
     print(json.dumps(report, indent=2))
 
 
