@@ -107,7 +107,7 @@ def hf_generate_baseline(engine, prompt: str, new_tokens: int, reps: int) -> dic
 
     model = engine.loaded.model
     ids = torch.tensor([engine.encode(prompt)])
-    kw = dict(do_sample=False, pad_token_id=engine.pad_id, eos_token_id=None)
+    kw = dict(do_sample=False, pad_token_id=engine.pad_id)
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
         best = None
@@ -234,7 +234,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     specs = builtin_specs(root)
     v1s = replace(specs["v1-fp32"], device=args.device)
-    v2q_s = replace(specs["v2-int4"], device=args.device)
+    from engines.quant import read_int4_config
+
+    v2q_s = replace(specs["v2-int4"], device=args.device,
+                    group_size=read_int4_config(root / "v2-int4")["group_size"])
     v2f_s = EngineSpec(name="v2-fp32", checkpoint=str(root / "v2-fp32"), precision="fp32", attention="hybrid",
                        context_window=8192, sliding_window=1024, device=args.device)
     quick = args.quick

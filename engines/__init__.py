@@ -19,6 +19,7 @@ _LAZY = {
     "load_engine": "engines.runtime",
     "Engine": "engines.runtime",
     "BatchingScheduler": "engines.scheduler",
+    "ContinuousBatchingScheduler": "engines.continuous",
 }
 
 __all__ = [

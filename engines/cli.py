@@ -26,8 +26,10 @@ def engines() -> None:
               show_default=True, help="Group size for the output head ('none' keeps it in bf16).")
 @click.option("--calibration", type=click.Choice(["stdlib", "none"]), default="stdlib", show_default=True,
               help="Activation statistics for the clipping search: Python stdlib text, or none (plain weight MSE).")
-@click.option("--no-clip-search", is_flag=True, help="Plain round-to-nearest min/max quantization.")
-def quantize_cmd(src, dst, group_size, lm_head_group_size, calibration, no_clip_search) -> None:
+@click.option("--method", type=click.Choice(["gptq", "rtn"]), default="gptq", show_default=True,
+              help="gptq: error compensation from calibration inputs; rtn: round to nearest.")
+@click.option("--no-clip-search", is_flag=True, help="Group ranges from plain min/max (no clipping search).")
+def quantize_cmd(src, dst, group_size, lm_head_group_size, calibration, method, no_clip_search) -> None:
     """Quantize the Linear layers of HF checkpoint SRC into the INT4 artifact DST."""
     from engines.demo import stdlib_texts
     from engines.quant import quantize_checkpoint
@@ -36,7 +38,7 @@ def quantize_cmd(src, dst, group_size, lm_head_group_size, calibration, no_clip_
     meta = quantize_checkpoint(
         src, dst, int(group_size),
         lm_head_group_size=None if lm_head_group_size == "none" else int(lm_head_group_size),
-        calibration_texts=calib, clip_search=not no_clip_search,
+        calibration_texts=calib, clip_search=not no_clip_search, method=method,
         progress=lambda m: click.echo(m, err=True),
     )
     click.echo(json.dumps({k: v for k, v in meta.items() if k != "quantized"} | {"layers": len(meta["quantized"])}, indent=2))

@@ -413,6 +413,60 @@ class DecoderRunner:
             return logits, hidden
         return logits
 
+    def decode_ragged(self, tok: torch.Tensor, slots: torch.Tensor, end: int, cache) -> torch.Tensor:
+        """One decode step where row b's token sits at its own slot ``slots[b]`` (= its position;
+        rows start at slot 0, no padding): continuous batching, where rows join and leave at
+        any step. ``end`` = max(slots) + 1. Returns logits [B, vocab]."""
+        B = tok.shape[0]
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        h = self.embed(tok[:, None])
+        if h.dtype != self.dtype:
+            h = h.to(self.dtype)
+        cos = self.cos[slots][:, None, None, :]  # [B,1,1,D]
+        sin = self.sin[slots][:, None, None, :]
+        kpos = torch.arange(end, device=self.device)[None, :]
+        causal = kpos <= slots[:, None]  # [B, end]
+        masks: dict = {}
+        rows = torch.arange(B, device=self.device)
+        for li, layer in enumerate(self.layers):
+            W = self.windows[li]
+            if W not in masks:
+                m = causal if W is None else causal & (kpos > (slots[:, None] - W))
+                masks[W] = m[:, None, None, :]
+            attn = layer.self_attn
+            x = self._norm(layer.input_layernorm, h)
+            qkv_mod = getattr(attn, "qkv_fused", None)
+            if qkv_mod is not None and not self.has_qk_norm:
+                qkv = qkv_mod(x).view(B, 1, H + 2 * Hkv, D).transpose(1, 2)
+                qk = qkv[:, : H + Hkv]
+                qk = qk * cos + _rotate_half(qk) * sin
+                qs, ks, vs = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
+            else:
+                qs = attn.q_proj(x).view(B, 1, H, D).transpose(1, 2)
+                ks = attn.k_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
+                vs = attn.v_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
+                if self.has_qk_norm:
+                    qs = attn.q_norm(qs)
+                    ks = attn.k_norm(ks)
+                qs = qs * cos + _rotate_half(qs) * sin
+                ks = ks * cos + _rotate_half(ks) * sin
+            kc, vc = cache[li]
+            kc[rows, :, slots] = ks[:, :, 0]
+            vc[rows, :, slots] = vs[:, :, 0]
+            o = F.scaled_dot_product_attention(qs, kc[:, :, :end], vc[:, :, :end], attn_mask=masks[W],
+                                               scale=self.scaling, enable_gqa=Hkv != H)
+            o = o.transpose(1, 2).reshape(B, 1, H * D)
+            h = h + attn.o_proj(o)
+            x = self._norm(layer.post_attention_layernorm, h)
+            mlp = layer.mlp
+            gu_mod = getattr(mlp, "gate_up_fused", None)
+            if gu_mod is not None and self.silu:
+                gate, up = gu_mod(x).chunk(2, dim=-1)
+                h = h + mlp.down_proj(F.silu(gate) * up)
+            else:
+                h = h + mlp(x)
+        return self.lm_head(self._norm(self.norm, h)).float()[:, -1]
+
     def _mask(self, B, q, start, end, kstart, key_valid, W):
         """Boolean [B,1,q,S] mask (True = attend), or None when nothing needs masking."""
         causal_needed = q > 1

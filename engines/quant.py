@@ -36,6 +36,7 @@ __all__ = [
     "ARTIFACT_FILE",
     "ARTIFACT_CONFIG",
     "quantize_weight",
+    "gptq_quantize_weight",
     "dequantize",
     "pack_codes",
     "unpack_codes",
@@ -124,6 +125,54 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
     q = codes.float().reshape(out_f, in_f // group_size, group_size)
     w = (q - 8) * scales.float().unsqueeze(-1) + zeros.float().unsqueeze(-1)
     return w.reshape(out_f, in_f)
+
+
+@torch.no_grad()
+def gptq_quantize_weight(
+    w: torch.Tensor, hessian: torch.Tensor, group_size: int, *, block_size: int = 128, damp: float = 0.01,
+    clip_search: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ (Frantar et al. 2022): quantize columns left to right, pushing each column's
+    rounding error onto the not-yet-quantized columns through the inverse Hessian of the
+    layer's calibration inputs (``hessian`` = E[x x^T], [in, in]). Same output format as
+    :func:`quantize_weight`; group parameters are chosen on the error-updated weights."""
+    W = w.detach().float().clone()
+    out_f, in_f = W.shape
+    H = hessian.detach().float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += torch.eye(in_f) * (damp * torch.mean(torch.diag(H)))
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    diag_h = torch.diag(hessian).float().clamp(min=1e-8)
+    codes = torch.empty(out_f, in_f, dtype=torch.uint8)
+    scales = torch.empty(out_f, in_f // group_size, dtype=torch.bfloat16)
+    zeros = torch.empty_like(scales)
+    bs = max(group_size, block_size // group_size * group_size)
+    for i1 in range(0, in_f, bs):
+        i2 = min(i1 + bs, in_f)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        s = z = None
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % group_size == 0:
+                g = col // group_size
+                _, sg, zg = quantize_weight(W1[:, i:i + group_size], group_size,
+                                            act_scale=diag_h[col:col + group_size], clip_search=clip_search)
+                scales[:, g], zeros[:, g] = sg[:, 0], zg[:, 0]
+                s, z = sg[:, 0].float(), zg[:, 0].float()
+            x = W1[:, i]
+            q = ((x - (z - 8 * s)) / s).round_().clamp_(0, 15)
+            codes[:, col] = q.to(torch.uint8)
+            deq = (q - 8) * s + z
+            err = (x - deq) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return codes, scales, zeros
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
@@ -279,8 +328,8 @@ def _quantizable_names(model: nn.Module, group_size: int, include_lm_head: bool)
 
 @torch.no_grad()
 def _activation_stats(model: nn.Module, tokenizer, names: list[str], texts: list[str],
-                      max_tokens: int = 4096, seq_len: int = 256) -> dict[str, torch.Tensor]:
-    """Mean squared input activation per input channel of each named Linear (calibration)."""
+                      max_tokens: int = 4096, seq_len: int = 256, full: bool = False) -> dict[str, torch.Tensor]:
+    """Per named Linear: E[x^2] per input channel, or with ``full`` the matrix E[x x^T]."""
     stats: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     mods = dict(model.named_modules())
@@ -289,7 +338,7 @@ def _activation_stats(model: nn.Module, tokenizer, names: list[str], texts: list
     def make_hook(n):
         def hook(_m, inp, _out):
             x = inp[0].detach().float().reshape(-1, inp[0].shape[-1])
-            stats[n] = stats.get(n, 0) + x.pow(2).sum(0)
+            stats[n] = stats.get(n, 0) + (x.t() @ x if full else x.pow(2).sum(0))
             counts[n] = counts.get(n, 0) + x.shape[0]
         return hook
 
@@ -322,13 +371,20 @@ def quantize_checkpoint(
     lm_head_group_size: int | None = 32,
     calibration_texts: list[str] | None = None,
     clip_search: bool = True,
+    method: str = "gptq",
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Quantize the Linear layers of the HF checkpoint ``src`` and write the artifact ``dst``.
 
     ``lm_head_group_size``: quantize the output head too, with this (smaller, since it is the
-    most sensitive layer) group size; None keeps it in bf16. Returns the artifact's config dict.
+    most sensitive layer) group size; None keeps it in bf16. ``method``: "gptq" (error
+    compensation with calibration inputs; needs ``calibration_texts``) or "rtn" (round to
+    nearest with an activation-weighted clipping search). Returns the artifact's config dict.
     """
+    if method not in ("gptq", "rtn"):
+        raise ValueError(f"method must be 'gptq' or 'rtn', got {method!r}")
+    if method == "gptq" and not calibration_texts:
+        method = "rtn"
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -347,7 +403,8 @@ def quantize_checkpoint(
         if name.endswith("lm_head") and lm_gs is not None and can_quantize(mod, lm_gs):
             head_name = name
     all_names = names + ([head_name] if head_name else [])
-    act = _activation_stats(model, tokenizer, all_names, calibration_texts) if calibration_texts else {}
+    act = (_activation_stats(model, tokenizer, all_names, calibration_texts, full=method == "gptq")
+           if calibration_texts else {})
 
     tensors: dict[str, torch.Tensor] = {}
     mods = dict(model.named_modules())
@@ -355,7 +412,10 @@ def quantize_checkpoint(
     for i, name in enumerate(all_names):
         mod = mods[name]
         gs = lm_gs if name == head_name else group_size
-        codes, scales, zeros = quantize_weight(mod.weight.data, gs, act_scale=act.get(name), clip_search=clip_search)
+        if method == "gptq":
+            codes, scales, zeros = gptq_quantize_weight(mod.weight.data, act[name], gs, clip_search=clip_search)
+        else:
+            codes, scales, zeros = quantize_weight(mod.weight.data, gs, act_scale=act.get(name), clip_search=clip_search)
         tensors[f"{name}.qcodes"] = pack_codes(codes)
         tensors[f"{name}.scales"] = scales
         tensors[f"{name}.zeros"] = zeros
@@ -392,6 +452,7 @@ def quantize_checkpoint(
         "group_size": group_size,
         "lm_head_group_size": lm_gs if head_name else None,
         "scheme": "asymmetric per-group: w = (q - 8) * scale + zero; codes 0..15, bf16 scale/zero",
+        "method": method,
         "clip_search": clip_search,
         "activation_aware": bool(act),
         "quantized": quantized,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ __all__ = ["Engine", "load_engine"]
 
 # Bound on the attention score tensor of one prefill chunk (bytes): long prompts prefill in chunks.
 _PREFILL_SCORE_BYTES = 256 * 2**20
+# Bound on one batch's KV cache (bytes); a larger batch is run as several.
+_KV_BUDGET_BYTES = int(float(os.environ.get("ABTEST_ENGINE_KV_BUDGET_GB", "3")) * 2**30)
 
 
 def load_engine(spec: EngineSpec) -> "Engine":
@@ -173,11 +176,27 @@ class Engine:
                 seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
                 gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
                 rows.append(_Row(i, req, ids, float(queue_ms[i]) if queue_ms else 0.0, limit, gen))
-            step = max(1, self.spec.max_batch_size)
-            for c in range(0, len(rows), step):
-                chunk = rows[c:c + step]
+            for chunk in self._chunks(rows):
                 self._run_isolated(chunk, out)
         return out  # type: ignore[return-value]
+
+    def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
+        """Split into batches of at most max_batch_size rows whose KV cache fits the budget."""
+        r = self.runner
+        per_token = r.n_layers * 2 * r.n_kv * r.head_dim * torch.empty((), dtype=r.dtype).element_size()
+        chunks: list[list[_Row]] = []
+        cur: list[_Row] = []
+        P = L = 0
+        for row in rows:
+            p2, l2 = max(P, len(row.ids)), max(L, row.limit)
+            if cur and (len(cur) >= self.spec.max_batch_size or (len(cur) + 1) * (p2 + l2) * per_token > _KV_BUDGET_BYTES):
+                chunks.append(cur)
+                cur, p2, l2 = [], len(row.ids), row.limit
+            cur.append(row)
+            P, L = p2, l2
+        if cur:
+            chunks.append(cur)
+        return chunks
 
     def _run_isolated(self, rows: list[_Row], out: list) -> None:
         """Run a batch; if it fails as a whole, rerun its rows one by one so that only the

@@ -12,9 +12,8 @@ PROMPTS = [
 NAMES = ["v1-fp32", "v2-fp32", "v2-int4"]
 
 
-def _hf_greedy(engine, prompt, n):
-    """Reference greedy decoding: full HF forward (no cache) and argmax at every step."""
-    ids = engine.encode(prompt)
+def _hf_argmax_tokens(engine, ids, n):
+    """Reference greedy decoding: plain HF forward (no cache) and argmax at every step."""
     out = []
     with torch.inference_mode():
         for _ in range(n):
@@ -24,6 +23,10 @@ def _hf_greedy(engine, prompt, n):
             if t in engine.eos_ids:
                 break
     return out
+
+
+def _hf_greedy(engine, prompt, n):
+    return _hf_argmax_tokens(engine, engine.encode(prompt), n)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -196,3 +199,17 @@ def test_closed_engine_refuses(tiny_specs):
     eng.close()
     with pytest.raises(EngineClosed):
         eng.generate([GenerationRequest("x")])
+
+
+def test_large_batches_split_by_size_and_kv_budget(tiny_engines, monkeypatch):
+    import engines.runtime as rt
+
+    eng = tiny_engines["v1-fp32"]
+    reqs = [GenerationRequest(f"x = {i}", max_new_tokens=4) for i in range(6)]
+    monkeypatch.setattr(rt, "_KV_BUDGET_BYTES", 10**12)
+    monkeypatch.setattr(eng, "spec", __import__("dataclasses").replace(eng.spec, max_batch_size=4))
+    assert [r.batch_size for r in eng.generate(reqs)] == [4, 4, 4, 4, 2, 2]
+    r = eng.runner
+    per_seq = r.n_layers * 2 * r.n_kv * r.head_dim * 4 * (len(eng.encode("x = 1")) + 4)
+    monkeypatch.setattr(rt, "_KV_BUDGET_BYTES", int(per_seq * 2.5))
+    assert [r.batch_size for r in eng.generate(reqs)] == [2, 2, 2, 2, 2, 2]

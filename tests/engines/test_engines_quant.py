@@ -129,3 +129,21 @@ def test_int4_bytes_much_smaller(tiny_engines):
     ratio = q.linear_weight_bytes() / fp.linear_weight_bytes()
     assert ratio < 1 / 5, ratio  # g32 carries more scale/zero overhead than g64
     assert q.weight_bytes() < fp.weight_bytes() / 3
+
+
+def test_gptq_beats_round_to_nearest_on_correlated_inputs():
+    from engines.quant import gptq_quantize_weight
+
+    torch.manual_seed(3)
+    n, k, g = 64, 256, 64
+    mix = torch.randn(k, k) / k ** 0.5 + torch.eye(k)
+    x = torch.randn(2048, k) @ mix  # correlated activations
+    w = torch.randn(n, k) * 0.05
+    h = x.t() @ x / x.shape[0]
+    c0, s0, z0 = quantize_weight(w, g, act_scale=torch.diag(h))
+    c1, s1, z1 = gptq_quantize_weight(w, h, g)
+    ref = x @ w.t()
+    e_rtn = (x @ dequantize(c0, s0, z0, g).t() - ref).pow(2).mean()
+    e_gptq = (x @ dequantize(c1, s1, z1, g).t() - ref).pow(2).mean()
+    assert c1.dtype == torch.uint8 and int(c1.max()) <= 15 and s1.shape == (n, k // g)
+    assert e_gptq < 0.8 * e_rtn, (float(e_gptq), float(e_rtn))

@@ -1,0 +1,218 @@
+"""Continuous (iteration-level) batching: requests join a running decode between two steps and
+leave it as soon as they finish, instead of waiting for the whole static batch.
+
+Same interface as :class:`~engines.scheduler.BatchingScheduler` (submit / queue_depth / close,
+Futures, Overloaded, drain). Each row of the KV cache holds one request from slot 0 (no padding);
+a decode step feeds every live row its own position (``DecoderRunner.decode_ragged``). New
+requests are prefilled together (left-padded, as in ``Engine.generate``) and their cache rows
+copied in; finished rows are resolved at once and the cache compacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from engines.runtime import _Row
+from engines.scheduler import BatchingScheduler, _Pending
+from engines.types import EngineError, GenerationResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ContinuousBatchingScheduler"]
+
+
+class _Live:
+    __slots__ = ("row", "pending", "t_admit", "t_first", "slot", "tok", "max_batch")
+
+    def __init__(self, row: _Row, pending: _Pending, t_admit: float):
+        self.row = row
+        self.pending = pending
+        self.t_admit = t_admit
+        self.t_first = 0.0
+        self.slot = 0  # cache slot (= position) of the token fed next
+        self.tok = 0  # token fed next
+        self.max_batch = 0
+
+
+class ContinuousBatchingScheduler(BatchingScheduler):
+    """``max_batch_size`` here bounds the live rows of the running decode (default: the spec's,
+    capped at 64)."""
+
+    def __init__(self, engine, *, max_batch_size: int | None = None, max_wait_ms: float | None = None,
+                 max_queue: int | None = None, name: str | None = None):
+        if max_batch_size is None:
+            max_batch_size = min(64, getattr(getattr(engine, "spec", None), "max_batch_size", 64))
+        self._live: list[_Live] = []
+        self._cache = None
+        self._cap_t = 0
+        self.steps_run = 0
+        super().__init__(engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         name=name)
+
+    # ------------------------------------------------------------------ worker
+
+    def _take(self) -> list[_Pending] | None:
+        """Requests to admit now: when idle, wait like the static batcher (size or deadline);
+        while decoding, take whatever is queued without waiting."""
+        if not self._live:
+            return self._next_batch()
+        with self._cond:
+            room = self.max_batch_size - len(self._live)
+            n = min(room, len(self._queue))
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _loop(self) -> None:
+        while True:
+            admit = self._take()
+            if admit is None:
+                return
+            try:
+                with self.engine._lock:
+                    if admit:
+                        self._admit(admit)
+                    if self._live:
+                        self._step()
+            except BaseException as e:  # noqa: BLE001 - fail the live requests, keep serving
+                log.exception("continuous batch step failed")
+                err = e if isinstance(e, EngineError) else EngineError(f"generation failed: {type(e).__name__}: {e}")
+                for lv in self._live:
+                    if not lv.pending.future.done():
+                        lv.pending.future.set_exception(err)
+                self._live, self._cache, self._cap_t = [], None, 0
+                for p in admit or []:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+                if not isinstance(e, Exception):
+                    raise
+
+    def _ensure_cache(self, need_rows: int, need_t: int) -> None:
+        runner = self.engine.runner
+        if self._cache is not None and need_t <= self._cap_t:
+            return
+        cap_t = min(max(need_t, 2 * self._cap_t, 128), max(need_t, self.engine.spec.context_window))
+        new = runner.new_cache(self.max_batch_size, cap_t)
+        n = len(self._live)
+        if self._cache is not None and n:
+            for (k, v), (nk, nv) in zip(self._cache, new):
+                nk[:n, :, : self._cap_t] = k[:n]
+                nv[:n, :, : self._cap_t] = v[:n]
+        self._cache, self._cap_t = new, cap_t
+
+    @torch.inference_mode()
+    def _admit(self, pendings: list[_Pending]) -> None:
+        eng = self.engine
+        t_admit = time.monotonic()
+        new: list[_Live] = []
+        for p in pendings:
+            if not p.future.set_running_or_notify_cancel():
+                continue
+            try:
+                ids = eng._validate(p.request)
+            except EngineError as e:
+                p.future.set_exception(e)
+                continue
+            req = p.request
+            limit = min(req.max_new_tokens, eng.spec.context_window - len(ids))
+            seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=eng._seed_rng))
+            gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
+            row = _Row(len(new), req, ids, (t_admit - p.t_submit) * 1e3, limit, gen)
+            new.append(_Live(row, p, t_admit))
+        if not new:
+            return
+        runner = eng.runner
+        dev = eng.device
+        B = len(new)
+        lens = [len(lv.row.ids) for lv in new]
+        P = max(lens)
+        ids = torch.full((B, P), eng.pad_id, dtype=torch.long)
+        for b, lv in enumerate(new):
+            ids[b, P - lens[b]:] = torch.tensor(lv.row.ids, dtype=torch.long)
+        pad_t = torch.tensor([P - n for n in lens], dtype=torch.long)
+        positions = (torch.arange(P)[None, :] - pad_t[:, None]).clamp_(min=0).to(dev)
+        key_valid = (torch.arange(P)[None, :] >= pad_t[:, None]).to(dev) if any(pad_t.tolist()) else None
+        tmp = runner.new_cache(B, P)
+        logits = runner.forward(ids.to(dev), positions, 0, tmp, key_valid, last_only=True)[:, -1]
+        first = eng._sample(logits, [lv.row for lv in new]).tolist()
+        now = time.monotonic()
+        need_t = max(len(lv.row.ids) + lv.row.limit for lv in new + self._live)
+        self._ensure_cache(len(self._live) + B, need_t)
+        for b, lv in enumerate(new):
+            lv.t_first = now
+            r = lv.row
+            r.gen.append(first[b])
+            if self._finished(r):
+                r.t_done = now
+                self._resolve(lv)
+                continue
+            dst = len(self._live)
+            for (k, v), (tk, tv) in zip(self._cache, tmp):
+                k[dst, :, : lens[b]] = tk[b, :, P - lens[b]:]
+                v[dst, :, : lens[b]] = tv[b, :, P - lens[b]:]
+            lv.slot = lens[b]
+            lv.tok = first[b]
+            self._live.append(lv)
+        n = len(self._live)
+        for lv in self._live:
+            lv.max_batch = max(lv.max_batch, n)
+
+    def _finished(self, r: _Row) -> bool:
+        eng = self.engine
+        t = r.gen[-1]
+        if t in eng.eos_ids:
+            r.finish = "stop"
+        elif r.req.stop and eng._hit_stop(r):
+            r.finish = "stop"
+        elif len(r.gen) >= r.limit:
+            r.finish = "length"
+        return r.finish is not None
+
+    def _resolve(self, lv: _Live) -> None:
+        eng = self.engine
+        r = lv.row
+        gen = r.gen[:-1] if r.gen and r.gen[-1] in eng.eos_ids else r.gen
+        text = r.text if r.text is not None else eng._decode(gen)
+        res = GenerationResult(
+            text=text, prompt_tokens=len(r.ids), completion_tokens=len(r.gen), queue_ms=r.queue_ms,
+            ttft_ms=(lv.t_first - lv.t_admit) * 1e3, decode_ms=(r.t_done - lv.t_first) * 1e3,
+            total_ms=r.queue_ms + (r.t_done - lv.t_admit) * 1e3, batch_size=max(1, lv.max_batch),
+            finish_reason=r.finish or "length", request_id=r.req.request_id,
+        )
+        self.requests_run += 1
+        lv.pending.future.set_result(res)
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        eng = self.engine
+        dev = eng.device
+        live = self._live
+        n = len(live)
+        tok = torch.tensor([lv.tok for lv in live], dtype=torch.long, device=dev)
+        slots = torch.tensor([lv.slot for lv in live], dtype=torch.long, device=dev)
+        end = max(lv.slot for lv in live) + 1
+        view = [(k[:n], v[:n]) for k, v in self._cache]
+        logits = eng.runner.decode_ragged(tok, slots, end, view)
+        nxt = eng._sample(logits, [lv.row for lv in live]).tolist()
+        self.steps_run += 1
+        self.batch_sizes.append(n)
+        now = time.monotonic()
+        keep = []
+        for j, lv in enumerate(live):
+            r = lv.row
+            r.gen.append(nxt[j])
+            if self._finished(r):
+                r.t_done = now
+                self._resolve(lv)
+            else:
+                lv.slot += 1
+                lv.tok = nxt[j]
+                keep.append(j)
+        if len(keep) < n:
+            if keep and keep != list(range(len(keep))):
+                idx = torch.tensor(keep, dtype=torch.long, device=dev)
+                for k, v in self._cache:
+                    k[: len(keep)] = k.index_select(0, idx)
+                    v[: len(keep)] = v.index_select(0, idx)
+            self._live = [live[j] for j in keep]
