@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Blueprint, Response, g, jsonify, request
 
 from ..errors import ValidationError
@@ -59,7 +61,7 @@ def update(key: str) -> Response:
     return _reply(view)
 
 
-def _transition(key: str, action: str) -> Response:
+def _transition(key: str, *, action: str) -> Response:
     svc = services()
     with svc.db.transaction() as session:
         exp = svc_exp.get_experiment(session, key, for_update=True)
@@ -69,22 +71,9 @@ def _transition(key: str, action: str) -> Response:
     return _reply(view)
 
 
-@bp.post("/<key>/start")
-@requires("admin")
-def start(key: str) -> Response:
-    return _transition(key, "start")
-
-
-@bp.post("/<key>/pause")
-@requires("admin")
-def pause(key: str) -> Response:
-    return _transition(key, "pause")
-
-
-@bp.post("/<key>/stop")
-@requires("admin")
-def stop(key: str) -> Response:
-    return _transition(key, "stop")
+for _action in svc_exp.TRANSITIONS:  # POST /<key>/start, /<key>/pause, /<key>/stop
+    bp.add_url_rule(f"/<key>/{_action}", _action, requires("admin")(functools.partial(_transition, action=_action)),
+                    methods=["POST"])
 
 
 @bp.get("/<key>/audit")
