@@ -8,7 +8,6 @@ cache, the assignment service with its exposure writer, and the blueprints.
 from __future__ import annotations
 
 import atexit
-import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from flask import Flask
 
 from .config import Settings
 from .db import Database, upgrade
+from .logs import configure_logging
 from .services.assign import Assigner, ConfigCache, ExposureWriter
 from .services.keys import KeyCache, create_key, hash_key
 from .services.outcomes import OutcomeLog
@@ -91,7 +91,7 @@ class Services:
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = Settings.load(overrides)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if settings.is_sqlite and _sqlite_needs_schema(settings.database_url):
         upgrade(settings.database_url)  # the embedded default creates its own schema
     app = Flask("abtest")

@@ -50,6 +50,8 @@ class Settings:
     # When set, an admin API key with this exact value is ensured at start-up (for bootstrapping).
     bootstrap_admin_key: str | None = None
     log_level: str = "INFO"
+    # "text" for people, "json" for one JSON object per line (request ids as fields).
+    log_format: str = "text"
 
     @classmethod
     def load(

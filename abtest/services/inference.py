@@ -111,8 +111,10 @@ class InferenceService:
             if shadow is not None:
                 self._compare_later(shadow, control_text)
         latency = self._finish(row, t0, "ok", None, result)
-        log.info("infer request_id=%s experiment=%s variant=%s engine=%s status=ok latency_ms=%.1f",
-                 request_id, experiment, assignment.variant, assignment.engine, latency)
+        log.info("infer ok request_id=%s", request_id, extra={
+            "request_id": request_id, "experiment": experiment, "unit_id": unit_id, "variant": assignment.variant,
+            "engine": assignment.engine, "status": "ok", "latency_ms": round(latency, 3),
+            "batch_size": result["batch_size"]})
         return {"request_id": request_id, "experiment": experiment, "variant": assignment.variant,
                 "engine": assignment.engine, "text": result["text"], "prompt_tokens": result["prompt_tokens"],
                 "completion_tokens": result["completion_tokens"], "latency_ms": round(latency, 3),
@@ -142,7 +144,9 @@ class InferenceService:
             exc, status = UpstreamError(message or "the engine failed", details=details), "error"
         self._finish(row, t0, status, code)
         exc.request_id = row["request_id"]
-        log.warning("infer request_id=%s engine=%s status=%s code=%s", row["request_id"], row["engine"], status, code)
+        log.warning("infer %s request_id=%s code=%s", status, row["request_id"], code, extra={
+            "request_id": row["request_id"], "unit_id": row["unit_id"], "variant": row["variant"],
+            "engine": row["engine"], "status": status, "error_code": code})
         return exc
 
     def _finish(self, row: dict[str, Any], t0: float, status: str, code: str | None,
