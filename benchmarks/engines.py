@@ -209,6 +209,33 @@ def dynamic_batching(engine, prompts, new_tokens: int, concurrent: int) -> dict:
     }
 
 
+def staggered_arrivals(engine, prompts, continuous: bool, n: int = 16, gap_ms: float = 20.0,
+                       max_new: int = 48) -> dict:
+    """n requests arriving gap_ms apart with mixed lengths (max_new/6 .. max_new tokens)."""
+    from engines import BatchingScheduler, ContinuousBatchingScheduler, GenerationRequest
+
+    cls = ContinuousBatchingScheduler if continuous else BatchingScheduler
+    sched = cls(engine, max_batch_size=32, max_wait_ms=engine.spec.max_wait_ms)
+    lens = [max(2, max_new * (1 + (i * 5) % 6) // 6) for i in range(n)]
+    t0 = time.perf_counter()
+    futs = []
+    for i in range(n):
+        futs.append(sched.submit(GenerationRequest(prompts[i % len(prompts)], max_new_tokens=lens[i])))
+        time.sleep(gap_ms / 1e3)
+    res = [f.result(600) for f in futs]
+    wall = time.perf_counter() - t0
+    sched.close()
+    lat = [r.total_ms for r in res]
+    return {
+        "scheduler": "continuous" if continuous else "static",
+        "requests": n, "gap_ms": gap_ms, "tokens": sum(r.completion_tokens for r in res),
+        "tok_s": round(sum(r.completion_tokens for r in res) / wall, 1),
+        "latency_ms_mean": round(sum(lat) / n, 1),
+        "latency_ms_p50": round(_pct(lat, 0.5), 1), "latency_ms_p99": round(_pct(lat, 0.99), 1),
+        "ttft_ms_p50": round(_pct([r.queue_ms + r.ttft_ms for r in res], 0.5), 1),
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short run (under 2 minutes)")
@@ -291,6 +318,12 @@ def main(argv=None) -> int:
     report["dynamic_batching"] = {}
     for name in ("v1-fp32", "v2-int4"):
         report["dynamic_batching"][name] = dynamic_batching(engines[name], prompts, new, 16)
+    _log("static vs continuous batching, staggered arrivals (V2 INT4)")
+    report["continuous_batching_v2_int4"] = {
+        kind: staggered_arrivals(engines["v2-int4"], prompts, kind == "continuous", n=12 if quick else 24,
+                                 max_new=24 if quick else 64)
+        for kind in ("static", "continuous")
+    }
     t = report["int4_vs_fp32_v2"]
     db = report["dynamic_batching"]
     report["targets"] = {

@@ -93,7 +93,9 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         if self._cache is not None and need_t <= self._cap_t:
             return
         cap_t = min(max(need_t, 2 * self._cap_t, 128), max(need_t, self.engine.spec.context_window))
-        new = runner.new_cache(self.max_batch_size, cap_t)
+        # zeros, not empty: slots past a row's length are masked, but a masked NaN still poisons
+        # the attention output (0 * NaN); stale values of earlier rows are finite
+        new = [(k.zero_(), v.zero_()) for k, v in runner.new_cache(self.max_batch_size, cap_t)]
         n = len(self._live)
         if self._cache is not None and n:
             for (k, v), (nk, nv) in zip(self._cache, new):

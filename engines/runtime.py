@@ -81,6 +81,8 @@ class Engine:
         self.spec = spec
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
+        # the engine enforces its own context window (per request); silence HF's length warning
+        self.tokenizer.model_max_length = int(1e12)
         self.device = loaded.device
         self.runner = DecoderRunner(loaded, spec.context_window, spec.attention, spec.sliding_window)
         self.load_seconds = 0.0
