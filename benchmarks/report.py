@@ -7,7 +7,7 @@ test``, trust auth), migrates it, and for each size: truncates the log tables, f
 COPY (psycopg3 ``cursor.copy``) -- ``rows`` requests over ``rows / 20`` units (two variants,
 clustered latencies, 2% errors, 1% rejected, 5% shadow copies), one exposure per unit and about
 0.15 purchase events per unit -- runs ``VACUUM ANALYZE``, then times ``build_report`` (the
-function behind ``GET /report``; best and median of ``--repeat`` runs, histogram included) and
+function behind ``GET /report`` in JSON; best and median of ``--repeat`` runs) and
 the Python heap peak during one build (tracemalloc). The database is dropped at the end.
 Prints one JSON object: per size rows, units, events, fill seconds, report seconds, heap peak,
 and the growth ratio of report time per 10x rows.
@@ -21,7 +21,7 @@ import statistics
 import time
 import tracemalloc
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np

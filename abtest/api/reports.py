@@ -36,8 +36,9 @@ def _float_arg(name: str, default: float | None, lo: float, hi: float) -> float 
     return value
 
 
-def options_from_request() -> ReportOptions:
+def options_from_request(fmt: str) -> ReportOptions:
     return ReportOptions(
+        histogram=fmt == "html",
         alpha=_float_arg("alpha", 0.05, 0.0, 0.5) or 0.05,
         cap=_float_arg("cap", None, 0.5, 1.0),
         mde=_float_arg("mde", 0.05, 0.0, 10.0) or 0.05,
@@ -50,7 +51,7 @@ def report(key: str) -> Response:
     fmt = request.args.get("format", "json")
     if fmt not in FORMATS:
         raise ValidationError("format", f"must be one of {', '.join(FORMATS)}")
-    options = options_from_request()
+    options = options_from_request(fmt)
     svc = services()
     svc.exposures.flush()  # this process's pending exposures belong in the report
     with svc.db.session() as session:

@@ -53,13 +53,14 @@ __all__ = ["ReportOptions", "build_report", "metric_specs"]
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """Knobs of a report. ``metrics`` restricts the analysis to those names (guardrail checks)."""
+    """Knobs of a report. ``metrics`` restricts the analysis to those names (guardrail checks);
+    ``histogram`` adds the latency distribution per variant (one more scan; the HTML page's)."""
 
     alpha: float = 0.05
     cap: float | None = None
     mde: float = 0.05
     n_star: float = S.DEFAULT_N_STAR
-    histogram: bool = True
+    histogram: bool = False
     metrics: tuple[str, ...] | None = None
     now: datetime | None = field(default=None, compare=False)
 
@@ -151,6 +152,7 @@ def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], k
             data[f"mean:{s.name}"] = mean_stats(rows)
     if options.histogram and options.metrics is None:
         data["histogram"] = _histogram(conn, scope, points)
+    if options.metrics is None:
         data["shadow"] = Q.shadow_rows(conn, scope)
     return data
 

@@ -39,7 +39,7 @@ def report(key: str, fmt: str, output: str | None, cap: float | None, alpha: flo
     db = Database(Settings.load().database_url)
     try:
         with db.session() as session:
-            body = build_report(session, key, ReportOptions(alpha=alpha, cap=cap, mde=mde))
+            body = build_report(session, key, ReportOptions(alpha=alpha, cap=cap, mde=mde, histogram=fmt == "html"))
     except ABTestError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
     finally:

@@ -94,7 +94,7 @@ def check_guardrails(db: Database, experiment_key: str, actor: str = "guardrail-
         if exp.treatment_paused:
             return GuardrailCheck(experiment_key, False, skipped="treatment already paused")
         names = _guardrail_names(exp)
-        report = build_report(session, experiment_key, ReportOptions(metrics=names, histogram=False, now=now))
+        report = build_report(session, experiment_key, ReportOptions(metrics=names, now=now))
     statuses, breaches = [], []
     for rec in report["recommendations"]:
         for g in rec["guardrails"]:

@@ -172,3 +172,18 @@ def test_timeseries_is_cumulative_and_ends_at_the_totals(filled, report_of) -> N
     assert points[-1]["seq_lower"] == pytest.approx(final["sequential"]["relative"]["ci_lower"], rel=1e-9)
     for p in points:
         assert p["seq_lower"] <= p["ci_lower"] <= p["estimate"] <= p["ci_upper"] <= p["seq_upper"]
+
+
+def test_latency_histogram_counts_match_numpy(filled, report_of) -> None:  # type: ignore[no-untyped-def]
+    assert report_of()["latency_histogram"] is None  # JSON default: no extra scan
+    hist = report_of(histogram=True)["latency_histogram"]
+    reqs = [r for r in ref.served(filled.log.requests, filled.phase) if r["status"] == "ok"]
+    upper, width = hist["upper_ms"], hist["bin_width_ms"]
+    p99 = max(np.percentile([r["latency_ms"] for r in reqs if r["variant"] == v], 99) for v in ("control", "treatment"))
+    assert upper == pytest.approx(p99 * 1.05, rel=1e-12)
+    for v in ("control", "treatment"):
+        x = np.array([r["latency_ms"] for r in reqs if r["variant"] == v])
+        expected = np.bincount(np.minimum((x // width).astype(int), 40), minlength=41)
+        expected[40] = int((x >= upper).sum())
+        expected[:40] = np.bincount((x[x < upper] // width).astype(int), minlength=40)[:40]
+        assert hist["counts"][v] == expected.tolist()
