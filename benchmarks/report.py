@@ -10,7 +10,8 @@ clustered latencies, 2% errors, 1% rejected, 5% shadow copies), one exposure per
 function behind ``GET /report`` in JSON; best and median of ``--repeat`` runs) and
 the Python heap peak during one build (tracemalloc). The database is dropped at the end.
 Prints one JSON object: per size rows, units, events, fill seconds, report seconds, heap peak,
-and the growth ratio of report time per 10x rows.
+and the growth ratio of report time per 10x rows; with ``--proposed-indexes`` each size is timed
+again on the same data after creating the indexes in ``PROPOSED_INDEXES`` (not in the migrations).
 """
 
 from __future__ import annotations
@@ -141,12 +142,37 @@ def time_report(url: str, repeat: int) -> dict[str, Any]:
             "units_in_report": sum(v["units"] for v in report["variants"])}
 
 
+# Indexes the report would use if the migrations added them (measured with --proposed-indexes):
+# percentile sorts read presorted latencies; the unit aggregation can stream in (variant, unit) order.
+PROPOSED_INDEXES = (
+    "CREATE INDEX ix_requests_report_latency ON requests (experiment_id, phase, variant, latency_ms) "
+    "WHERE status = 'ok' AND in_experiment AND NOT shadow",
+    "CREATE INDEX ix_requests_report_unit ON requests (experiment_id, phase, variant, unit_id) "
+    "INCLUDE (status, latency_ms, started_at) WHERE in_experiment AND NOT shadow",
+)
+
+
+def with_proposed_indexes(url: str, repeat: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+        for ddl in PROPOSED_INDEXES:
+            conn.execute(ddl)
+        conn.execute("VACUUM ANALYZE requests")
+    built = time.perf_counter() - start
+    timed = time_report(url, repeat)
+    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
+        conn.execute("DROP INDEX ix_requests_report_latency, ix_requests_report_unit")
+    return {"index_build_seconds": round(built, 1), **{k: v for k, v in timed.items() if k.startswith("report_")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100k and 1M rows only")
     parser.add_argument("--sizes", help="comma-separated request row counts (overrides --quick)")
     parser.add_argument("--server-url", default=SERVER_URL)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--proposed-indexes", action="store_true",
+                        help="also time each size with the indexes of PROPOSED_INDEXES")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         [100_000, 1_000_000] if args.quick else [100_000, 1_000_000, 10_000_000])
@@ -168,7 +194,10 @@ def main() -> None:
         for rows in sizes:
             with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
                 conn.execute("TRUNCATE exposures, requests, events")
-            results.append({"rows": rows, **fill(url, exp_id, rows), **time_report(url, args.repeat)})
+            result = {"rows": rows, **fill(url, exp_id, rows), **time_report(url, args.repeat)}
+            if args.proposed_indexes:
+                result["with_proposed_indexes"] = with_proposed_indexes(url, args.repeat)
+            results.append(result)
     finally:
         with server.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
