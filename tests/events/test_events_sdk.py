@@ -61,7 +61,9 @@ def test_concurrent_track_loses_nothing_and_duplicates_nothing(live) -> None:
     assert len(set(tracked)) == 8 * 500
     rows = stored_ids(url, name)
     assert sorted(rows) == sorted(tracked)
-    assert (stats.sent, stats.duplicates, stats.rejected, stats.dropped) == (4000, 0, 0, 0)
+    # A batch whose answer timed out under load is resent and comes back as duplicates.
+    assert stats.sent + stats.duplicates == 4000 and stats.sent > 0
+    assert (stats.rejected, stats.dropped) == (0, 0)
 
 
 def test_lost_acknowledgements_are_resent_and_counted_once(live, fault_proxy) -> None:
