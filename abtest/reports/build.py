@@ -94,7 +94,7 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
     specs = [s for s in metric_specs(exp) if options.metrics is None or s.name in options.metrics]
 
     exposed = Q.exposure_counts(conn, scope)
-    srm = S.srm_test([exposed.get(k, 0) for k in keys], [max(v.weight, 1e-12) for v in arms])
+    srm = _srm(keys, arms, exposed)
     data = _collect(conn, scope, exp.key, specs, keys, options)
 
     metrics_out = []
@@ -327,6 +327,15 @@ def _experiment_block(session: Session, exp: Experiment) -> dict[str, Any]:
         "last_guardrail_breach": None if breach is None else {
             "at": breach.at.isoformat(), "actor": breach.actor, **breach.changes},
     }
+
+
+def _srm(keys: Sequence[str], arms: Sequence[Any], exposed: Mapping[str, int]) -> S.SRMResult:
+    """Pearson chi-square of exposed units; a dark launch (one served arm) has nothing to check."""
+    counts = [exposed.get(k, 0) for k in keys]
+    if len(arms) < 2:
+        return S.SRMResult(tuple(counts), tuple(float(c) for c in counts), 0.0, 0, 1.0,
+                           S.DEFAULT_SRM_THRESHOLD, False, "one served variant; sample ratio not checked")
+    return S.srm_test(counts, [max(v.weight, 1e-12) for v in arms])
 
 
 def _srm_block(srm: S.SRMResult, keys: Sequence[str], exposed: Mapping[str, int],

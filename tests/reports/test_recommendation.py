@@ -117,3 +117,21 @@ def test_two_treatments_each_get_a_comparison(factory, report_of) -> None:  # ty
     assert len(p_values) == 16  # 8 metrics x 2 treatments, all in one Holm family
     assert report["options"]["multiple_testing"]["family"] == sum(p is not None for p in p_values) >= 12
     assert [r["variant"] for r in report["recommendations"]] == ["treatment", "treatment-b"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_dark_launch_without_a_served_treatment(factory, report_of, client, admin) -> None:  # type: ignore[no-untyped-def]
+    variants = [{"key": "control", "engine": "v1-fp32", "weight": 1.0, "control": True},
+                {"key": "treatment", "engine": "v2-int4", "weight": 0.0, "shadow": True}]
+    f = factory("exp-1", variants=variants)
+    for i in range(10):
+        f.exposure(f"u{i}", "control", T0)
+        f.request(f"u{i}", "control", 300.0 + i, at=T0)
+        f.request(f"u{i}", "treatment", 200.0, at=T0, shadow=True, output_match=i < 9)
+    f.flush()
+    report = report_of()
+    assert report["recommendation"] == {"action": "keep running", "variant": None, "reasons": ["no treatment variant"]}
+    assert report["srm"]["flagged"] is False and report["metrics"][0]["comparisons"] == []
+    assert report["shadow"][0]["requests"] == 10 and report["shadow"][0]["output_matches"] == 9
+    assert client.get("/v1/experiments/exp-1/report?format=html", headers=admin).status_code == 200
+    assert client.get("/v1/experiments/exp-1/report?format=csv", headers=admin).status_code == 200
