@@ -119,10 +119,15 @@ def _sqlite_needs_schema(url: str) -> bool:
 
 
 def _ensure_key(services: Services, key: str) -> None:
+    """Create the bootstrap admin key unless it exists; gunicorn workers may race on it."""
     from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
 
     from .models import ApiKey
 
-    with services.db.transaction() as session:
-        if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))) is None:
-            create_key(session, "bootstrap-admin", "admin", key=key)
+    try:
+        with services.db.transaction() as session:
+            if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))) is None:
+                create_key(session, "bootstrap-admin", "admin", key=key)
+    except IntegrityError:
+        pass  # another process created it first

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -207,7 +208,9 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_unit_name", "unit_id", "name"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    # 64-bit: at tens of thousands of events per second a 32-bit id runs out within days.
+    # (SQLite's INTEGER PRIMARY KEY is already 64-bit and must stay INTEGER to autoincrement.)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(64), unique=True)
     unit_id: Mapped[str] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(100))

@@ -68,8 +68,12 @@ class Fields:
         if value is default and default is not _MISSING:
             return value
         kinds = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, kinds):
             raise ValidationError(self._name(key), "must be an integer" if integer else "must be a number")
+        if isinstance(value, int) and abs(value) > 2**63:  # JSON allows any size; floats would overflow
+            raise ValidationError(self._name(key), "is out of range")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValidationError(self._name(key), "must be a finite number")
         if lo is not None and value < lo:
             raise ValidationError(self._name(key), f"must be >= {lo}")
         if hi is not None and value > hi:

@@ -163,3 +163,8 @@ def test_unknown_routes_and_methods_are_json(client, admin) -> None:
     assert reply.status_code == 405 and reply.get_json()["error"]["code"] == "method_not_allowed"
     reply = client.get("/v1/experiments/missing", headers=admin)
     assert reply.status_code == 404 and "missing" in reply.get_json()["error"]["message"]
+
+
+def test_huge_json_integers_are_422_not_500(client, admin) -> None:
+    reply = client.post("/v1/experiments", json=experiment_payload(coverage=10**400), headers=admin)
+    assert reply.status_code == 422 and reply.get_json()["error"]["details"]["field"] == "coverage"
