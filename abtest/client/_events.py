@@ -29,7 +29,12 @@ def _timestamp(value: datetime | str | None) -> str:
     if value is None:
         value = datetime.now(timezone.utc)
     if isinstance(value, str):
-        return value
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"timestamp must be ISO-8601, got {value!r}") from None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)  # the server reads naive strings as UTC too
     if not isinstance(value, datetime):
         raise TypeError(f"timestamp must be a datetime or ISO-8601 str, not {type(value).__name__}")
     if value.tzinfo is None:
@@ -37,9 +42,15 @@ def _timestamp(value: datetime | str | None) -> str:
     return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+# The server's column widths: longer values would be rejected there, one by one.
+MAX_LENGTHS = {"unit_id": 200, "name": 100, "request_id": 36, "experiment": 100}
+
+
 def _non_empty(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_LENGTHS[name]:
+        raise ValueError(f"{name} must be at most {MAX_LENGTHS[name]} characters, got {len(value)}")
     return value
 
 
@@ -60,8 +71,12 @@ def make_event(
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"value must be a number, not {type(value).__name__}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"value must be finite, got {value!r}")
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"value must be a finite number, got {value!r}")
     event: dict[str, Any] = {
         "event_id": str(uuid.uuid4()),
         "unit_id": _non_empty("unit_id", unit_id),

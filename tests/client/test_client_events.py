@@ -241,3 +241,25 @@ def test_many_threads_tracking_lose_nothing(make_client, server: FakeEventServer
     stats = client.stats
     assert stats.tracked == stats.sent + stats.duplicates == per_thread * threads
     assert stats.dropped == 0 and stats.pending == 0
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"value": 10**400}, ValueError),
+    ({"unit_id": "u" * 201}, ValueError),
+    ({"name": "   "}, ValueError),
+    ({"request_id": "r" * 37}, ValueError),
+    ({"timestamp": "yesterday"}, ValueError),
+])
+def test_make_event_refuses_what_the_server_would_reject(kwargs, error) -> None:
+    from abtest.client._events import make_event
+
+    args = {"unit_id": "u1", "name": "purchase", **kwargs}
+    with pytest.raises(error):
+        make_event(**args)
+
+
+def test_make_event_normalizes_string_timestamps_to_utc() -> None:
+    from abtest.client._events import make_event
+
+    assert make_event("u", "n", timestamp="2026-01-02T03:04:05+02:00")["timestamp"] == "2026-01-02T01:04:05Z"
+    assert make_event("u", "n", timestamp="2026-01-02T03:04:05")["timestamp"] == "2026-01-02T03:04:05Z"
