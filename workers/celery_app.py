@@ -17,6 +17,14 @@ Settings a GPU worker needs, and why:
         the longest task (the inference timeout plus queueing), or a slow task runs twice.
     socket timeouts of 1 s
         an unreachable broker fails a publish fast (the API answers 503 instead of hanging).
+    task time limit
+        workers use the threads pool (one engine and one batching scheduler per process), where
+        Celery cannot enforce ``task_time_limit`` (it needs a child process to kill). Each task
+        carries the caller's deadline instead and stops waiting for the engine at it, answering
+        ``engine_timeout``; the engine's scheduler finishes or drops the work on its own.
+    heartbeats
+        Redis has no AMQP heartbeats; ``health_check_interval`` pings idle connections so a dead
+        broker connection is noticed and re-established.
 """
 
 from __future__ import annotations
