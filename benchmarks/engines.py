@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see engines/__init__.py
 import platform
 import statistics
 import sys
