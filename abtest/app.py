@@ -76,7 +76,7 @@ class Services:
 
         interval = self.settings.guardrail_interval_s
         lock = redis_round_lock(self.settings.broker_url, interval) if self.settings.broker_url else None
-        self.monitor = GuardrailMonitor(self.db, interval, lock).start()
+        self.monitor = GuardrailMonitor(self.db, interval, lock, on_pause=self.configs.invalidate).start()
 
     def close(self) -> None:
         if self.monitor is not None:

@@ -41,7 +41,8 @@ def seed_breach(services, key: str) -> None:  # type: ignore[no-untyped-def]
 def test_monitor_thread_pauses_a_breaching_treatment(services, make_experiment, client, admin) -> None:
     make_experiment("guarded", start=True)
     seed_breach(services, "guarded")
-    monitor = GuardrailMonitor(services.db, interval_s=0.2).start()
+    invalidated = []
+    monitor = GuardrailMonitor(services.db, interval_s=0.2, on_pause=lambda: invalidated.append(1)).start()
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -51,6 +52,7 @@ def test_monitor_thread_pauses_a_breaching_treatment(services, make_experiment, 
     finally:
         monitor.stop()
     assert client.get("/v1/experiments/guarded", headers=admin).get_json()["treatment_paused"] is True
+    assert invalidated == [1]
     actions = [e["action"] for e in client.get("/v1/experiments/guarded/audit", headers=admin).get_json()["entries"]]
     assert actions.count("guardrail_breach") == 1
     body = client.post("/v1/assign", json={"experiment": "guarded", "unit_id": "u1"}, headers=admin).get_json()

@@ -39,8 +39,10 @@ def redis_round_lock(url: str, interval_s: float) -> Callable[[], bool]:
 
 
 class GuardrailMonitor:
-    def __init__(self, db: Database, interval_s: float, acquire: Callable[[], bool] | None = None) -> None:
+    def __init__(self, db: Database, interval_s: float, acquire: Callable[[], bool] | None = None,
+                 on_pause: Callable[[], None] | None = None) -> None:
         self.db, self.interval_s, self.acquire = db, interval_s, acquire or (lambda: True)
+        self.on_pause = on_pause or (lambda: None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="guardrail-monitor", daemon=True)
 
@@ -52,7 +54,10 @@ class GuardrailMonitor:
         """One round; returns how many experiments had their treatment paused."""
         if not self.acquire():
             return 0
-        return sum(check.paused for check in check_all_running(self.db))
+        paused = sum(check.paused for check in check_all_running(self.db))
+        if paused:
+            self.on_pause()  # this process stops serving the treatment at once, others within the cache TTL
+        return paused
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
