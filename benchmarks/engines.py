@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see engines/__init__.py
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # before torch loads: see engines/__init__.py
 import platform
 import statistics
 import sys

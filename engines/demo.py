@@ -28,10 +28,10 @@ EOT = "<|endoftext|>"
 @dataclass(frozen=True)
 class DemoSize:
     vocab: int = 8192
-    hidden: int = 768
-    intermediate: int = 2048
-    layers: int = 12
-    heads: int = 12
+    hidden: int = 1024
+    intermediate: int = 2816
+    layers: int = 8  # few wide layers: less per-layer overhead per weight byte at decode
+    heads: int = 16
     kv_heads: int = 4
     train_steps: int = 48
     batch: int = 4

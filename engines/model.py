@@ -325,7 +325,11 @@ class DecoderRunner:
         eps = getattr(norm, "variance_epsilon", None)
         if eps is None or type(norm).__name__ not in _PLAIN_RMSNORMS:
             return norm(x)
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+        # HF's formula, inline (torch's fused rms_norm op was ~3x slower for one token on CPU)
+        if x.dtype == torch.float32:
+            return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+        xf = x.float()
+        return norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
     def new_cache(self, batch: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (batch, self.n_kv, length, self.head_dim)
