@@ -215,7 +215,7 @@ for _action in ("start", "pause", "stop"):
 @click.option("--base-rate", default=0.30, show_default=True, type=float, help="V1 conversion probability")
 @click.option("--seed", default=7, show_default=True, type=int)
 @click.option("--max-new-tokens", default=8, show_default=True, type=int)
-@click.option("--concurrency", default=16, show_default=True, type=int, help="simulated users in flight")
+@click.option("--concurrency", default=32, show_default=True, type=int, help="simulated users in flight")
 @click.option("--target", default=None, help="run against this server (URL) instead of starting one")
 @click.option("--api-key", envvar="ABTEST_API_KEY", default=None, help="admin key for --target")
 @click.option("-o", "--output", default="report.html", show_default=True, help="where to write the HTML report")

@@ -80,7 +80,7 @@ class DemoConfig:
     failed_factor: float = 0.3  # a failed request multiplies the conversion probability by this
     seed: int = 7
     max_new_tokens: int = 8
-    concurrency: int = 16
+    concurrency: int = 32
     target: str | None = None  # run against this server instead of starting one
     api_key: str | None = None  # admin key for --target
     report_path: str = "report.html"
@@ -94,14 +94,15 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    port: int = 0, env: dict[str, str] | None = None, workers: int = 1
+    port: int = 0, env: dict[str, str] | None = None, workers: int = 1, threads: int = 8
 ) -> Iterator[tuple[str, str]]:
     """Run ``abtest serve`` in a child process; yield (base_url, admin_key)."""
     port = port or _free_port()
     admin_key = "abt_demo_" + secrets.token_urlsafe(24)
     child_env = {**os.environ, **(env or {}), "ABTEST_BOOTSTRAP_ADMIN_KEY": admin_key}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "abtest", "serve", "--port", str(port), "--workers", str(workers)],
+        [sys.executable, "-m", "abtest", "serve", "--port", str(port), "--workers", str(workers),
+         "--threads", str(threads)],
         env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     drain = threading.Thread(target=_keep_tail, args=(proc,), daemon=True)
@@ -147,7 +148,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     build_demo()  # cached: returns at once when the checkpoints exist
     print(f"demo checkpoints ready ({time.perf_counter() - started:.0f}s)")
-    with running_server() as (base_url, admin_key):
+    # enough server threads for every simulated user in flight, so the engines batch them
+    with running_server(threads=max(8, cfg.concurrency * 2)) as (base_url, admin_key):
         return drive(base_url, admin_key, cfg)
 
 
@@ -225,6 +227,12 @@ def print_summary(report: dict[str, Any], outcomes: dict[str, int], cfg: DemoCon
             p = c.get("p_value")
             print(f"{m['name']:16s} {m['role']:9s} {_num(c['control_estimate']):>10s} {_num(c['treatment_estimate']):>10s} "
                   f"{ci:>30s} {('n/a' if p is None else f'{p:.4f}'):>8s} {('yes' if c['significant'] else 'no'):>7s}")
+    conversion = next((m for m in report["metrics"] if m["name"] == "conversion"), None)
+    rel = (conversion or {"comparisons": [{}]})["comparisons"][0].get("relative") or {}
+    if rel.get("ci_lower") is not None:
+        inside = rel["ci_lower"] <= cfg.effect <= rel["ci_upper"]
+        print(f"\nsimulated true effect {cfg.effect:+.1%} is {'inside' if inside else 'outside'} the 95% CI "
+              f"of the measured conversion effect")
     srm = report["srm"]
     print(f"\nSRM: p = {_num(srm.get('p_value'))} -> {'MISMATCH' if srm.get('flagged') else 'ok'}")
     rec = report["recommendation"]

@@ -268,11 +268,28 @@ def _evidence(spec: MetricSpec, analysis: S.MetricAnalysis, guardrail: bool) -> 
     """
     seq = analysis.sequential
     margin = spec.guardrail_margin if guardrail else None
+    exact = _constant_difference(spec, analysis, margin)
+    if exact is not None:
+        return exact
     if margin is not None:
         error = seq.error or analysis.comparison.relative_error
         return S.MetricEvidence.from_effect(spec.name, seq.relative, spec.higher_is_better, margin, True, error)
     return S.MetricEvidence.from_effect(f"{spec.name} difference", seq.absolute, spec.higher_is_better, None,
                                         False, seq.error)
+
+
+def _constant_difference(spec: MetricSpec, analysis: S.MetricAnalysis,
+                         margin: float | None) -> S.MetricEvidence | None:
+    """Both arms constant (e.g. no errors at all in either): the difference is known exactly.
+
+    No test is possible, yet the evidence is complete: an error rate of 0 against 0 is no harm,
+    so the guardrail holds instead of being "unavailable" forever.
+    """
+    c = analysis.comparison
+    if c.error != S.MSG_ZERO_VARIANCE or margin is not None or c.control_mean is None or c.treatment_mean is None:
+        return None
+    d = c.treatment_mean - c.control_mean
+    return S.MetricEvidence(spec.name, d, d, d, spec.higher_is_better, None, False)
 
 
 def _recommend(treatment: str, specs: Sequence[MetricSpec], data: Mapping[str, Any],

@@ -144,8 +144,17 @@ def _power_reason(power: PowerResult | None) -> str | None:
     text = (f"power: {power.current_per_variant} of {power.required_per_variant} units "
             f"per variant needed for the minimum detectable effect")
     if power.days_to_go is not None and not power.enough_units:
-        text += f" (about {power.days_to_go:.1f} more days at the current rate)"
+        text += f" (about {_duration(power.days_to_go)} more at the current rate)"
     return text
+
+
+def _duration(days: float) -> str:
+    if days >= 1:
+        return f"{days:.1f} days"
+    if days * 24 >= 1:
+        return f"{days * 24:.1f} hours"
+    minutes = max(round(days * 1440), 1)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def recommend(primary: MetricEvidence, guardrails: Sequence[MetricEvidence] = (),

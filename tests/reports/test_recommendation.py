@@ -135,3 +135,21 @@ def test_dark_launch_without_a_served_treatment(factory, report_of, client, admi
     assert report["shadow"][0]["requests"] == 10 and report["shadow"][0]["output_matches"] == 9
     assert client.get("/v1/experiments/exp-1/report?format=html", headers=admin).status_code == 200
     assert client.get("/v1/experiments/exp-1/report?format=csv", headers=admin).status_code == 200
+
+
+def test_constant_equal_arms_make_a_guardrail_hold() -> None:
+    """0 errors against 0 errors: no test is possible, but nothing got worse."""
+    from abtest import stats as S
+    from abtest.reports.build import _constant_difference
+
+    zero = S.MeanStats(n=50, sum=0.0, sum_sq=0.0)
+    analysis = S.analyze(S.welch_test(zero, zero), False, 5000)
+    assert analysis.comparison.error == S.MSG_ZERO_VARIANCE
+
+    class Spec:
+        name, higher_is_better = "error_rate", False
+
+    evidence = _constant_difference(Spec(), analysis, None)
+    assert evidence is not None and S.guardrail_status(evidence) == "ok"
+    worse = S.analyze(S.welch_test(zero, S.MeanStats(n=50, sum=50.0, sum_sq=50.0)), False, 5000)
+    assert S.guardrail_status(_constant_difference(Spec(), worse, None)) == "breached"

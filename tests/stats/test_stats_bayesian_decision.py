@@ -103,7 +103,7 @@ def test_rule_table(primary, guards, srm, power, action) -> None:
     if srm is SRM_BAD:
         assert rec.reasons[0].startswith("sample ratio mismatch")
     if power is SHORT:
-        assert any("7.6 more days" in r for r in rec.reasons)
+        assert any("about 7.6 days more" in r for r in rec.reasons)
 
 
 def test_guardrail_directions_and_margins() -> None:
@@ -151,3 +151,9 @@ def test_public_api_is_complete_and_pure() -> None:
                 assert node.module.split(".")[0] in {"__future__", "dataclasses", "typing",
                                                      "numpy", "scipy", "math"}, (path, node.module)
         assert len(path.read_text().splitlines()) < 400, path
+
+
+def test_power_reason_speaks_in_hours_or_minutes_for_short_waits() -> None:
+    from abtest.stats.decision import _duration
+
+    assert (_duration(7.6), _duration(0.5), _duration(0.001)) == ("7.6 days", "12.0 hours", "1 minute")
