@@ -1,12 +1,13 @@
 """Dispatchers: how the API hands a request to an engine and gets a Future of the reply.
 
-    InProcessDispatcher   embedded mode (no broker): a thread executor runs run_generation
-                          against engines loaded in this process.
+    InProcessDispatcher   embedded mode (no broker): submit_generation straight to the
+                          batching scheduler of an engine loaded in this process.
     CeleryDispatcher      ABTEST_BROKER_URL set: send_task to the engine's queue; one listener
                           thread per process receives every result from the Redis result
                           backend (Celery's own AsyncResult.get is not safe across threads).
 
-Past the dispatch point both modes run the same ``workers.runner.run_generation``.
+Past the dispatch point both modes run the same ``workers.runner.submit_generation``
+(``run_generation`` in a Celery task is that plus a wait).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import redis
@@ -25,7 +26,7 @@ from abtest.errors import RateLimited, ServiceUnavailable
 
 from .celery_app import TASK_NAME, make_celery, queue_name
 from .host import EngineHost
-from .runner import run_generation
+from .runner import submit_generation
 
 __all__ = ["InProcessDispatcher", "CeleryDispatcher", "make_dispatcher"]
 
@@ -36,13 +37,12 @@ RESULT_PREFIX = "celery-task-meta-"
 class InProcessDispatcher:
     mode = "embedded"
 
-    def __init__(self, host: EngineHost, max_workers: int = 64) -> None:
+    def __init__(self, host: EngineHost) -> None:
         self.host = host
-        self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="engine-call")
 
     def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future:
         deadline = time.time() + timeout
-        return self.executor.submit(run_generation, self.host, engine, {**payload, "request_id": request_id}, deadline)
+        return submit_generation(self.host, engine, {**payload, "request_id": request_id}, deadline)
 
     def queue_depths(self) -> dict[str, int]:
         return {name: self.host.queue_depth(name) for name in self.host.specs}
@@ -51,7 +51,6 @@ class InProcessDispatcher:
         return "ok"
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=False)
         self.host.close()
 
 

@@ -1,7 +1,8 @@
 """The one code path from a dispatched request to an engine result, shared by both modes.
 
-``run_generation`` is what the Celery task runs in a worker and what the embedded thread
-executor runs inside the API process. It never raises: the reply is a JSON-ready dict, either
+``submit_generation`` is what the embedded dispatcher calls inside the API process, and
+``run_generation`` (submit, then wait) is what the Celery task runs in a worker. Neither
+raises: the reply is a JSON-ready dict, either
 ``{"ok": true, "result": {...GenerationResult...}, "worker": ...}`` or
 ``{"ok": false, "error": {"code", "message"}, "worker": ...}``.
 """
@@ -12,13 +13,14 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from engines.types import EngineError, GenerationRequest
 
 from .host import EngineHost
 
-__all__ = ["run_generation", "error_reply"]
+__all__ = ["run_generation", "submit_generation", "error_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +29,54 @@ def error_reply(code: str, message: str, worker: str | None = None) -> dict[str,
     return {"ok": False, "error": {"code": code, "message": message}, "worker": worker}
 
 
+def submit_generation(host: EngineHost, engine: str, payload: dict[str, Any],
+                      deadline: float | None = None) -> Future:
+    """Submit one request to ``engine``'s scheduler; a Future of the reply dict (never raises).
+
+    The reply is set by the scheduler's own completion callback, so the caller waits on one
+    hand-off only (no extra thread between it and the engine).
+    """
+    reply: Future = Future()
+    if deadline is not None and time.time() > deadline:
+        reply.set_result(error_reply("expired", "the caller stopped waiting before the request ran", host.identity))
+        return reply
+    try:
+        inner = host.scheduler(engine).submit(_request(payload))
+    except EngineError as exc:
+        reply.set_result(error_reply(exc.code, str(exc), host.identity))
+        return reply
+    except Exception as exc:  # an engine bug must fail this request only, with its reason
+        log.exception("engine %s refused a request", engine)
+        reply.set_result(error_reply("engine_error", f"{type(exc).__name__}: {exc}", host.identity))
+        return reply
+
+    def done(f: Future) -> None:
+        try:
+            reply.set_result({"ok": True, "result": dataclasses.asdict(f.result()), "worker": host.identity})
+        except EngineError as exc:
+            reply.set_result(error_reply(exc.code, str(exc), host.identity))
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, not raised in the engine
+            log.exception("engine %s failed a request", engine)
+            reply.set_result(error_reply("engine_error", f"{type(exc).__name__}: {exc}", host.identity))
+
+    inner.add_done_callback(done)
+    return reply
+
+
+def _request(payload: dict[str, Any]) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=payload["prompt"], max_new_tokens=int(payload.get("max_new_tokens", 64)),
+        temperature=float(payload.get("temperature", 0.0)), top_p=float(payload.get("top_p", 1.0)),
+        seed=payload.get("seed"), stop=tuple(payload.get("stop") or ()), request_id=payload.get("request_id"),
+    )
+
+
 def run_generation(host: EngineHost, engine: str, payload: dict[str, Any],
                    deadline: float | None = None) -> dict[str, Any]:
-    """Run one request on ``engine``; ``deadline`` is a UNIX time after which nobody waits."""
-    if deadline is not None and time.time() > deadline:
-        return error_reply("expired", "the caller stopped waiting before the request ran", host.identity)
+    """Run one request on ``engine`` and wait; ``deadline`` is a UNIX time after which nobody waits."""
+    future = submit_generation(host, engine, payload, deadline)
+    timeout = None if deadline is None else max(0.0, deadline - time.time())
     try:
-        request = GenerationRequest(
-            prompt=payload["prompt"], max_new_tokens=int(payload.get("max_new_tokens", 64)),
-            temperature=float(payload.get("temperature", 0.0)), top_p=float(payload.get("top_p", 1.0)),
-            seed=payload.get("seed"), stop=tuple(payload.get("stop") or ()),
-            request_id=payload.get("request_id"),
-        )
-        future = host.scheduler(engine).submit(request)
-        timeout = None if deadline is None else max(0.0, deadline - time.time())
-        result = future.result(timeout=timeout)
-    except EngineError as exc:
-        return error_reply(exc.code, str(exc), host.identity)
+        return future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         return error_reply("engine_timeout", "the engine did not answer before the deadline", host.identity)
-    except Exception as exc:  # an engine bug must fail this request only, with its reason
-        log.exception("engine %s failed a request", engine)
-        return error_reply("engine_error", f"{type(exc).__name__}: {exc}", host.identity)
-    return {"ok": True, "result": dataclasses.asdict(result), "worker": host.identity}

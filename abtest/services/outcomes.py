@@ -1,11 +1,13 @@
 """The outcome log: one ``requests`` row per inference request, written by group commit.
 
-A request handler calls :meth:`OutcomeLog.write`, which queues the row and waits until a
-background writer has committed it. The writer takes *everything* queued at that moment and
-inserts it in one statement (``INSERT ... ON CONFLICT (request_id) DO NOTHING``), so under
-load many requests share one transaction and SQL is not the bottleneck, while a response is
-only returned after its row is durable: a crash can lose no answered request, and a replay
-(same request id) can never duplicate a row.
+A request handler calls :meth:`OutcomeLog.write`, which queues the row, then takes the commit
+lock and, unless another thread already committed its row meanwhile, commits *everything*
+queued at that moment in one statement (``INSERT ... ON CONFLICT (request_id) DO NOTHING``).
+While one thread commits, the others queue up behind the lock and the next one commits them
+all together: under load many requests share one transaction and SQL is not the bottleneck,
+no extra thread sits between a request and its commit, and a response is only returned after
+its row is durable. A crash can lose no answered request, and a replay (same request id) can
+never duplicate a row.
 
 A row may carry the request's exposure (``exposure=(experiment_id, phase, unit_id, variant,
 seen)``): it is upserted in the same transaction, so an answered request's exposure is as
@@ -41,6 +43,7 @@ class OutcomeLog:
         self.db, self.max_batch = db, max_batch
         self._queue: list[tuple[dict[str, Any], Any, Future[None]]] = []
         self._cond = threading.Condition()
+        self._commit_lock = threading.Lock()
         self._closed = False
         insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
         self._stmt = insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"])
@@ -49,18 +52,34 @@ class OutcomeLog:
         self._thread.start()
 
     def write(self, row: Mapping[str, Any], exposure: Any = None, timeout: float = 30.0) -> None:
-        """Queue ``row`` and block until it is committed (raises if the commit failed)."""
-        self.write_nowait(row, exposure).result(timeout)
+        """Queue ``row`` and return once it is committed (raises if the commit failed)."""
+        done = self._enqueue(row, exposure, wake_writer=False)
+        with self._commit_lock:
+            while not done.done():
+                self._drain()
+        done.result(timeout)
 
     def write_nowait(self, row: Mapping[str, Any], exposure: Any = None) -> Future[None]:
+        """Queue ``row`` for the background writer (callers that do not wait, e.g. shadows)."""
+        return self._enqueue(row, exposure, wake_writer=True)
+
+    def _enqueue(self, row: Mapping[str, Any], exposure: Any, wake_writer: bool) -> Future[None]:
         done: Future[None] = Future()
         full = {name: row.get(name) for name in _COLUMNS}
         with self._cond:
             if self._closed:
                 raise RuntimeError("the outcome log is closed")
             self._queue.append((full, exposure, done))
-            self._cond.notify()
+            if wake_writer:
+                self._cond.notify()
         return done
+
+    def _drain(self) -> None:
+        """Commit what is queued now (caller holds the commit lock)."""
+        with self._cond:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+        if batch:
+            self._commit(batch)
 
     def _run(self) -> None:
         while True:
@@ -69,8 +88,8 @@ class OutcomeLog:
                     self._cond.wait()
                 if not self._queue and self._closed:
                     return
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            self._commit(batch)
+            with self._commit_lock:
+                self._drain()
 
     def _commit(self, batch: list[tuple[dict[str, Any], Any, Future[None]]]) -> None:
         exposures = aggregate_exposures([e for _, e, _ in batch if e is not None])
