@@ -24,7 +24,7 @@ from scipy.stats import chisquare
 from abtest.assignment import ExperimentConfig, VariantConfig, assign
 from abtest.demo import DEMO_EXPERIMENT, running_server
 
-from ._http import percentiles, run_load_process
+from ._http import percentiles, run_load_process, timed_threads
 
 
 def in_process(n: int) -> dict[str, Any]:
@@ -66,13 +66,7 @@ def load(args: dict[str, Any]) -> dict[str, Any]:
             latencies.extend(mine)
             errors += bad
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(args["concurrency"])]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = timed_threads(worker, range(args["concurrency"]))
     return {"requests": len(latencies), "errors": errors, "requests_per_s": round(len(latencies) / elapsed, 1),
             **percentiles(latencies)}
 

@@ -39,7 +39,7 @@ from abtest.db import Database, upgrade
 from abtest.demo import running_server
 from abtest.services.events import EventStore, ingest
 
-from ._http import percentiles, run_load_process
+from ._http import percentiles, run_load_process, timed_threads
 
 BATCH = 500
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -83,13 +83,7 @@ def _post_batches(args: dict[str, Any]) -> dict[str, Any]:
             for k, v in acc.items():
                 totals[k] += v
 
-    threads = [threading.Thread(target=worker, args=(b,)) for b in per_client]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = timed_threads(worker, per_client)
     sent = sum(len(b) for b in per_client) * BATCH
     resend = _resend(args, per_client[0][:4], headers)
     return {"events_sent": sent, **totals, "seconds": round(elapsed, 3),
@@ -122,13 +116,7 @@ def _track(args: dict[str, Any]) -> dict[str, Any]:
         with lock:
             stats.append(client.stats)
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in range(args["clients"])]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = timed_threads(worker, range(args["clients"]))
     for client in clients:
         client.close()
     total = {k: sum(getattr(s, k) for s in stats) for k in ("tracked", "sent", "duplicates", "rejected",

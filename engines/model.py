@@ -9,7 +9,6 @@ which is where a small model spends most of its decode time on CPU.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path

@@ -159,3 +159,15 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = Path(root) / "registry.json"
     path.write_text(json.dumps({"engines": entries}))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    """The test Redis database, emptied once per module."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).flushdb()
+    except redis.RedisError as exc:
+        unavailable("Redis", exc)
+    return REDIS_URL

@@ -23,7 +23,6 @@ shortfall of keeping control (``risk[0]``). For lower-is-better metrics
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 

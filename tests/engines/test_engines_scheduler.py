@@ -5,7 +5,7 @@ import time
 import pytest
 
 from engines import BatchingScheduler, GenerationRequest, GenerationResult
-from engines.types import EngineClosed, EngineError, InvalidRequest, Overloaded
+from engines.types import EngineClosed, InvalidRequest, Overloaded
 
 
 class FakeEngine:

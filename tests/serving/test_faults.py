@@ -11,7 +11,7 @@ import pytest
 from abtest.services.keys import create_key
 
 from .harness import WorkerProcess, infer_many, outcome_rows
-from .test_infer_e2e import make_app, redis_url, start_experiment  # noqa: F401 - fixture
+from .test_infer_e2e import make_app, start_experiment
 
 pytestmark = pytest.mark.redis
 
@@ -27,7 +27,7 @@ def only_v1(app: Any, headers: dict[str, str]) -> None:
         {"key": "treatment", "engine": "v2-int4", "weight": 0.0}])
 
 
-def test_kill_9_worker_mid_request_then_restart(pg_url, redis_url, tiny_registry, tmp_path) -> None:  # noqa: F811
+def test_kill_9_worker_mid_request_then_restart(pg_url, redis_url, tiny_registry, tmp_path) -> None:
     env = {"ABTEST_BROKER_URL": redis_url, "ABTEST_ENGINE_REGISTRY": tiny_registry}
     worker = WorkerProcess("v1-fp32", env, str(tmp_path / "w1.log"), concurrency=8).start()
     app = make_app(pg_url, tiny_registry, broker_url=redis_url, infer_timeout_s=6.0)
@@ -81,7 +81,7 @@ def test_redis_unreachable_is_503_fast(pg_url, tiny_registry) -> None:
     app.extensions["abtest"].close()
 
 
-def test_full_queue_is_429_with_retry_after(pg_url, redis_url, tiny_registry) -> None:  # noqa: F811
+def test_full_queue_is_429_with_retry_after(pg_url, redis_url, tiny_registry) -> None:
     import redis as redis_lib
 
     redis_lib.Redis.from_url(redis_url).delete("engine.v1-fp32")

@@ -10,7 +10,6 @@ from collections import Counter
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import select
 
 from abtest.app import create_app
@@ -18,21 +17,11 @@ from abtest.assignment import assign as pure_assign
 from abtest.models import Exposure
 from abtest.services.experiments import get_experiment, to_config
 from abtest.services.keys import create_key
-from tests.conftest import REDIS_URL, clear_tables, experiment_payload, unavailable
+from tests.conftest import clear_tables, experiment_payload
 
 from .harness import WorkerProcess, infer_many, outcome_rows
 
 PROMPTS = ["def fibonacci(n):", "import os\n", "class Queue:", "The quick brown fox", "return x +"]
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        client.flushdb()
-    except redis.RedisError as exc:
-        unavailable("Redis", exc)
-    return REDIS_URL
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from .harness import WorkerProcess, infer_many, outcome_rows
 from .test_faults import admin_headers, only_v1
-from .test_infer_e2e import make_app, redis_url  # noqa: F401 - fixture
+from .test_infer_e2e import make_app
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 TASK = re.compile(r"abtest\.generate\[([0-9a-f-]{36})\] (received|succeeded)")
@@ -20,7 +20,7 @@ def tasks(worker: WorkerProcess, event: str) -> set[str]:
     return {m.group(1) for m in TASK.finditer(worker.tail_all()) if m.group(2) == event}
 
 
-def test_two_workers_share_a_queue_and_one_dying_loses_nothing(pg_url, redis_url, tiny_registry, tmp_path) -> None:  # noqa: F811
+def test_two_workers_share_a_queue_and_one_dying_loses_nothing(pg_url, redis_url, tiny_registry, tmp_path) -> None:
     env = {"ABTEST_BROKER_URL": redis_url, "ABTEST_ENGINE_REGISTRY": tiny_registry}
     a = WorkerProcess("v1-fp32", env, str(tmp_path / "a.log"), concurrency=4).start()
     b = WorkerProcess("v1-fp32", env, str(tmp_path / "b.log"), concurrency=4).start()

@@ -34,7 +34,7 @@ from stats_reference import (  # noqa: E402
 )
 from test_stats_golden import GOLDEN  # noqa: E402
 
-from abtest.stats import MeanStats, bayesian_test, sequential_test, welch_test  # noqa: E402
+from abtest.stats import bayesian_test, sequential_test, welch_test  # noqa: E402
 
 KEYS = ("estimate", "ci_lower", "ci_upper", "p_value")
 BAYES = ("chance_to_win", "loss_control", "loss_treatment")
