@@ -342,6 +342,30 @@ class DecoderRunner:
     def select_rows(cache, rows: torch.Tensor):
         return [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache]
 
+    def _qkv(self, attn: nn.Module, x: torch.Tensor, q: int, cos: torch.Tensor, sin: torch.Tensor):
+        """Queries, keys, values [B, heads, q, D] with rotary applied (fused projection if any)."""
+        B, H, Hkv, D = x.shape[0], self.n_heads, self.n_kv, self.head_dim
+        qkv_mod = getattr(attn, "qkv_fused", None)
+        if qkv_mod is not None and not self.has_qk_norm:
+            qkv = qkv_mod(x).view(B, q, H + 2 * Hkv, D).transpose(1, 2)
+            qk = qkv[:, : H + Hkv]
+            qk = qk * cos + _rotate_half(qk) * sin
+            return qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
+        qs = attn.q_proj(x).view(B, q, H, D).transpose(1, 2)
+        ks = attn.k_proj(x).view(B, q, Hkv, D).transpose(1, 2)
+        vs = attn.v_proj(x).view(B, q, Hkv, D).transpose(1, 2)
+        if self.has_qk_norm:
+            qs = attn.q_norm(qs)
+            ks = attn.k_norm(ks)
+        return qs * cos + _rotate_half(qs) * sin, ks * cos + _rotate_half(ks) * sin, vs
+
+    def _mlp(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        gu_mod = getattr(mlp, "gate_up_fused", None)
+        if gu_mod is not None and self.silu:
+            gate, up = gu_mod(x).chunk(2, dim=-1)
+            return mlp.down_proj(F.silu(gate) * up)
+        return mlp(x)
+
     def forward(
         self,
         ids: torch.Tensor,  # [B, q]
@@ -374,21 +398,7 @@ class DecoderRunner:
             mask = masks[W]
             attn = layer.self_attn
             x = self._norm(layer.input_layernorm, h)
-            qkv_mod = getattr(attn, "qkv_fused", None)
-            if qkv_mod is not None and not self.has_qk_norm:
-                qkv = qkv_mod(x).view(B, q, H + 2 * Hkv, D).transpose(1, 2)
-                qk = qkv[:, : H + Hkv]
-                qk = qk * cos + _rotate_half(qk) * sin
-                qs, ks, vs = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
-            else:
-                qs = attn.q_proj(x).view(B, q, H, D).transpose(1, 2)
-                ks = attn.k_proj(x).view(B, q, Hkv, D).transpose(1, 2)
-                vs = attn.v_proj(x).view(B, q, Hkv, D).transpose(1, 2)
-                if self.has_qk_norm:
-                    qs = attn.q_norm(qs)
-                    ks = attn.k_norm(ks)
-                qs = qs * cos + _rotate_half(qs) * sin
-                ks = ks * cos + _rotate_half(ks) * sin
+            qs, ks, vs = self._qkv(attn, x, q, cos, sin)
             kc, vc = cache[li]
             kc[:, :, start:end] = ks
             vc[:, :, start:end] = vs
@@ -400,13 +410,7 @@ class DecoderRunner:
             o = o.transpose(1, 2).reshape(B, q, H * D)
             h = h + attn.o_proj(o)
             x = self._norm(layer.post_attention_layernorm, h)
-            mlp = layer.mlp
-            gu_mod = getattr(mlp, "gate_up_fused", None)
-            if gu_mod is not None and self.silu:
-                gate, up = gu_mod(x).chunk(2, dim=-1)
-                h = h + mlp.down_proj(F.silu(gate) * up)
-            else:
-                h = h + mlp(x)
+            h = h + self._mlp(layer.mlp, x)
             if return_hidden:
                 hidden.append(h)
         if last_only:
@@ -438,21 +442,7 @@ class DecoderRunner:
                 masks[W] = m[:, None, None, :]
             attn = layer.self_attn
             x = self._norm(layer.input_layernorm, h)
-            qkv_mod = getattr(attn, "qkv_fused", None)
-            if qkv_mod is not None and not self.has_qk_norm:
-                qkv = qkv_mod(x).view(B, 1, H + 2 * Hkv, D).transpose(1, 2)
-                qk = qkv[:, : H + Hkv]
-                qk = qk * cos + _rotate_half(qk) * sin
-                qs, ks, vs = qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
-            else:
-                qs = attn.q_proj(x).view(B, 1, H, D).transpose(1, 2)
-                ks = attn.k_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
-                vs = attn.v_proj(x).view(B, 1, Hkv, D).transpose(1, 2)
-                if self.has_qk_norm:
-                    qs = attn.q_norm(qs)
-                    ks = attn.k_norm(ks)
-                qs = qs * cos + _rotate_half(qs) * sin
-                ks = ks * cos + _rotate_half(ks) * sin
+            qs, ks, vs = self._qkv(attn, x, 1, cos, sin)
             kc, vc = cache[li]
             kc[rows, :, slots] = ks[:, :, 0]
             vc[rows, :, slots] = vs[:, :, 0]
@@ -461,13 +451,7 @@ class DecoderRunner:
             o = o.transpose(1, 2).reshape(B, 1, H * D)
             h = h + attn.o_proj(o)
             x = self._norm(layer.post_attention_layernorm, h)
-            mlp = layer.mlp
-            gu_mod = getattr(mlp, "gate_up_fused", None)
-            if gu_mod is not None and self.silu:
-                gate, up = gu_mod(x).chunk(2, dim=-1)
-                h = h + mlp.down_proj(F.silu(gate) * up)
-            else:
-                h = h + mlp(x)
+            h = h + self._mlp(layer.mlp, x)
         return self.lm_head(self._norm(self.norm, h)).float()[:, -1]
 
     def _mask(self, B, q, start, end, kstart, key_valid, W):
