@@ -86,12 +86,9 @@ class InferenceService:
         t0, started = time.perf_counter(), datetime.now(timezone.utc)
         request_id = str(uuid.uuid4())
         assignment, config = self.assigner.assign(experiment, unit_id, attributes, record=False)
-        exposure = ((config.id, config.phase, unit_id, assignment.variant, started)
-                    if assignment.in_experiment else None)
         row = {"request_id": request_id, "experiment_id": config.id, "phase": config.phase,
                "variant": assignment.variant, "engine": assignment.engine, "unit_id": unit_id,
-               "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started,
-               "_exposure": exposure}
+               "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started}
         shadow = self._start_shadow(assignment, config, unit_id, params)
         control_text: str | None = None
         try:
@@ -158,7 +155,9 @@ class InferenceService:
             row.update(queue_ms=result["queue_ms"], ttft_ms=result["ttft_ms"], prompt_tokens=result["prompt_tokens"],
                        completion_tokens=result["completion_tokens"], batch_size=result["batch_size"])
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
-        self.outcomes.write(row, row.get("_exposure"))
+        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"])
+                    if row["in_experiment"] else None)  # committed with its outcome row
+        self.outcomes.write(row, exposure)
         self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "", status=status)
         self.metrics.observe("abtest_request_latency_ms", latency, engine=row["engine"])
         if code is not None and status != "ok":
