@@ -36,7 +36,8 @@ output serialises to strict JSON.
 
 Modules: ``sufficient`` (MeanStats, RatioStats), ``capping`` (winsorization
 and percentile_cont), ``frequentist`` (Welch test, relative lift),
-``quantiles`` (cluster-aware quantile CIs), ``srm``, ``sequential``
+``quantiles`` (cluster-aware quantile CIs), ``sketch`` (the mergeable latency
+sketch reports read quantiles from), ``srm``, ``sequential``
 (confidence sequences), ``bayesian`` (chance to win, expected loss),
 ``multiple`` (Holm, Benjamini-Hochberg), ``power``, ``decision``
 (recommendation), ``analysis`` (all views of one comparison). Each module's
@@ -74,6 +75,8 @@ from .quantiles import (
     quantile_from_values,
     quantile_ranks,
 )
+from .sketch import ACCURACY as SKETCH_ACCURACY
+from .sketch import LatencySketch, bucket_index, bucket_value
 from .sequential import (
     DEFAULT_N_STAR,
     SequentialComparison,
@@ -98,6 +101,8 @@ __all__ = [
     # quantiles
     "QuantileEstimate", "QuantileRanks", "quantile_ranks", "quantile_estimate",
     "compare_quantiles", "quantile_from_values",
+    # latency sketch
+    "SKETCH_ACCURACY", "LatencySketch", "bucket_index", "bucket_value",
     # SRM
     "DEFAULT_SRM_THRESHOLD", "SRMResult", "srm_test",
     # sequential

@@ -11,26 +11,26 @@ across units (``RatioStats.variance / n_units``) accounts for clustering, and
 the order statistics at ranks ``N (q -+ z sigma_p)`` bracket the quantile with
 coverage ``1 - alpha``.
 
-What the SQL layer computes, per variant and level ``q`` (4 steps, each
-linear in rows; at most 3 scans):
+What the report layer computes, per variant and level ``q`` (4 steps):
 
-1. ``N = COUNT(*)`` requests and ``x_hat = percentile_cont(q) WITHIN GROUP
-   (ORDER BY latency_ms)`` (SQLite: :func:`~abtest.stats.capping.percentile_cont_ranks`).
+1. ``N`` ok requests and ``x_hat = percentile_cont(q)``: from the variant's
+   :class:`~abtest.stats.LatencySketch` (0.1 % relative accuracy; the raw-array
+   reference is :func:`~abtest.stats.capping.percentile_cont`).
 2. Per unit ``s_i = SUM(CASE WHEN latency_ms <= :x_hat THEN 1 ELSE 0 END)``,
    ``d_i = COUNT(*)``; then per variant the :class:`RatioStats` sums
-   ``COUNT(*), SUM(s), SUM(s*s), SUM(d), SUM(d*d), SUM(s*d)`` ("indicator").
-3. ``ranks = quantile_ranks(q, N, indicator, alpha)``; fetch the values at the
+   ``COUNT(*), SUM(s), SUM(s*s), SUM(d), SUM(d*d), SUM(s*d)`` ("indicator"),
+   in SQL over the request log, or over a uniform random sample of units with
+   :meth:`RatioStats.scaled_to` (the per-unit variance is estimated on the
+   sample and divided by the full unit count; pass ``n_requests=N`` to
+   :func:`quantile_estimate`).
+3. ``ranks = quantile_ranks(q, N, indicator, alpha)``; the values at the
    1-based ascending ranks ``ranks.rank_lower`` and ``ranks.rank_upper``
-   (``ROW_NUMBER() OVER (PARTITION BY variant ORDER BY latency_ms)`` or
-   ``ORDER BY latency_ms LIMIT 1 OFFSET rank - 1``).
+   (:meth:`LatencySketch.values_at_ranks`, or exact order statistics).
 4. ``quantile_estimate(q, x_hat, x_lower, x_upper, indicator, alpha)`` per
    variant and ``compare_quantiles(control, treatment)`` for the difference.
 
-All levels share the scans: step 1 is one ``percentile_cont(ARRAY[0.5, 0.95,
-0.99])``, step 2 one GROUP BY unit with one ``CASE`` sum per level, step 3 one
-``ROW_NUMBER()`` scan filtered to the wanted ranks (prefer it to
-``percentile_disc(rank / N)``, whose floating-point ``rank / N`` can land one
-row off).
+All levels share the scans: step 2 is one GROUP BY unit with one ``CASE`` sum
+per level.
 
 The CI for the difference (and relative lift) treats the two variants'
 estimates as independent normals with ``se = (x_upper - x_lower) / (2 z)``
@@ -123,13 +123,15 @@ def quantile_ranks(level: float, n_requests: int, indicator: RatioStats,
 
 
 def quantile_estimate(level: float, estimate: float, value_lower: float, value_upper: float,
-                      indicator: RatioStats, alpha: float = 0.05) -> QuantileEstimate:
+                      indicator: RatioStats, alpha: float = 0.05,
+                      n_requests: int | None = None) -> QuantileEstimate:
     """Assemble a variant's quantile result from the SQL outputs (steps 1-3).
 
-    ``indicator.den_sum`` must equal the request count ``N``.
+    ``n_requests`` is the request count ``N`` (default ``indicator.den_sum``; pass it when the
+    indicator was computed on a sample of units and scaled with :meth:`RatioStats.scaled_to`).
     """
     q, alpha = check_probability(level, "level"), check_alpha(alpha)
-    n = int(round(indicator.den_sum))
+    n = int(round(indicator.den_sum)) if n_requests is None else check_count(n_requests, "n_requests")
     k = indicator.n
 
     def failed(msg: str) -> QuantileEstimate:

@@ -161,6 +161,21 @@ class RatioStats:
     def mean(self) -> float:
         return self.num_sum / self.den_sum if self.den_sum > 0 else math.nan
 
+    def scaled_to(self, n: int) -> "RatioStats":
+        """The same per-unit means and (co)variances for a population of ``n`` units.
+
+        For statistics computed on a uniform random sample of ``self.n`` units out of ``n``:
+        every sum is multiplied by ``n / self.n``, so ``variance`` (up to the factor
+        ``(self.n - 1) n / (self.n (n - 1))``) stays the sample's while ``variance / n``
+        becomes the population's sampling variance.
+        """
+        n = check_count(n, "n")
+        if self.n == 0:
+            raise ValueError("cannot scale statistics of zero units")
+        c = n / self.n
+        return RatioStats(n, self.num_sum * c, self.num_sum_sq * c, self.den_sum * c,
+                          self.den_sum_sq * c, self.cross_sum * c)
+
     @property
     def variance(self) -> float:
         if self.n < 2 or self.den_sum <= 0:

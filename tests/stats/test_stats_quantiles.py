@@ -30,10 +30,10 @@ MU, TAU, SIGMA, LAM, A, UNITS = math.log(200.0), 0.5, 0.3, 4.0, 1.0, 1500
 LEVELS = (0.5, 0.95, 0.99)
 
 
-def simulate(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    u = rng.normal(0.0, TAU, UNITS)
+def simulate(rng: np.random.Generator, units: int = UNITS) -> tuple[np.ndarray, np.ndarray]:
+    u = rng.normal(0.0, TAU, units)
     reqs = 1 + rng.poisson(LAM * np.exp(A * u))
-    unit = np.repeat(np.arange(UNITS), reqs)
+    unit = np.repeat(np.arange(units), reqs)
     lat = np.exp(MU + u[unit] + SIGMA * rng.normal(size=unit.size))
     return lat, unit
 
@@ -83,6 +83,35 @@ def test_cluster_ci_covers_at_nominal_rate_and_iid_ci_does_not() -> None:
         assert 0.95 - 3.5 * se <= cluster <= 0.995, (q, cluster)
         assert 0.95 - 3.5 * se <= diff <= 0.999, (q, diff)
         assert iid < 0.95 - 4 * se, (q, iid)  # clustering matters: iid CI too narrow
+
+
+def test_unit_step_on_a_one_in_32_sample_keeps_coverage_and_width() -> None:
+    """Large reports compute step 2 on a 1-in-32 sample of units, scaled to all units
+    (``RatioStats.scaled_to``): the CI keeps its coverage and, on average, the exact width."""
+    rng = np.random.default_rng(8)
+    units, reps = 12_800, 150
+    truth = {q: true_quantile(q) for q in (0.5, 0.95)}
+    hits = {q: 0 for q in truth}
+    width_ratio = {q: [] for q in truth}
+    for _ in range(reps):
+        x, unit = simulate(rng, units)
+        sampled = rng.random(units) < 1 / 32
+        xs = np.sort(x)
+        for q in truth:
+            x_hat = percentile_cont(x, q)
+            exact = RatioStats.from_values(np.bincount(unit, weights=(x <= x_hat).astype(float)),
+                                           np.bincount(unit).astype(float))
+            keep = sampled[unit]
+            _, inv = np.unique(unit[keep], return_inverse=True)
+            sample = RatioStats.from_values(np.bincount(inv, weights=(x[keep] <= x_hat).astype(float)),
+                                            np.bincount(inv).astype(float)).scaled_to(units)
+            r_exact, r_sample = quantile_ranks(q, x.size, exact), quantile_ranks(q, x.size, sample)
+            hits[q] += xs[r_sample.rank_lower - 1] <= truth[q] <= xs[r_sample.rank_upper - 1]
+            width_ratio[q].append((xs[r_sample.rank_upper - 1] - xs[r_sample.rank_lower - 1])
+                                  / (xs[r_exact.rank_upper - 1] - xs[r_exact.rank_lower - 1]))
+    for q in truth:
+        assert hits[q] / reps >= 0.89, (q, hits[q] / reps)
+        assert 0.93 <= float(np.mean(width_ratio[q])) <= 1.07, (q, np.mean(width_ratio[q]))
 
 
 def _weighted_quantiles(x_sorted: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
