@@ -12,6 +12,12 @@ Tables
     exposures       one row per (experiment, phase, unit): variant, first/last seen, count
     requests        one row per inference request: the outcome log
     events          client-reported events (conversions, values), idempotent by event_id
+
+Report rollups, maintained in the transaction that logs the requests (abtest.services.rollups)
+    unit_outcomes   per (experiment, phase, variant, unit): request counts and latency sum
+    latency_buckets per (experiment, phase, variant, sketch bucket): ok requests (the sketch)
+    latency_samples ok latencies of a fixed 1-in-32 hash sample of units (quantile CIs)
+    shadow_outcomes per (experiment, phase, variant): the dark-launch summary
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ __all__ = [
     "Exposure",
     "RequestLog",
     "Event",
+    "UnitOutcome",
+    "LatencyBucket",
+    "LatencySample",
+    "ShadowOutcome",
 ]
 
 
@@ -219,3 +229,58 @@ class Event(Base):
     received_at: Mapped[datetime]
     request_id: Mapped[str | None] = mapped_column(String(36))
     experiment_key: Mapped[str | None] = mapped_column(String(100))
+
+
+# --- report rollups (enrolled, non-shadow requests unless stated) --------------------------
+
+class UnitOutcome(Base):
+    __tablename__ = "unit_outcomes"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    first_at: Mapped[datetime]  # the unit's earliest request (the report's daily cohorts)
+    requests: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)  # error + timeout
+    rejected: Mapped[int] = mapped_column(Integer)
+    latency_sum: Mapped[float] = mapped_column(Float)  # over ok requests
+
+
+class LatencyBucket(Base):
+    __tablename__ = "latency_buckets"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # abtest.stats.sketch index
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class LatencySample(Base):
+    __tablename__ = "latency_samples"
+    __table_args__ = (Index("ix_latency_samples_experiment", "experiment_id", "phase", "variant"),)
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    phase: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(100))
+    unit_id: Mapped[str] = mapped_column(String(200))
+    latency_ms: Mapped[float] = mapped_column(Float)
+
+
+class ShadowOutcome(Base):
+    __tablename__ = "shadow_outcomes"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    latency_sum: Mapped[float] = mapped_column(Float)  # over all shadow requests
+    errors: Mapped[int] = mapped_column(Integer)
+    output_matches: Mapped[int] = mapped_column(Integer)
+    compared: Mapped[int] = mapped_column(Integer)

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 
-from abtest.models import Exposure, RequestLog
+from abtest.models import Exposure
+from abtest.services.rollups import insert_outcomes
 from abtest.services.experiments import get_experiment
 from abtest.services.monitor import GuardrailMonitor, redis_round_lock
 from tests.conftest import REDIS_URL, unavailable
@@ -30,12 +31,14 @@ def seed_breach(services, key: str) -> None:  # type: ignore[no-untyped-def]
                                       first_seen=now, last_seen=now, count=3))
             for j in range(3):
                 failed = rng.random() < (0.4 if variant == "treatment" else 0.02)
-                rows.append(RequestLog(request_id=str(uuid.uuid4()), experiment_id=exp.id, phase=exp.phase,
-                                       variant=variant, engine="v1-fp32", unit_id=unit, in_experiment=True,
-                                       shadow=False, status="error" if failed else "ok",
-                                       error_code="engine_error" if failed else None, started_at=now,
-                                       finished_at=now, latency_ms=rng.uniform(80, 120)))
-        session.add_all(exposures + rows)
+                rows.append(dict(request_id=str(uuid.uuid4()), experiment_id=exp.id, phase=exp.phase,
+                                 variant=variant, engine="v1-fp32", unit_id=unit, in_experiment=True,
+                                 shadow=False, status="error" if failed else "ok",
+                                 error_code="engine_error" if failed else None, started_at=now,
+                                 finished_at=now, latency_ms=rng.uniform(80, 120)))
+        session.add_all(exposures)
+        session.flush()
+        insert_outcomes(session, rows)
 
 
 def test_monitor_thread_pauses_a_breaching_treatment(services, make_experiment, client, admin) -> None:

@@ -2,7 +2,8 @@
 
 A request handler calls :meth:`OutcomeLog.write`, which queues the row, then takes the commit
 lock and, unless another thread already committed its row meanwhile, commits *everything*
-queued at that moment in one statement (``INSERT ... ON CONFLICT (request_id) DO NOTHING``).
+queued at that moment in one transaction (``INSERT ... ON CONFLICT (request_id) DO NOTHING``,
+plus the report rollups of the rows that were new: :mod:`abtest.services.rollups`).
 While one thread commits, the others queue up behind the lock and the next one commits them
 all together: under load many requests share one transaction and SQL is not the bottleneck,
 no extra thread sits between a request and its commit, and a response is only returned after
@@ -23,12 +24,10 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
 from ..db import Database
 from ..models import RequestLog
 from .assign import aggregate_exposures, exposure_upsert
+from .rollups import insert_outcomes
 
 __all__ = ["OutcomeLog", "STATUSES"]
 
@@ -45,8 +44,6 @@ class OutcomeLog:
         self._cond = threading.Condition()
         self._commit_lock = threading.Lock()
         self._closed = False
-        insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
-        self._stmt = insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"])
         self._exposures = exposure_upsert(db.dialect)
         self._thread = threading.Thread(target=self._run, name="outcome-log", daemon=True)
         self._thread.start()
@@ -95,7 +92,7 @@ class OutcomeLog:
         exposures = aggregate_exposures([e for _, e, _ in batch if e is not None])
         try:
             with self.db.transaction() as session:
-                session.execute(self._stmt, [row for row, _, _ in batch])
+                insert_outcomes(session, [row for row, _, _ in batch])
                 if exposures:
                     session.execute(self._exposures, exposures)
         except Exception as exc:  # every waiter learns of the failure; nothing is half-written

@@ -1,4 +1,5 @@
-"""Factories that write exposures, requests and events straight into the tables (Core inserts).
+"""Factories that write exposures, requests and events straight into the tables (Core inserts;
+requests through the outcome log's own insert, so the report rollups follow).
 
 They build data with known values so that tests can recompute every number of a report from
 the same raw rows with numpy/scipy.
@@ -15,7 +16,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine, create_engine, insert, select
 
-from abtest.models import Event, Exposure, Experiment, RequestLog
+from abtest.models import Event, Exposure, Experiment
+from abtest.services.rollups import insert_outcomes
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -71,10 +73,10 @@ class Factory:
     def flush(self) -> None:
         """Write everything recorded so far (the log keeps it for the test's own computation)."""
         with self.engine.begin() as conn:
-            for model, rows in ((Exposure, self.log.exposures), (RequestLog, self.log.requests),
-                                (Event, self.log.events)):
+            for model, rows in ((Exposure, self.log.exposures), (Event, self.log.events)):
                 if rows:
                     conn.execute(insert(model), rows)
+            insert_outcomes(conn, self.log.requests)  # the request log and its report rollups
 
 
 def populate(f: Factory, units: Sequence[tuple[str, str]], rng: np.random.Generator, *,

@@ -1,0 +1,178 @@
+"""Report rollups: what reports read instead of scanning the request log.
+
+A report over millions of requests must not sort or group every request. The transaction that
+logs requests (:func:`insert_outcomes`, called by the outcome log's group commit) also adds them
+to four small tables (see :mod:`abtest.models`):
+
+``unit_outcomes``    one row per (experiment, phase, variant, unit) of enrolled, non-shadow
+                     requests: first request time, requests, ok, errors (error + timeout),
+                     rejected, sum of ok latencies. The ratio metrics (``latency_ms``,
+                     ``error_rate``) and their daily cohorts need nothing else.
+``latency_buckets``  the :class:`~abtest.stats.LatencySketch` of ok latencies per variant:
+                     quantiles and their CI order statistics to within 0.1 % relative.
+``latency_samples``  the ok latencies of the units in a fixed hash sample (1 unit in 32): the
+                     per-unit indicator sums of the cluster-aware quantile CI (step 2 of
+                     :mod:`abtest.stats.quantiles`) for experiments too large to scan.
+``shadow_outcomes``  per variant: dark-launch copies, their latency sum, errors and agreement.
+
+Only rows actually inserted count (``INSERT ... ON CONFLICT DO NOTHING RETURNING``), so a
+replayed request id changes nothing. Upserts go in key order, so concurrent committers (several
+API processes) wait on each other's row locks instead of deadlocking. :func:`rebuild` recomputes
+every rollup from the log (the migration that introduced them and the report benchmark use it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from ..models import LatencyBucket, LatencySample, RequestLog, ShadowOutcome, UnitOutcome
+from ..stats import bucket_index
+
+__all__ = ["SAMPLE_SHIFT", "Deltas", "in_sample", "deltas", "apply", "insert_outcomes", "rebuild"]
+
+SAMPLE_SHIFT = 59  # a unit is sampled when the top 64 - 59 = 5 bits of its hash are 0: 1 in 32
+_SAMPLE_SALT = b"abtest-latency-sample:"
+_UNIT_COUNTERS = ("requests", "ok", "errors", "rejected", "latency_sum")
+_SHADOW_COUNTERS = ("requests", "latency_sum", "errors", "output_matches", "compared")
+
+
+def in_sample(unit_id: str) -> bool:
+    """Whether a unit's latencies go to ``latency_samples`` (independent of assignment)."""
+    digest = hashlib.sha256(_SAMPLE_SALT + unit_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> SAMPLE_SHIFT == 0
+
+
+@dataclass
+class Deltas:
+    """Rollup increments of a batch of request rows, aggregated per rollup key."""
+
+    units: dict[tuple[int, int, str, str], dict[str, Any]] = field(default_factory=dict)
+    buckets: dict[tuple[int, int, str, int], int] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    shadows: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.units or self.shadows)
+
+
+def deltas(rows: Iterable[Mapping[str, Any]]) -> Deltas:
+    """What ``rows`` (request rows as dicts) add to each rollup."""
+    out = Deltas()
+    ok_latencies: list[tuple[tuple[int, int, str], float]] = []
+    for r in rows:
+        if r.get("experiment_id") is None:
+            continue
+        status, latency = r["status"], float(r["latency_ms"])
+        if r.get("shadow"):
+            _add_shadow(out, r, status, latency)
+        elif r.get("in_experiment"):
+            _add_unit(out, r, status, latency)
+            if status == "ok":
+                ok_latencies.append(((r["experiment_id"], r["phase"], r["variant"]), latency))
+                if in_sample(r["unit_id"]):
+                    out.samples.append({k: r[k] for k in ("request_id", "experiment_id", "phase", "variant",
+                                                          "unit_id", "latency_ms")})
+    if ok_latencies:
+        for (key, _), b in zip(ok_latencies, bucket_index([x for _, x in ok_latencies]).tolist()):
+            out.buckets[(*key, b)] = out.buckets.get((*key, b), 0) + 1
+    return out
+
+
+def _add_unit(out: Deltas, r: Mapping[str, Any], status: str, latency: float) -> None:
+    key = (r["experiment_id"], r["phase"], r["variant"], r["unit_id"])
+    row = out.units.get(key)
+    if row is None:
+        row = out.units[key] = {"experiment_id": key[0], "phase": key[1], "variant": key[2], "unit_id": key[3],
+                                "first_at": r["started_at"], **dict.fromkeys(_UNIT_COUNTERS, 0)}
+    row["first_at"] = min(row["first_at"], r["started_at"])
+    row["requests"] += 1
+    row["ok"] += status == "ok"
+    row["errors"] += status in ("error", "timeout")
+    row["rejected"] += status == "rejected"
+    row["latency_sum"] += latency if status == "ok" else 0.0
+
+
+def _add_shadow(out: Deltas, r: Mapping[str, Any], status: str, latency: float) -> None:
+    key = (r["experiment_id"], r["phase"], r["variant"])
+    row = out.shadows.get(key)
+    if row is None:
+        row = out.shadows[key] = {"experiment_id": key[0], "phase": key[1], "variant": key[2],
+                                  **dict.fromkeys(_SHADOW_COUNTERS, 0)}
+    row["requests"] += 1
+    row["latency_sum"] += latency
+    row["errors"] += status in ("error", "timeout")
+    row["output_matches"] += r.get("output_match") is True
+    row["compared"] += r.get("output_match") is not None
+
+
+def _upsert(dialect: str, model: Any, keys: Sequence[str], add: Sequence[str],
+            earliest: str | None = None) -> Any:
+    """INSERT that adds ``add`` columns into an existing row (and keeps the earliest time)."""
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
+    table = model.__table__
+    set_ = {c: table.c[c] + stmt.excluded[c] for c in add}
+    if earliest:
+        least = func.min if dialect == "sqlite" else func.least
+        set_[earliest] = least(table.c[earliest], stmt.excluded[earliest])
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=set_)
+
+
+def apply(conn: Connection | Session, d: Deltas) -> None:
+    """Upsert ``d`` into the rollup tables, in key order (inside the caller's transaction)."""
+    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    if d.units:
+        conn.execute(_upsert(dialect, UnitOutcome, ("experiment_id", "phase", "variant", "unit_id"),
+                             _UNIT_COUNTERS, "first_at"), [d.units[k] for k in sorted(d.units)])
+    if d.buckets:
+        rows = [{"experiment_id": e, "phase": p, "variant": v, "bucket": b, "count": n}
+                for (e, p, v, b), n in sorted(d.buckets.items())]
+        conn.execute(_upsert(dialect, LatencyBucket, ("experiment_id", "phase", "variant", "bucket"),
+                             ("count",)), rows)
+    if d.samples:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        conn.execute(insert(LatencySample).on_conflict_do_nothing(index_elements=["request_id"]), d.samples)
+    if d.shadows:
+        conn.execute(_upsert(dialect, ShadowOutcome, ("experiment_id", "phase", "variant"), _SHADOW_COUNTERS),
+                     [d.shadows[k] for k in sorted(d.shadows)])
+
+
+def insert_outcomes(conn: Connection | Session, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert request rows whose id is new, add them to the rollups; returns how many were new."""
+    unique: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(row["request_id"], row)
+    if not unique:
+        return 0
+    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"]).returning(
+        RequestLog.request_id)
+    inserted = set(conn.execute(stmt, list(unique.values())).scalars())
+    apply(conn, deltas(row for rid, row in unique.items() if rid in inserted))
+    return len(inserted)
+
+
+def rebuild(conn: Connection, experiment_id: int | None = None, chunk: int = 100_000) -> None:
+    """Recompute the rollups of one experiment (or all) from the request log."""
+    tables = (UnitOutcome, LatencyBucket, LatencySample, ShadowOutcome)
+    for model in tables:
+        stmt = delete(model)
+        conn.execute(stmt if experiment_id is None else stmt.where(model.experiment_id == experiment_id))
+    columns = [RequestLog.__table__.c[c] for c in ("request_id", "experiment_id", "phase", "variant", "unit_id",
+                                                   "in_experiment", "shadow", "status", "started_at",
+                                                   "latency_ms", "output_match")]
+    query = select(*columns).where(RequestLog.experiment_id.is_not(None))
+    if experiment_id is not None:
+        query = query.where(RequestLog.experiment_id == experiment_id)
+    result = conn.execute(query, execution_options={"yield_per": chunk})
+    for part in result.mappings().partitions():
+        apply(conn, deltas(part))
+
