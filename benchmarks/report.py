@@ -6,12 +6,13 @@ Creates a fresh database on the server (default ``postgresql+psycopg://postgres@
 test``, trust auth), migrates it, and for each size: truncates the log tables, fills them with
 COPY (psycopg3 ``cursor.copy``) -- ``rows`` requests over ``rows / 20`` units (two variants,
 clustered latencies, 2% errors, 1% rejected, 5% shadow copies), one exposure per unit and about
-0.15 purchase events per unit -- runs ``VACUUM ANALYZE``, then times ``build_report`` (the
-function behind ``GET /report`` in JSON; best and median of ``--repeat`` runs) and
-the Python heap peak during one build (tracemalloc). The database is dropped at the end.
-Prints one JSON object: per size rows, units, events, fill seconds, report seconds, heap peak,
-and the growth ratio of report time per 10x rows; with ``--proposed-indexes`` each size is timed
-again on the same data after creating the indexes in ``PROPOSED_INDEXES`` (not in the migrations).
+0.15 purchase events per unit -- computes the report rollups from the log
+(:func:`abtest.services.rollups.rebuild`, what the live write path maintains as it goes), runs
+``VACUUM ANALYZE``, then times ``build_report`` (the function behind ``GET /report`` in JSON;
+best and median of ``--repeat`` runs) and the Python heap peak during one build (tracemalloc).
+The database is dropped at the end. Prints one JSON object: per size rows, units, events, fill
+and rollup seconds, report seconds, heap peak, how the quantile CIs were computed, and the
+growth ratio of report time per 10x rows.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sqlalchemy import create_engine, text
 from abtest.db import Database, upgrade
 from abtest.reports import ReportOptions, build_report
 from abtest.services.experiments import create_experiment, transition
+from abtest.services.rollups import rebuild
 
 SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNITS_PER_ROW = 1 / 20
@@ -95,10 +97,16 @@ def fill(url: str, exp_id: int, rows: int, seed: int = 0) -> dict[str, Any]:
                              "v": rng.integers(1, 100, n_events), "t": ts, "r": ts}, n_events))
         conn.commit()
     fill_s = time.perf_counter() - start
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        rebuild(conn, exp_id)
+    engine.dispose()
+    rollup_s = time.perf_counter() - start - fill_s
     with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE exposures, requests, events")
+        conn.execute("VACUUM ANALYZE")
     return {"units": units, "events": n_events, "fill_seconds": round(fill_s, 1),
-            "vacuum_analyze_seconds": round(time.perf_counter() - start - fill_s, 1)}
+            "rollup_rebuild_seconds": round(rollup_s, 1),
+            "vacuum_analyze_seconds": round(time.perf_counter() - start - fill_s - rollup_s, 1)}
 
 
 def _request_chunk(rng: np.random.Generator, lo: int, hi: int, exp_id: int, variant: np.ndarray,
@@ -138,31 +146,8 @@ def time_report(url: str, repeat: int) -> dict[str, Any]:
         db.dispose()
     return {"report_seconds_best": round(min(times), 3), "report_seconds_median": round(statistics.median(times), 3),
             "report_seconds_first": round(times[0], 3), "python_heap_peak_mb": round(peak / 2**20, 2),
-            "recommendation": report["recommendation"]["action"],
+            "recommendation": report["recommendation"]["action"], "quantiles": report["options"]["quantiles"],
             "units_in_report": sum(v["units"] for v in report["variants"])}
-
-
-# Indexes the report would use if the migrations added them (measured with --proposed-indexes):
-# percentile sorts read presorted latencies; the unit aggregation can stream in (variant, unit) order.
-PROPOSED_INDEXES = (
-    "CREATE INDEX ix_requests_report_latency ON requests (experiment_id, phase, variant, latency_ms) "
-    "WHERE status = 'ok' AND in_experiment AND NOT shadow",
-    "CREATE INDEX ix_requests_report_unit ON requests (experiment_id, phase, variant, unit_id) "
-    "INCLUDE (status, latency_ms, started_at) WHERE in_experiment AND NOT shadow",
-)
-
-
-def with_proposed_indexes(url: str, repeat: int) -> dict[str, Any]:
-    start = time.perf_counter()
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
-        for ddl in PROPOSED_INDEXES:
-            conn.execute(ddl)
-        conn.execute("VACUUM ANALYZE requests")
-    built = time.perf_counter() - start
-    timed = time_report(url, repeat)
-    with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
-        conn.execute("DROP INDEX ix_requests_report_latency, ix_requests_report_unit")
-    return {"index_build_seconds": round(built, 1), **{k: v for k, v in timed.items() if k.startswith("report_")}}
 
 
 def main() -> None:
@@ -171,8 +156,6 @@ def main() -> None:
     parser.add_argument("--sizes", help="comma-separated request row counts (overrides --quick)")
     parser.add_argument("--server-url", default=SERVER_URL)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--proposed-indexes", action="store_true",
-                        help="also time each size with the indexes of PROPOSED_INDEXES")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         [100_000, 1_000_000] if args.quick else [100_000, 1_000_000, 10_000_000])
@@ -193,10 +176,9 @@ def main() -> None:
         db.dispose()
         for rows in sizes:
             with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
-                conn.execute("TRUNCATE exposures, requests, events")
+                conn.execute("TRUNCATE exposures, requests, events, unit_outcomes, latency_buckets, "
+                             "latency_samples, shadow_outcomes")
             result = {"rows": rows, **fill(url, exp_id, rows), **time_report(url, args.repeat)}
-            if args.proposed_indexes:
-                result["with_proposed_indexes"] = with_proposed_indexes(url, args.repeat)
             results.append(result)
     finally:
         with server.connect() as conn:

@@ -16,7 +16,12 @@
   confident harm breaches), relative for guardrails with a relative ``margin``; the SRM check
   (p < 0.001 blocks "ship") and the primary metric's power for ``mde`` (relative).
 * ``cap`` (optional, e.g. 0.99) winsorizes request latency at the pooled quantile of that level
-  before ``latency_ms`` is computed (quantile metrics are unaffected by capping at their level).
+  (read from the merged latency sketches) before ``latency_ms`` is computed (quantile metrics are
+  unaffected by capping at their level).
+* Quantiles come from the latency sketch (0.1 % relative accuracy); the unit-level step of
+  their CIs is exact up to ``exact_quantile_rows`` ok requests and uses the 1-in-32 unit
+  sample above that, when the sample holds at least ``min_sample_units`` units per variant
+  (``options.quantiles`` in the report says which was used).
 """
 
 from __future__ import annotations
@@ -54,13 +59,15 @@ __all__ = ["ReportOptions", "build_report", "metric_specs"]
 @dataclass(frozen=True)
 class ReportOptions:
     """Knobs of a report. ``metrics`` restricts the analysis to those names (guardrail checks);
-    ``histogram`` adds the latency distribution per variant (one more scan; the HTML page's)."""
+    ``histogram`` adds the latency distribution per variant (the HTML page's)."""
 
     alpha: float = 0.05
     cap: float | None = None
     mde: float = 0.05
     n_star: float = S.DEFAULT_N_STAR
     histogram: bool = False
+    exact_quantile_rows: int = 1_000_000
+    min_sample_units: int = 1000
     metrics: tuple[str, ...] | None = None
     now: datetime | None = field(default=None, compare=False)
 
@@ -111,6 +118,7 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
         "experiment": _experiment_block(session, exp),
         "generated_at": now.isoformat(),
         "options": {"alpha": options.alpha, "cap": options.cap, "cap_value_ms": data.get("cap_value"),
+                    "quantiles": data.get("quantile_method"),
                     "mde": options.mde, "n_star": options.n_star,
                     "multiple_testing": {"method": "holm", "family": adjustment},
                     "recommendation_basis": "sequential (always-valid) CIs: absolute; relative for guardrails with a margin"},
@@ -130,28 +138,27 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
 
 def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], keys: Sequence[str],
              options: ReportOptions) -> dict[str, Any]:
-    """Run each query once: quantile step 1, the request scan (sums and quantile step 2),
-    quantile step 3, event sums per metric, then the histogram and shadow extras."""
+    """Run each query once: the unit rollup (or the capped log scan), the sketches and the
+    quantile CIs, event sums per metric, then the histogram and shadow extras."""
     Q.tune_session(conn)
     data: dict[str, Any] = {}
     shapes = {s.shape for s in specs}
-    levels = list(QUANTILE_LEVELS.values())
-    points = Q.quantile_points(conn, scope, levels) if "quantile" in shapes else {}
+    sketches = Q.sketches(conn, scope) if "quantile" in shapes or options.cap or options.histogram else {}
     if shapes & {"ratio", "quantile"}:
-        cap_value = Q.pooled_quantile(conn, scope, options.cap) if options.cap else None
+        pooled = sum(sketches.values(), S.LatencySketch())
+        cap_value = pooled.quantile(options.cap) if options.cap and pooled.count else None
         data["cap_value"] = cap_value
-        rows = Q.request_rows(conn, scope, cap_value, {v: xs for v, (_, xs) in points.items()})
+        rows = Q.request_rows(conn, scope, cap_value) if cap_value is not None else Q.unit_rows(conn, scope)
         data["ratio"] = {m: ratio_stats(rows, m) for m in ("latency_ms", "error_rate")}
         data["requests_by_variant"] = _request_counts(rows)
         if "quantile" in shapes:
-            data["quantiles"] = _quantiles(conn, scope, keys, points, _indicators(rows, len(levels)),
-                                           options.alpha)
+            data["quantiles"], data["quantile_method"] = _quantiles(conn, scope, keys, sketches, rows, options)
     for s in specs:
         if s.shape == "mean":
             rows = Q.event_rows(conn, scope, key, s.event_name or s.name, s.kind, s.window_s)
             data[f"mean:{s.name}"] = mean_stats(rows)
     if options.histogram and options.metrics is None:
-        data["histogram"] = _histogram(conn, scope, points)
+        data["histogram"] = _histogram(sketches)
     if options.metrics is None:
         data["shadow"] = Q.shadow_rows(conn, scope)
     return data
@@ -167,47 +174,45 @@ def _request_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, in
     return out
 
 
-def _indicators(rows: Sequence[Mapping[str, Any]], k: int) -> dict[str, dict[str, Any]]:
-    """Quantile step 2 per variant: the day rows' indicator sums added up."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        acc = out.setdefault(r["variant"], {"units": 0, "d": 0.0, "d_sq": 0.0, "s": [0.0] * k,
-                                            "s_sq": [0.0] * k, "s_d": [0.0] * k})
-        acc["units"] += int(r["ok_units"])
-        acc["d"] += r["ok"]
-        acc["d_sq"] += r["ok_sq"]
-        for j in range(k):
-            acc["s"][j] += r.get(f"s{j}") or 0.0
-            acc["s_sq"][j] += r.get(f"s{j}_sq") or 0.0
-            acc["s_d"][j] += r.get(f"s{j}_d") or 0.0
-    return out
-
-
-def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], points: Mapping[str, tuple[int, list[float]]],
-               indicators: Mapping[str, Mapping[str, Any]], alpha: float) -> dict[str, Any]:
-    """Quantile steps 3 and 4: ranks from the indicator, values at those ranks, estimates."""
+def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], sketches: Mapping[str, S.LatencySketch],
+               rows: Sequence[Mapping[str, Any]], options: ReportOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Quantile steps 1-4: estimates from the sketches, the unit step (exact or sampled), ranks,
+    the values at those ranks, estimates. Also returns how step 2 was computed."""
     levels = list(QUANTILE_LEVELS.values())
+    points = {v: (sk.count, [sk.quantile(q) for q in levels]) for v, sk in sketches.items() if sk.count}
+    thresholds = {v: xs for v, (_, xs) in points.items()}
+    ok_units: dict[str, int] = {}
+    for r in rows:
+        ok_units[r["variant"]] = ok_units.get(r["variant"], 0) + int(r["ok_units"])
+    indicators: dict[str, dict[str, Any]] = {}
+    method = {"estimates": "sketch", "relative_accuracy": S.SKETCH_ACCURACY, "unit_step": "exact"}
+    if thresholds and sum(n for n, _ in points.values()) > options.exact_quantile_rows:
+        sample = Q.indicator_rows(conn, scope, thresholds, sampled=True)
+        if all(sample.get(v, {}).get("units", 0) >= options.min_sample_units for v in thresholds):
+            indicators = {v: {**row, "scale_to": ok_units.get(v, row["units"])} for v, row in sample.items()}
+            method.update(unit_step="sample", sampled_units={v: row["units"] for v, row in sample.items()})
+    if thresholds and not indicators:
+        indicators = Q.indicator_rows(conn, scope, thresholds, sampled=False)
     ranks: dict[str, list[S.QuantileRanks]] = {}
-    wanted: dict[str, tuple[int, set[int]]] = {}
+    bounds: dict[str, dict[int, float]] = {}
     for v, (n, _) in points.items():
-        if v not in indicators or n == 0:
+        if v not in indicators:
             continue
-        ranks[v] = [S.quantile_ranks(q, n, indicator_stats(indicators[v], j), alpha)
+        ranks[v] = [S.quantile_ranks(q, n, indicator_stats(indicators[v], j), options.alpha)
                     for j, q in enumerate(levels)]
-        wanted[v] = (n, {r for rk in ranks[v] for r in (rk.rank_lower, rk.rank_upper)})
-    bounds = Q.values_at_ranks(conn, scope, wanted)
-    estimates = quantile_estimates(points, indicators, bounds, ranks, keys, alpha)
-    return {"estimates": estimates, "points": points}
+        bounds[v] = sketches[v].values_at_ranks(r for rk in ranks[v] for r in (rk.rank_lower, rk.rank_upper))
+    estimates = quantile_estimates(points, indicators, bounds, ranks, keys, options.alpha)
+    return {"estimates": estimates, "points": points}, method
 
 
-def _histogram(conn: Any, scope: Q.Scope, points: Mapping[str, tuple[int, list[float]]]) -> dict[str, Any] | None:
+def _histogram(sketches: Mapping[str, S.LatencySketch]) -> dict[str, Any] | None:
     """Latency distribution per variant over [0, 1.05 x the largest variant p99), for the page."""
-    p99s = [xs[-1] for n, xs in points.values() if n > 0]
+    p99s = [sk.quantile(0.99) for sk in sketches.values() if sk.count]
     if not p99s or max(p99s) <= 0:
         return None
     upper = max(p99s) * 1.05
     bins = 40
-    counts = Q.latency_histogram(conn, scope, upper, bins)
+    counts = {v: sk.histogram(upper, bins) for v, sk in sketches.items() if sk.count}
     return {"bin_width_ms": upper / bins, "upper_ms": upper, "counts": counts,
             "note": "last bin: requests at or above upper_ms"}
 

@@ -120,15 +120,18 @@ def quantile_estimates(points: Mapping[str, tuple[int, list[float]]],
             x_lo, x_hi = bounds[v].get(rk.rank_lower, math.nan), bounds[v].get(rk.rank_upper, math.nan)
             if not (math.isfinite(x_lo) and math.isfinite(x_hi)):
                 x_lo = x_hi = points[v][1][j]
-            out[name][v] = S.quantile_estimate(level, points[v][1][j], x_lo, x_hi, ind, alpha)
+            out[name][v] = S.quantile_estimate(level, points[v][1][j], x_lo, x_hi, ind, alpha,
+                                               n_requests=points[v][0])
     return out
 
 
 def indicator_stats(row: Mapping[str, Any] | None, j: int) -> S.RatioStats:
-    """The RatioStats of ``s_i`` (requests at or below x_hat) over ``d_i`` (requests)."""
+    """The RatioStats of ``s_i`` (requests at or below x_hat) over ``d_i`` (requests); scaled to
+    ``row["scale_to"]`` units when the row holds a sample of units."""
     if row is None:
         return _EMPTY_RATIO
-    return S.RatioStats(row["units"], row["s"][j], row["s_sq"][j], row["d"], row["d_sq"], row["s_d"][j])
+    stats = S.RatioStats(row["units"], row["s"][j], row["s_sq"][j], row["d"], row["d_sq"], row["s_d"][j])
+    return stats.scaled_to(row["scale_to"]) if row.get("scale_to") else stats
 
 
 # --- JSON views --------------------------------------------------------------------------

@@ -1,9 +1,23 @@
-"""SQL that turns the outcome log into sufficient statistics (never raw rows into Python).
+"""SQL that turns the outcome log and its rollups into sufficient statistics (never raw rows
+into Python).
 
-Every query groups twice: by (variant, unit) to get each unit's own numbers, then by variant
-(and the day of the unit's first activity, so a cumulative time series comes for free: the
-sufficient statistics of disjoint unit cohorts add up). Results are a handful of rows per
-variant and day, whatever the size of the log.
+Request metrics read the rollups of :mod:`abtest.services.rollups`, maintained as requests are
+logged, so a report's cost grows with units and sketch buckets, not with requests:
+
+* ratio metrics (``latency_ms``, ``error_rate``) from ``unit_outcomes``: one row per unit,
+  grouped by variant and the day of the unit's first request (a cumulative time series comes
+  for free: the sufficient statistics of disjoint unit cohorts add up);
+* quantiles from the per-variant :class:`~abtest.stats.LatencySketch` in ``latency_buckets``
+  (0.1 % relative accuracy): the point estimate (step 1 of :mod:`abtest.stats.quantiles`) and
+  the CI's order statistics (step 3). Step 2, each unit's count of requests at or below the
+  estimate, needs per-request latencies: up to ``ReportOptions.exact_quantile_rows`` ok
+  requests it is computed exactly from the request log (:func:`indicator_rows`), above that
+  from ``latency_samples``, all requests of a fixed 1-in-32 hash sample of units, whose
+  per-unit variance is scaled to the full unit count (:meth:`abtest.stats.RatioStats.scaled_to`);
+* the shadow summary from ``shadow_outcomes``.
+
+Capping (``cap``) is the one request metric that scans the log (:func:`request_rows`): its
+threshold is chosen when the report is built.
 
 Which rows count (the experiment's *current phase*, *enrolled* units only)::
 
@@ -32,19 +46,10 @@ never exposed are kept in the table but count towards nothing. A unit's value is
 (``binary``: at least one attributed event), the number of attributed events (``count``) or
 the sum of their values (``sum``); every exposed unit counts, with 0 when it has no event.
 
-Quantiles (``latency_p50_ms`` ...) follow the four-step recipe of
-:mod:`abtest.stats.quantiles`: PostgreSQL computes ``percentile_cont`` (step 1), the indicator
-sums ride along in the request scan (step 2, :func:`request_rows`), and the CI's order
-statistics come from ``percentile_disc`` at fractions ``(rank - 0.5) / N``, which select exactly
-the 1-based ``rank`` (step 3). SQLite, which has neither, fetches each needed order statistic
-with ``ORDER BY latency_ms LIMIT 1 OFFSET rank - 1`` and interpolates with
-:func:`abtest.stats.percentile_cont_ranks` (the same definition as PostgreSQL's).
-
-Cost on PostgreSQL: one aggregation of the request log by unit, two sorts of each variant's ok
-latencies (steps 1 and 3), one scan for the latency histogram and one for the shadow summary,
-plus the event joins. :func:`tune_session` raises ``work_mem`` for the report's transaction so
-these sorts and hash aggregates stay in memory, and turns JIT off (its compile time exceeds its
-gain on these short aggregate queries).
+Cost on PostgreSQL: one scan of ``unit_outcomes`` and of the sketch buckets, the exposure and
+event joins, and step 2 (a scan of the sample, or of the log below the exact limit).
+:func:`tune_session` raises ``work_mem`` for the report's transaction so the sorts and hash
+aggregates stay in memory, and turns JIT off (its compile time exceeds its gain here).
 """
 
 from __future__ import annotations
@@ -55,18 +60,17 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from ..stats import percentile_cont_ranks
+from ..stats import LatencySketch
 
 __all__ = [
     "Scope",
     "tune_session",
     "exposure_counts",
+    "unit_rows",
     "request_rows",
+    "indicator_rows",
     "event_rows",
-    "quantile_points",
-    "values_at_ranks",
-    "pooled_quantile",
-    "latency_histogram",
+    "sketches",
     "shadow_rows",
 ]
 
@@ -104,11 +108,6 @@ def _seconds(scope: Scope, start: str, end: str) -> str:
     return f"((julianday({end}) - julianday({start})) * 86400.0)"
 
 
-def _floor(scope: Scope, expr: str) -> str:
-    # PostgreSQL's CAST rounds; SQLite's truncates (the same as floor for values >= 0).
-    return f"FLOOR({expr})" if scope.is_pg else f"CAST({expr} AS INTEGER)"
-
-
 def tune_session(conn: Connection, work_mem: str = "256MB") -> None:
     """PostgreSQL only: transaction-local ``work_mem`` and ``jit`` for the report's queries."""
     if conn.dialect.name == "postgresql":
@@ -124,42 +123,77 @@ def exposure_counts(conn: Connection, scope: Scope) -> dict[str, int]:
     return {v: int(n) for v, n in rows}
 
 
-def request_rows(conn: Connection, scope: Scope, cap: float | None = None,
-                 thresholds: dict[str, list[float]] | None = None) -> list[dict[str, Any]]:
-    """Per (variant, day of the unit's first request): RatioStats sums for latency and errors.
-
-    ``lat``/``ok`` are the latency numerator and denominator of a unit (ok requests only,
-    latency capped at ``cap`` when given); ``err``/``tot`` the error-rate pair; ``n_all`` and
-    ``n_rej`` count all and rejected requests. With ``thresholds`` (variant -> x_hat per quantile
-    level, step 1 of the quantile recipe) the same scan also returns step 2, the indicator sums
-    ``s{j}``, ``s{j}_sq``, ``s{j}_d`` over units with at least one ok request (``ok_units``),
-    so the request log is aggregated by unit once, not twice.
-    """
-    lat = "latency_ms" if cap is None else "CASE WHEN latency_ms > :cap THEN :cap ELSE latency_ms END"
-    params: dict[str, Any] = {**scope.params, "cap": cap}
-    inner, outer, names = [], [], []
-    for j, case in enumerate(_threshold_cases(thresholds or {}, params)):
-        inner.append(f"SUM(CASE WHEN status = 'ok' AND latency_ms <= {case} THEN 1 ELSE 0 END) AS s{j}")
-        outer.append(f"SUM(s{j}), SUM(s{j} * s{j}), SUM(s{j} * ok)")
-        names += [f"s{j}", f"s{j}_sq", f"s{j}_d"]
-    sql = f"""
-        SELECT variant, day, COUNT(*) AS units,
-               SUM(lat), SUM(lat * lat), SUM(ok), SUM(ok * ok), SUM(lat * ok),
+_UNIT_SUMS = """SUM(lat), SUM(lat * lat), SUM(ok), SUM(ok * ok), SUM(lat * ok),
                SUM(err), SUM(err * err), SUM(tot), SUM(tot * tot), SUM(err * tot),
-               SUM(n_all), SUM(n_rej), SUM(CASE WHEN ok > 0 THEN 1 ELSE 0 END){''.join(', ' + o for o in outer)}
+               SUM(n_all), SUM(n_rej), SUM(CASE WHEN ok > 0 THEN 1 ELSE 0 END)"""
+_UNIT_NAMES = ("variant", "day", "units", "lat", "lat_sq", "ok", "ok_sq", "lat_ok", "err", "err_sq",
+               "tot", "tot_sq", "err_tot", "n_all", "n_rej", "ok_units")
+
+
+def unit_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
+    """Per (variant, day of the unit's first request): RatioStats sums for latency and errors,
+    from the ``unit_outcomes`` rollup (one row per unit, not per request).
+
+    ``lat``/``ok`` are the latency numerator and denominator of a unit (ok requests only),
+    ``err``/``tot`` the error-rate pair; ``n_all`` and ``n_rej`` count all and rejected
+    requests, ``ok_units`` the units with at least one ok request.
+    """
+    sql = f"""
+        SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
+        FROM (SELECT variant, {_day(scope, 'first_at')} AS day, latency_sum AS lat, ok,
+                     errors AS err, requests - rejected AS tot, requests AS n_all, rejected AS n_rej
+              FROM unit_outcomes WHERE experiment_id = :e AND phase = :p) AS u
+        GROUP BY variant, day ORDER BY variant, day"""
+    return _dicts(conn.execute(text(sql), scope.params), _UNIT_NAMES)
+
+
+def request_rows(conn: Connection, scope: Scope, cap: float) -> list[dict[str, Any]]:
+    """:func:`unit_rows` with each ok latency capped at ``cap``, computed from the request log
+    (a cap is chosen when the report is built, so no rollup can hold it: one scan of the log)."""
+    lat = "CASE WHEN latency_ms > :cap THEN :cap ELSE latency_ms END"
+    sql = f"""
+        SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
         FROM (SELECT variant, unit_id, {_day(scope, 'MIN(started_at)')} AS day,
                      SUM(CASE WHEN status = 'ok' THEN {lat} ELSE 0 END) AS lat,
                      SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS ok,
                      SUM(CASE WHEN status IN ('error', 'timeout') THEN 1 ELSE 0 END) AS err,
                      SUM(CASE WHEN status <> 'rejected' THEN 1 ELSE 0 END) AS tot,
                      COUNT(*) AS n_all,
-                     SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS n_rej{''.join(', ' + i for i in inner)}
+                     SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS n_rej
               FROM requests WHERE {_SERVED}
               GROUP BY variant, unit_id) AS u
         GROUP BY variant, day ORDER BY variant, day"""
-    names = ["variant", "day", "units", "lat", "lat_sq", "ok", "ok_sq", "lat_ok", "err", "err_sq",
-             "tot", "tot_sq", "err_tot", "n_all", "n_rej", "ok_units", *names]
-    return _dicts(conn.execute(text(sql), params), names)
+    return _dicts(conn.execute(text(sql), {**scope.params, "cap": cap}), _UNIT_NAMES)
+
+
+def indicator_rows(conn: Connection, scope: Scope, thresholds: dict[str, list[float]],
+                   sampled: bool) -> dict[str, dict[str, Any]]:
+    """Quantile step 2 per variant: over units with ok requests, ``units``, ``d`` (ok
+    requests), ``d_sq`` and per level ``j`` the sums of ``s_j`` (requests at or below the
+    variant's ``x_hat``), ``s_j**2`` and ``s_j * d``.
+
+    ``sampled``: from ``latency_samples`` (the 1-in-32 hash sample of units) instead of the
+    request log.
+    """
+    params: dict[str, Any] = dict(scope.params)
+    inner, outer = [], []
+    cases = _threshold_cases(thresholds, params)
+    for j, case in enumerate(cases):
+        inner.append(f"SUM(CASE WHEN latency_ms <= {case} THEN 1 ELSE 0 END) AS s{j}")
+        outer.append(f"SUM(s{j}), SUM(s{j} * s{j}), SUM(s{j} * d)")
+    source = ("latency_samples WHERE experiment_id = :e AND phase = :p" if sampled
+              else f"requests WHERE {_SERVED} AND status = 'ok'")
+    sql = f"""
+        SELECT variant, COUNT(*), SUM(d), SUM(d * d){''.join(', ' + o for o in outer)}
+        FROM (SELECT variant, unit_id, COUNT(*) AS d{''.join(', ' + i for i in inner)}
+              FROM {source} GROUP BY variant, unit_id) AS u
+        GROUP BY variant"""
+    out: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(text(sql), params):
+        sums = [float(x) for x in row[4:]]
+        out[row[0]] = {"units": int(row[1]), "d": float(row[2]), "d_sq": float(row[3]),
+                       "s": sums[0::3], "s_sq": sums[1::3], "s_d": sums[2::3]}
+    return out
 
 
 def _threshold_cases(thresholds: dict[str, list[float]], params: dict[str, Any]) -> list[str]:
@@ -213,99 +247,23 @@ def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: 
     return _dicts(conn.execute(text(sql), params), ("variant", "day", "units", "sum", "sum_sq"))
 
 
-def quantile_points(conn: Connection, scope: Scope,
-                    levels: Sequence[float]) -> dict[str, tuple[int, list[float]]]:
-    """Step 1 per variant: ``(N ok requests, [percentile_cont(q) for q in levels])``."""
-    if scope.is_pg:
-        rows = conn.execute(text(
-            f"SELECT variant, COUNT(*), percentile_cont(CAST(:levels AS double precision[])) "
-            f"WITHIN GROUP (ORDER BY latency_ms) FROM requests WHERE {_SERVED} AND status = 'ok' "
-            f"GROUP BY variant"), {**scope.params, "levels": list(levels)})
-        return {v: (int(n), [float(x) for x in xs]) for v, n, xs in rows}
-    counts = conn.execute(text(
-        f"SELECT variant, COUNT(*) FROM requests WHERE {_SERVED} AND status = 'ok' GROUP BY variant"),
-        scope.params).all()
-    out: dict[str, tuple[int, list[float]]] = {}
-    for variant, n in counts:
-        plan = [percentile_cont_ranks(int(n), q) for q in levels]
-        ranks = [r for lo, hi, _ in plan for r in (lo, hi)]
-        values = values_at_ranks(conn, scope, {variant: (int(n), ranks)})[variant]
-        out[variant] = (int(n), [values[lo] + w * (values[hi] - values[lo]) for lo, hi, w in plan])
-    return out
-
-
-def values_at_ranks(conn: Connection, scope: Scope,
-                    wanted: dict[str, tuple[int, Iterable[int]]]) -> dict[str, dict[int, float]]:
-    """Step 3: ok latencies at 1-based ascending ranks, ``{variant: (N, ranks)}`` -> values.
-
-    PostgreSQL: one ``percentile_disc`` query for all variants (one sort per variant) at
-    fractions ``(rank - 0.5) / N``; SQLite: one ``LIMIT 1 OFFSET rank - 1`` query per rank.
-    """
-    plan = {v: (n, sorted(set(ranks))) for v, (n, ranks) in wanted.items() if n > 0}
-    if not plan:
-        return {}
-    if scope.is_pg:
-        params: dict[str, Any] = dict(scope.params)
-        whens = []
-        for i, (v, (n, ranks)) in enumerate(sorted(plan.items())):
-            params[f"rv{i}"], params[f"rf{i}"] = v, [(r - 0.5) / n for r in ranks]
-            whens.append(f"WHEN :rv{i} THEN CAST(:rf{i} AS double precision[])")
-        rows = conn.execute(text(
-            f"SELECT variant, percentile_disc(CASE variant {' '.join(whens)} END) WITHIN GROUP "
-            f"(ORDER BY latency_ms) FROM requests WHERE {_SERVED} AND status = 'ok' "
-            f"AND variant IN ({', '.join(f':rv{i}' for i in range(len(plan)))}) GROUP BY variant"), params)
-        return {v: {r: float(x) for r, x in zip(plan[v][1], xs)} for v, xs in rows}
-    stmt = text(f"SELECT latency_ms FROM requests WHERE {_SERVED} AND status = 'ok' AND variant = :v "
-                f"ORDER BY latency_ms LIMIT 1 OFFSET :k")
-    return {v: {r: float(conn.execute(stmt, {**scope.params, "v": v, "k": r - 1}).scalar_one()) for r in ranks}
-            for v, (_, ranks) in plan.items()}
-
-
-def pooled_quantile(conn: Connection, scope: Scope, level: float) -> float | None:
-    """``percentile_cont(level)`` of ok latencies over all variants (the capping threshold)."""
-    if scope.is_pg:
-        value = conn.execute(text(
-            f"SELECT percentile_cont(:q) WITHIN GROUP (ORDER BY latency_ms) FROM requests "
-            f"WHERE {_SERVED} AND status = 'ok'"), {**scope.params, "q": level}).scalar_one()
-        return None if value is None else float(value)
-    n = int(conn.execute(text(f"SELECT COUNT(*) FROM requests WHERE {_SERVED} AND status = 'ok'"),
-                         scope.params).scalar_one())
-    if n == 0:
-        return None
-    lo, hi, w = percentile_cont_ranks(n, level)
-    stmt = text(f"SELECT latency_ms FROM requests WHERE {_SERVED} AND status = 'ok' "
-                f"ORDER BY latency_ms LIMIT 1 OFFSET :k")
-    x_lo = float(conn.execute(stmt, {**scope.params, "k": lo - 1}).scalar_one())
-    x_hi = float(conn.execute(stmt, {**scope.params, "k": hi - 1}).scalar_one())
-    return x_lo + w * (x_hi - x_lo)
-
-
-def latency_histogram(conn: Connection, scope: Scope, upper: float,
-                      bins: int = 40) -> dict[str, list[int]]:
-    """Counts of ok latencies per variant in ``bins`` equal bins over ``[0, upper)``.
-
-    The last extra bin collects everything at or above ``upper``.
-    """
-    width = upper / bins
-    sql = f"""
-        SELECT variant, CASE WHEN latency_ms >= :hi THEN :nb ELSE {_floor(scope, 'latency_ms / :w')} END AS b,
-               COUNT(*)
-        FROM requests WHERE {_SERVED} AND status = 'ok' GROUP BY 1, 2"""
-    out: dict[str, list[int]] = {}
-    for variant, b, n in conn.execute(text(sql), {**scope.params, "hi": upper, "nb": bins, "w": width}):
-        counts = out.setdefault(variant, [0] * (bins + 1))
-        counts[min(max(int(b), 0), bins)] += int(n)
-    return out
+def sketches(conn: Connection, scope: Scope) -> dict[str, LatencySketch]:
+    """The latency sketch of each variant's ok requests, from ``latency_buckets``."""
+    rows = conn.execute(text(
+        "SELECT variant, bucket, count FROM latency_buckets WHERE experiment_id = :e AND phase = :p "
+        "ORDER BY variant, bucket"), scope.params)
+    pairs: dict[str, list[tuple[int, int]]] = {}
+    for variant, bucket, count in rows:
+        pairs.setdefault(variant, []).append((int(bucket), int(count)))
+    return {v: LatencySketch.from_counts(p) for v, p in pairs.items()}
 
 
 def shadow_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
     """Dark-launch copies per variant: requests, mean latency, errors and output agreement."""
     sql = """
-        SELECT variant, COUNT(*), AVG(latency_ms),
-               SUM(CASE WHEN status IN ('error', 'timeout') THEN 1 ELSE 0 END),
-               SUM(CASE WHEN output_match = :yes THEN 1 ELSE 0 END), COUNT(output_match)
-        FROM requests WHERE experiment_id = :e AND phase = :p AND shadow = :yes
-        GROUP BY variant ORDER BY variant"""
+        SELECT variant, requests, latency_sum / requests, errors, output_matches, compared
+        FROM shadow_outcomes WHERE experiment_id = :e AND phase = :p AND requests > 0
+        ORDER BY variant"""
     names = ("variant", "requests", "latency_mean_ms", "errors", "output_matches", "compared")
     return _dicts(conn.execute(text(sql), scope.params), names)
 
