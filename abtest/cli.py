@@ -89,6 +89,26 @@ def db_downgrade(revision: str) -> None:
     click.echo(f"database downgraded to {revision}", err=True)
 
 
+@db.command("rebuild-rollups")
+@click.option("--experiment", "key", help="only this experiment (default: all)")
+def db_rebuild_rollups(key: str | None) -> None:
+    """Recompute the report rollups from the request log (after loading requests in bulk)."""
+    from .services.experiments import get_experiment
+    from .services.rollups import rebuild
+
+    database = _database()
+    try:
+        with database.transaction() as session:
+            try:
+                exp_id = get_experiment(session, key).id if key else None
+            except ABTestError as exc:
+                _fail(exc)
+            rebuild(session.connection(), exp_id)
+    finally:
+        database.dispose()
+    click.echo(f"rollups rebuilt for {key or 'all experiments'}", err=True)
+
+
 # --- keys --------------------------------------------------------------------------------
 
 @cli.group()

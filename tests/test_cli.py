@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import delete, func, insert, select
 
 from abtest.cli import cli
 from abtest.db import Database
+from abtest.models import RequestLog, UnitOutcome
+from abtest.services.experiments import get_experiment
 from abtest.services.keys import hash_key
 from tests.conftest import experiment_payload
 
@@ -67,3 +71,25 @@ def test_db_downgrade_and_upgrade(runner, tmp_path) -> None:
     assert Database(url).is_empty() is False  # only alembic_version is left
     assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
     assert runner.invoke(cli, ["keys", "create", "--scope", "sdk", "--name", "app"]).exit_code == 0
+
+
+def test_db_rebuild_rollups_recomputes_them_from_the_request_log(runner, tmp_path) -> None:
+    spec = tmp_path / "exp.json"
+    spec.write_text(json.dumps(experiment_payload("bulk")))
+    assert runner.invoke(cli, ["experiments", "create", "-f", str(spec)]).exit_code == 0
+    db = Database(f"sqlite:///{tmp_path / 'cli.sqlite'}")
+    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    with db.transaction() as session:  # a bulk load that bypasses the outcome log
+        exp_id = get_experiment(session, "bulk").id
+        session.execute(insert(RequestLog), [
+            {"request_id": f"r{i}", "experiment_id": exp_id, "phase": 1, "variant": "control", "engine": "e",
+             "unit_id": f"u{i % 3}", "in_experiment": True, "shadow": False, "status": "ok", "started_at": now,
+             "finished_at": now, "latency_ms": 10.0} for i in range(9)])
+        session.execute(delete(UnitOutcome))
+    result = runner.invoke(cli, ["db", "rebuild-rollups", "--experiment", "bulk"])
+    assert result.exit_code == 0, result.output
+    with db.session() as session:
+        assert session.scalar(select(func.sum(UnitOutcome.requests))) == 9
+        assert session.scalar(select(func.count()).select_from(UnitOutcome)) == 3
+    db.dispose()
+    assert "not_found" in runner.invoke(cli, ["db", "rebuild-rollups", "--experiment", "nope"]).output
