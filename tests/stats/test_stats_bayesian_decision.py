@@ -148,7 +148,7 @@ def test_public_api_is_complete_and_pure() -> None:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                assert node.module.split(".")[0] in {"__future__", "dataclasses", "typing",
+                assert node.module.split(".")[0] in {"__future__", "collections", "dataclasses", "typing",
                                                      "numpy", "scipy", "math"}, (path, node.module)
         assert len(path.read_text().splitlines()) < 400, path
 
