@@ -70,7 +70,8 @@ def exposure_upsert(dialect: str):  # type: ignore[no-untyped-def]
 
 def aggregate_exposures(items: list[tuple[int, int, str, str, datetime]]) -> list[dict[str, Any]]:
     """(experiment_id, phase, unit_id, variant, seen) items to one row per unit: an upsert
-    statement must not touch the same row twice."""
+    statement must not touch the same row twice. Rows come in key order, so concurrent
+    writers lock the same rows in the same order (no deadlock between API processes)."""
     merged: dict[tuple[int, int, str], dict[str, Any]] = {}
     for exp_id, phase, unit, variant, seen in items:
         row = merged.get((exp_id, phase, unit))
@@ -80,7 +81,7 @@ def aggregate_exposures(items: list[tuple[int, int, str, str, datetime]]) -> lis
         else:
             row["first_seen"], row["last_seen"] = min(row["first_seen"], seen), max(row["last_seen"], seen)
             row["count"] += 1
-    return list(merged.values())
+    return [merged[key] for key in sorted(merged)]
 
 
 class ExposureWriter:
