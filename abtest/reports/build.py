@@ -153,10 +153,13 @@ def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], k
         data["requests_by_variant"] = _request_counts(rows)
         if "quantile" in shapes:
             data["quantiles"], data["quantile_method"] = _quantiles(conn, scope, keys, sketches, rows, options)
+    events: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
     for s in specs:
         if s.shape == "mean":
-            rows = Q.event_rows(conn, scope, key, s.event_name or s.name, s.kind, s.window_s)
-            data[f"mean:{s.name}"] = mean_stats(rows)
+            source = (s.event_name or s.name, s.window_s)
+            if source not in events:
+                events[source] = Q.event_rows(conn, scope, key, *source)
+            data[f"mean:{s.name}"] = mean_stats(events[source][s.kind])
     if options.histogram and options.metrics is None:
         data["histogram"] = _histogram(sketches)
     if options.metrics is None:

@@ -211,15 +211,20 @@ def _threshold_cases(thresholds: dict[str, list[float]], params: dict[str, Any])
     return cases
 
 
-def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: str,
-               kind: str, window_s: int) -> list[dict[str, Any]]:
-    """Per (variant, day of first exposure): units, SUM(y), SUM(y*y) of an event metric.
+_KINDS = {"binary": "CASE WHEN a.n_ev > 0 THEN 1 ELSE 0 END", "count": "COALESCE(a.n_ev, 0)",
+          "sum": "COALESCE(a.v, 0)"}
 
-    Implements the attribution rule of the module docstring; ``kind`` is binary|count|sum.
+
+def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: str,
+               window_s: int) -> dict[str, list[dict[str, Any]]]:
+    """Per kind (binary|count|sum), per (variant, day of first exposure): units, SUM(y),
+    SUM(y*y) of the unit values ``y`` of an event metric.
+
+    Implements the attribution rule of the module docstring, once for every metric that counts
+    the same event over the same window.
     """
-    y = {"binary": "CASE WHEN a.n_ev > 0 THEN 1 ELSE 0 END",
-         "count": "COALESCE(a.n_ev, 0)", "sum": "COALESCE(a.v, 0)"}[kind]
     other_exp = "(ev.experiment_key IS NULL OR ev.experiment_key = :key)"
+    sums = "".join(f", SUM({y}), SUM(({y}) * ({y}))" for y in _KINDS.values())
     sql = f"""
         WITH attributed AS (
             SELECT r.unit_id AS unit_id, r.variant AS variant, ev.value AS value
@@ -238,13 +243,15 @@ def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: 
             SELECT unit_id, variant, COUNT(*) AS n_ev, SUM(value) AS v
             FROM attributed GROUP BY unit_id, variant
         )
-        SELECT x.variant, {_day(scope, 'x.first_seen')} AS day, COUNT(*) AS units,
-               SUM({y}) AS s, SUM(({y}) * ({y})) AS s2
+        SELECT x.variant, {_day(scope, 'x.first_seen')} AS day, COUNT(*) AS units{sums}
         FROM exposures x LEFT JOIN per_unit a ON a.unit_id = x.unit_id AND a.variant = x.variant
         WHERE x.experiment_id = :e AND x.phase = :p
-        GROUP BY x.variant, {_day(scope, 'x.first_seen')} ORDER BY 1, 2"""
+        GROUP BY 1, 2 ORDER BY 1, 2"""
     params = {**scope.params, "key": experiment_key, "name": event_name, "w": window_s}
-    return _dicts(conn.execute(text(sql), params), ("variant", "day", "units", "sum", "sum_sq"))
+    names = ("variant", "day", "units", *(f"{k}{suffix}" for k in _KINDS for suffix in ("", "_sq")))
+    rows = _dicts(conn.execute(text(sql), params), names)
+    return {kind: [{"variant": r["variant"], "day": r["day"], "units": r["units"], "sum": r[kind],
+                    "sum_sq": r[f"{kind}_sq"]} for r in rows] for kind in _KINDS}
 
 
 def sketches(conn: Connection, scope: Scope) -> dict[str, LatencySketch]:

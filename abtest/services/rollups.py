@@ -24,17 +24,19 @@ every rollup from the log (the migration that introduced them and the report ben
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..models import LatencyBucket, LatencySample, RequestLog, ShadowOutcome, UnitOutcome
 from ..stats import bucket_index
+from ..stats.sketch import GAMMA, MIN_VALUE
 
 __all__ = ["SAMPLE_SHIFT", "Deltas", "in_sample", "deltas", "apply", "insert_outcomes", "rebuild"]
 
@@ -161,11 +163,19 @@ def insert_outcomes(conn: Connection | Session, rows: Sequence[Mapping[str, Any]
 
 
 def rebuild(conn: Connection, experiment_id: int | None = None, chunk: int = 100_000) -> None:
-    """Recompute the rollups of one experiment (or all) from the request log."""
+    """Recompute the rollups of one experiment (or all) from the request log.
+
+    PostgreSQL runs it as four ``INSERT ... SELECT`` (the same definitions in SQL: ``ln`` for
+    the sketch bucket, ``sha256`` for the unit sample); elsewhere the log is streamed through
+    :func:`deltas` in chunks.
+    """
     tables = (UnitOutcome, LatencyBucket, LatencySample, ShadowOutcome)
     for model in tables:
         stmt = delete(model)
         conn.execute(stmt if experiment_id is None else stmt.where(model.experiment_id == experiment_id))
+    if conn.dialect.name == "postgresql":
+        _rebuild_sql(conn, experiment_id)
+        return
     columns = [RequestLog.__table__.c[c] for c in ("request_id", "experiment_id", "phase", "variant", "unit_id",
                                                    "in_experiment", "shadow", "status", "started_at",
                                                    "latency_ms", "output_match")]
@@ -176,3 +186,34 @@ def rebuild(conn: Connection, experiment_id: int | None = None, chunk: int = 100
     for part in result.mappings().partitions():
         apply(conn, deltas(part))
 
+
+
+def _rebuild_sql(conn: Connection, experiment_id: int | None) -> None:
+    scope = "experiment_id IS NOT NULL" + ("" if experiment_id is None else " AND experiment_id = :e")
+    served = f"{scope} AND in_experiment AND NOT shadow"
+    # in_sample() in SQL: the top 64 - SAMPLE_SHIFT (<= 8) bits of the hash are 0
+    sample = f"get_byte(sha256(convert_to(:salt || unit_id, 'UTF8')), 0) < {2 ** (SAMPLE_SHIFT - 56)}"
+    params = {"e": experiment_id, "floor": MIN_VALUE, "log_gamma": math.log(GAMMA), "salt": _SAMPLE_SALT.decode()}
+    statements = (
+        f"""INSERT INTO unit_outcomes (experiment_id, phase, variant, unit_id, first_at, requests, ok, errors,
+                                       rejected, latency_sum)
+            SELECT experiment_id, phase, variant, unit_id, MIN(started_at), COUNT(*),
+                   COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*) FILTER (WHERE status IN ('error', 'timeout')),
+                   COUNT(*) FILTER (WHERE status = 'rejected'),
+                   COALESCE(SUM(latency_ms) FILTER (WHERE status = 'ok'), 0)
+            FROM requests WHERE {served} GROUP BY experiment_id, phase, variant, unit_id""",
+        f"""INSERT INTO latency_buckets (experiment_id, phase, variant, bucket, count)
+            SELECT experiment_id, phase, variant, CEIL(LN(GREATEST(latency_ms, :floor)) / :log_gamma), COUNT(*)
+            FROM requests WHERE {served} AND status = 'ok' GROUP BY 1, 2, 3, 4""",
+        f"""INSERT INTO latency_samples (request_id, experiment_id, phase, variant, unit_id, latency_ms)
+            SELECT request_id, experiment_id, phase, variant, unit_id, latency_ms
+            FROM requests WHERE {served} AND status = 'ok' AND {sample}""",
+        f"""INSERT INTO shadow_outcomes (experiment_id, phase, variant, requests, latency_sum, errors,
+                                         output_matches, compared)
+            SELECT experiment_id, phase, variant, COUNT(*), SUM(latency_ms),
+                   COUNT(*) FILTER (WHERE status IN ('error', 'timeout')), COUNT(*) FILTER (WHERE output_match),
+                   COUNT(output_match)
+            FROM requests WHERE {scope} AND shadow GROUP BY experiment_id, phase, variant""",
+    )
+    for sql in statements:
+        conn.execute(text(sql), params)
