@@ -100,9 +100,12 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
     keys = [control, *treatments]
     specs = [s for s in metric_specs(exp) if options.metrics is None or s.name in options.metrics]
 
-    exposed = Q.exposure_counts(conn, scope)
+    exposed_days = Q.exposure_days(conn, scope)
+    exposed: dict[str, int] = {}
+    for cell in exposed_days:
+        exposed[cell["variant"]] = exposed.get(cell["variant"], 0) + int(cell["units"])
     srm = _srm(keys, arms, exposed)
-    data = _collect(conn, scope, exp.key, specs, keys, options)
+    data = _collect(conn, scope, exp.key, specs, keys, options, exposed_days)
 
     metrics_out = []
     analyses: dict[tuple[str, str], S.MetricAnalysis] = {}
@@ -137,7 +140,7 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
 # --- data collection ---------------------------------------------------------------------
 
 def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], keys: Sequence[str],
-             options: ReportOptions) -> dict[str, Any]:
+             options: ReportOptions, exposed_days: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Run each query once: the unit rollup (or the capped log scan), the sketches and the
     quantile CIs, event sums per metric, then the histogram and shadow extras."""
     Q.tune_session(conn)
@@ -158,7 +161,7 @@ def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], k
         if s.shape == "mean":
             source = (s.event_name or s.name, s.window_s)
             if source not in events:
-                events[source] = Q.event_rows(conn, scope, key, *source)
+                events[source] = Q.event_rows(conn, scope, key, *source, exposed_days)
             data[f"mean:{s.name}"] = mean_stats(events[source][s.kind])
     if options.histogram and options.metrics is None:
         data["histogram"] = _histogram(sketches)

@@ -54,8 +54,9 @@ aggregates stay in memory, and turns JIT off (its compile time exceeds its gain 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -65,7 +66,7 @@ from ..stats import LatencySketch
 __all__ = [
     "Scope",
     "tune_session",
-    "exposure_counts",
+    "exposure_days",
     "unit_rows",
     "request_rows",
     "indicator_rows",
@@ -95,10 +96,15 @@ class Scope:
 
 
 def _day(scope: Scope, expr: str) -> str:
-    """The UTC calendar day of a timestamp expression, as text (YYYY-MM-DD)."""
+    """The UTC calendar day of a timestamp expression (a date; :func:`_dicts` makes it text)."""
     if scope.is_pg:
-        return f"to_char(({expr}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        return f"CAST(({expr}) AT TIME ZONE 'UTC' AS date)"
     return f"date({expr})"
+
+
+def _float(expr: str) -> str:
+    """Sums of double precision are much cheaper than PostgreSQL's numeric sums of integers."""
+    return f"CAST({expr} AS double precision)"
 
 
 def _seconds(scope: Scope, start: str, end: str) -> str:
@@ -115,12 +121,13 @@ def tune_session(conn: Connection, work_mem: str = "256MB") -> None:
         conn.execute(text("SET LOCAL jit = off"))
 
 
-def exposure_counts(conn: Connection, scope: Scope) -> dict[str, int]:
-    """Exposed units per variant (the SRM check's observed counts)."""
-    rows = conn.execute(text(
-        "SELECT variant, COUNT(*) FROM exposures WHERE experiment_id = :e AND phase = :p "
-        "GROUP BY variant"), scope.params)
-    return {v: int(n) for v, n in rows}
+def exposure_days(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
+    """Exposed units per (variant, day of first exposure): the SRM check's counts (summed over
+    days) and the unit counts of the event metrics (a unit without events has value 0)."""
+    sql = f"""
+        SELECT variant, {_day(scope, 'first_seen')} AS day, COUNT(*) FROM exposures
+        WHERE experiment_id = :e AND phase = :p GROUP BY 1, 2 ORDER BY 1, 2"""
+    return _dicts(conn.execute(text(sql), scope.params), ("variant", "day", "units"))
 
 
 _UNIT_SUMS = """SUM(lat), SUM(lat * lat), SUM(ok), SUM(ok * ok), SUM(lat * ok),
@@ -140,8 +147,9 @@ def unit_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
     """
     sql = f"""
         SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
-        FROM (SELECT variant, {_day(scope, 'first_at')} AS day, latency_sum AS lat, ok,
-                     errors AS err, requests - rejected AS tot, requests AS n_all, rejected AS n_rej
+        FROM (SELECT variant, {_day(scope, 'first_at')} AS day, latency_sum AS lat, {_float('ok')} AS ok,
+                     {_float('errors')} AS err, {_float('requests - rejected')} AS tot,
+                     {_float('requests')} AS n_all, {_float('rejected')} AS n_rej
               FROM unit_outcomes WHERE experiment_id = :e AND phase = :p) AS u
         GROUP BY variant, day ORDER BY variant, day"""
     return _dicts(conn.execute(text(sql), scope.params), _UNIT_NAMES)
@@ -215,13 +223,14 @@ _KINDS = {"binary": "CASE WHEN a.n_ev > 0 THEN 1 ELSE 0 END", "count": "COALESCE
           "sum": "COALESCE(a.v, 0)"}
 
 
-def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: str,
-               window_s: int) -> dict[str, list[dict[str, Any]]]:
+def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: str, window_s: int,
+               exposed: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per kind (binary|count|sum), per (variant, day of first exposure): units, SUM(y),
     SUM(y*y) of the unit values ``y`` of an event metric.
 
     Implements the attribution rule of the module docstring, once for every metric that counts
-    the same event over the same window.
+    the same event over the same window. The SQL sums only units with attributed events; the
+    unit counts come from ``exposed`` (:func:`exposure_days`), every other unit adding 0.
     """
     other_exp = "(ev.experiment_key IS NULL OR ev.experiment_key = :key)"
     sums = "".join(f", SUM({y}), SUM(({y}) * ({y}))" for y in _KINDS.values())
@@ -243,15 +252,20 @@ def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: 
             SELECT unit_id, variant, COUNT(*) AS n_ev, SUM(value) AS v
             FROM attributed GROUP BY unit_id, variant
         )
-        SELECT x.variant, {_day(scope, 'x.first_seen')} AS day, COUNT(*) AS units{sums}
-        FROM exposures x LEFT JOIN per_unit a ON a.unit_id = x.unit_id AND a.variant = x.variant
-        WHERE x.experiment_id = :e AND x.phase = :p
-        GROUP BY 1, 2 ORDER BY 1, 2"""
+        SELECT x.variant, {_day(scope, 'x.first_seen')} AS day{sums}
+        FROM per_unit a JOIN exposures x ON x.experiment_id = :e AND x.phase = :p
+                                        AND x.unit_id = a.unit_id AND x.variant = a.variant
+        GROUP BY 1, 2"""
     params = {**scope.params, "key": experiment_key, "name": event_name, "w": window_s}
-    names = ("variant", "day", "units", *(f"{k}{suffix}" for k in _KINDS for suffix in ("", "_sq")))
-    rows = _dicts(conn.execute(text(sql), params), names)
-    return {kind: [{"variant": r["variant"], "day": r["day"], "units": r["units"], "sum": r[kind],
-                    "sum_sq": r[f"{kind}_sq"]} for r in rows] for kind in _KINDS}
+    names = ("variant", "day", *(f"{k}{suffix}" for k in _KINDS for suffix in ("", "_sq")))
+    sums_by_day = {(r["variant"], r["day"]): r for r in _dicts(conn.execute(text(sql), params), names)}
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in _KINDS}
+    for cell in exposed:
+        found = sums_by_day.get((cell["variant"], cell["day"]), {})
+        for kind, rows in out.items():
+            rows.append({"variant": cell["variant"], "day": cell["day"], "units": cell["units"],
+                         "sum": found.get(kind, 0.0), "sum_sq": found.get(f"{kind}_sq", 0.0)})
+    return out
 
 
 def sketches(conn: Connection, scope: Scope) -> dict[str, LatencySketch]:
@@ -276,11 +290,14 @@ def shadow_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
 
 
 def _dicts(rows: Iterable[Sequence[Any]], names: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows as dicts; numeric aggregates as float (PostgreSQL returns Decimal for SUM(bigint))."""
+    """Rows as dicts; numeric aggregates as float (PostgreSQL returns Decimal for SUM(bigint)),
+    days as ISO text."""
     out = []
     for row in rows:
         item: dict[str, Any] = {}
         for name, value in zip(names, row):
+            if name == "day" and isinstance(value, date):
+                value = value.isoformat()
             item[name] = value if name in ("variant", "day") or value is None or isinstance(
                 value, str) else float(value)
         out.append(item)
