@@ -33,7 +33,8 @@ class DemoSize:
     layers: int = 8  # few wide layers: less per-layer overhead per weight byte at decode
     heads: int = 16
     kv_heads: int = 4
-    train_steps: int = 48
+    train_steps: int = 36  # V1, from scratch
+    v2_steps: int = 12  # V2, starting from V1's trained weights (see build_demo)
     batch: int = 4
     seq: int = 128
     lr: float = 1.5e-3
@@ -175,9 +176,25 @@ def _token_stream(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
     return ids[:max_tokens]
 
 
+def _init_from(model, src: Path) -> None:
+    """Copy a trained checkpoint's weights into ``model`` (same shapes; e.g. Llama -> Qwen2,
+    whose extra q/k/v biases keep their zero init)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(src.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.endswith(".bias") and not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
+    if bad or unexpected:
+        raise ValueError(f"cannot start from {src}: missing {bad[:4]}, unexpected {unexpected[:4]}")
+
+
 def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, out_dir: Path,
-                desc: str = "train", progress: bool = True) -> dict:
-    """Brief, deterministic training (bf16 autocast on CPU), then save as an HF checkpoint."""
+                desc: str = "train", progress: bool = True, *, steps: int | None = None,
+                init_from: Path | None = None) -> dict:
+    """Brief, deterministic training (bf16 autocast on CPU), then save as an HF checkpoint.
+    ``init_from``: start from that checkpoint's weights instead of a random init."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM
@@ -185,13 +202,16 @@ def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, 
     torch.manual_seed(seed)
     random.seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if init_from is not None:
+        _init_from(model, Path(init_from))
     n_params = sum(p.numel() for p in model.parameters())
-    steps = size.train_steps
+    steps = size.train_steps if steps is None else steps
     need = steps * size.batch * (size.seq + 1) + 1
     stream = torch.tensor(_token_stream(tokenizer, texts, max(need * 4, 10_000)), dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
+    # fused: one pass over the 99M parameters per step instead of several (~1 s less per step)
     opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.95), weight_decay=0.01,
-                            foreach=True)
+                            fused=True)
 
     def lr_at(i):
         if i < size.warmup:
@@ -229,6 +249,7 @@ def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, 
         "first_loss": round(losses[0], 3),
         "final_loss": round(sum(losses[-5:]) / min(5, len(losses)), 3),
         "seed": seed,
+        "init_from": str(init_from) if init_from is not None else None,
     }
     (out_dir / "demo_train.json").write_text(json.dumps(info, indent=2))
     return info
@@ -263,7 +284,11 @@ def build_demo(root: str | os.PathLike | None = None, force: bool = False, progr
         summary["tokenizer_seconds"] = round(time.perf_counter() - t, 1)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
     vocab = _round_up(len(tokenizer), 64)
-    for name, kind, seed in (("v1-fp32", "dense", 1), ("v2-fp32", "hybrid", 2)):
+    # V1 is trained from scratch; V2 (same shapes, hybrid attention, q/k/v biases) starts from
+    # V1's weights and trains further with its own seed: the successor of V1, as in practice, and
+    # half the build time of a second training from scratch.
+    for name, kind, seed, steps, init in (("v1-fp32", "dense", 1, size.train_steps, None),
+                                          ("v2-fp32", "hybrid", 2, size.v2_steps, root / "v1-fp32")):
         d = root / name
         if (d / "config.json").is_file() and not force:
             summary[name] = "cached"
@@ -272,7 +297,8 @@ def build_demo(root: str | os.PathLike | None = None, force: bool = False, progr
         tmp = root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         cfg = make_config(kind, size, vocab)
-        summary[name] = train_model(cfg, tokenizer, texts, size, seed, tmp, desc=f"train {name}", progress=progress)
+        summary[name] = train_model(cfg, tokenizer, texts, size, seed, tmp, desc=f"train {name}", progress=progress,
+                                    steps=steps, init_from=init)
         tmp.rename(d)
     q = root / "v2-int4"
     if not is_int4_artifact(q) or force:
