@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -223,6 +224,42 @@ def _scales_and_zeros(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor
     return sz.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
+def _unpack_cpu_kernel_layout(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Codes [n, k] (uint8) back out of ``_convert_weight_to_int4pack_for_cpu``'s AVX-512 layout:
+    [n/64, k, 32] bytes; byte d < 16 holds rows d (low nibble) and d+32 (high nibble) of its
+    block of 64, byte 16+d rows 16+d and 48+d."""
+    p = packed.view(n // 64, k, 2, 16)
+    lohi = torch.stack((p & 15, p >> 4), 1)  # [n/64, 2 (lo, hi), k, 2, 16]
+    return lohi.permute(0, 1, 3, 4, 2).reshape(n, k)
+
+
+_CPU_LAYOUT_OK: bool | None = None
+
+
+def cpu_dequant_supported() -> bool:
+    """Whether this CPU's packed int4 layout is the one :func:`_unpack_cpu_kernel_layout` reads
+    (the layout depends on the CPU capability torch dispatches to); checked once on a probe."""
+    global _CPU_LAYOUT_OK
+    if _CPU_LAYOUT_OK is None:
+        try:
+            g = torch.Generator().manual_seed(0)
+            codes = torch.randint(0, 16, (128, 256), generator=g, dtype=torch.int32)
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+            _CPU_LAYOUT_OK = bool(torch.equal(_unpack_cpu_kernel_layout(packed, 128, 256).to(torch.int32), codes))
+        except Exception:  # noqa: BLE001 - any surprise: keep the kernel path only
+            _CPU_LAYOUT_OK = False
+    return _CPU_LAYOUT_OK
+
+
+# Opt-in (ABTEST_INT4_DEQUANT_ROWS=N): from N rows (tokens) on, a CPU Int4Linear dequantizes its
+# weight to bf16 and runs one bf16 GEMM instead of the int4 kernel, whose cost is linear in the
+# rows (it is built for decode). Measured on the 2-core dev box, one thread, 512 rows: 1.4-1.6x
+# faster than the kernel; below ~256 rows the kernel wins. Off by default: the GEMM rounds
+# differently from the kernel, so a request's greedy text could then depend on how many other
+# rows share its prefill (the engines promise batch-invariant results).
+DEQUANT_MIN_ROWS = int(os.environ.get("ABTEST_INT4_DEQUANT_ROWS", "0"))
+
+
 class Int4Linear(nn.Module):
     """Linear layer with packed int4 weights; bf16 activations into the kernel, output in the
     input's dtype. Built on the meta device and filled with ``load_state_dict(assign=True)``."""
@@ -260,11 +297,25 @@ class Int4Linear(nn.Module):
         ``(q - 8) * scale + zero`` times the same bf16-rounded activations the kernel sees."""
         self.reference_weight = dequantize(codes, scales, zeros, self.group_size).to(self.scales_and_zeros.device)
 
+    def dequantized(self) -> torch.Tensor:
+        """The bf16 weight [out, in] = (q - 8) * scale + zero, unpacked from the CPU kernel layout
+        (one rounding to bf16 of the exact value; see :func:`cpu_dequant_supported`)."""
+        n, k, g = self.out_features, self.in_features, self.group_size
+        codes = _unpack_cpu_kernel_layout(self.weight_packed, n, k).view(n, k // g, g)
+        sz = self.scales_and_zeros  # [k/g, n, 2]
+        scale = sz[:, :, 0].t().contiguous().unsqueeze(-1)
+        zero = sz[:, :, 1].t().contiguous().unsqueeze(-1)
+        return torch.addcmul(zero, codes.to(torch.bfloat16).sub_(8), scale).view(n, k)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if self.reference_weight is not None:
             y = F.linear(x2.float(), self.reference_weight)
+        elif (0 < DEQUANT_MIN_ROWS <= x2.shape[0] and not x2.is_cuda and self.out_features % 64 == 0
+              and cpu_dequant_supported()):
+            # many rows (prefill, big batches): dequantize once, one bf16 GEMM
+            y = F.linear(x2, self.dequantized())
         elif x2.is_cuda:
             y = torch.ops.aten._weight_int4pack_mm(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
         else:

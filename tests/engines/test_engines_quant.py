@@ -147,3 +147,46 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
     e_gptq = (x @ dequantize(c1, s1, z1, g).t() - ref).pow(2).mean()
     assert c1.dtype == torch.uint8 and int(c1.max()) <= 15 and s1.shape == (n, k // g)
     assert e_gptq < 0.8 * e_rtn, (float(e_gptq), float(e_rtn))
+
+
+def _int4_layer(n, k, g, seed=0):
+    torch.manual_seed(seed)
+    w = torch.randn(n, k) * 0.05
+    codes, scales, zeros = quantize_weight(w, g)
+    kt = Int4Linear.kernel_tensors(codes, scales, zeros, "cpu")
+    lin = Int4Linear(k, n, bias=False, group_size=g, packed_shape=tuple(kt["weight_packed"].shape))
+    lin.load_state_dict(kt, assign=True)
+    return lin, dequantize(codes, scales, zeros, g)
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+def test_dequantized_weight_matches_reference(g):
+    from engines.quant import cpu_dequant_supported
+
+    if not cpu_dequant_supported():
+        pytest.skip("this CPU's packed int4 layout is not the AVX-512 one the unpacker reads")
+    lin, ref_w = _int4_layer(192, 256, g)
+    w = lin.dequantized()
+    assert w.dtype == torch.bfloat16 and w.shape == ref_w.shape
+    # exact value rounded once to bf16
+    assert torch.equal(w, ref_w.to(torch.bfloat16))
+
+
+def test_many_rows_take_the_dequantized_path_and_match_reference(monkeypatch):
+    import engines.quant as q
+
+    if not q.cpu_dequant_supported():
+        pytest.skip("this CPU's packed int4 layout is not the AVX-512 one the unpacker reads")
+    lin, ref_w = _int4_layer(128, 512, 64, seed=4)
+    x = torch.randn(40, 512)
+    ref = x.to(torch.bfloat16).float() @ ref_w.t()
+    orig = q.Int4Linear.dequantized
+    for rows in (0, 16):  # kernel only (the default); dequantized GEMM from 16 rows on
+        monkeypatch.setattr(q, "DEQUANT_MIN_ROWS", rows)
+        calls = []
+        monkeypatch.setattr(q.Int4Linear, "dequantized", lambda self: calls.append(1) or orig(self))
+        y = lin(x)
+        assert bool(calls) == (rows == 16)
+        rel = ((y - ref).abs().max() / ref.abs().max()).item()
+        print(f"int4 rows=40 path={'dequant' if calls else 'kernel'}: max rel err vs reference {rel:.2e}")
+        assert rel < 1e-2
