@@ -278,6 +278,25 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` in three ops: rotate_half(x) is roll(x, D/2) with the
+    sign of its first half folded into ``sin_signed`` (= cat(-sin[:D/2], sin[D/2:]))."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
+
+
+def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A projection without nn.Module.__call__'s bookkeeping (no hooks are used here).
+
+    An INT4 layer takes bf16 activations and returns bf16 (plus an fp32 bias, if any): the
+    callers keep that output where the next op accepts it (MLP interior, residual add, which
+    promotes) instead of converting both ways around every kernel call."""
+    if type(mod) is nn.Linear:
+        return F.linear(x if x.dtype == mod.weight.dtype else x.to(mod.weight.dtype), mod.weight, mod.bias)
+    if type(mod) is Int4Linear:
+        return mod.forward(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16))
+    return mod(x)
+
+
 class DecoderRunner:
     """Batched forward over a HF Llama/Qwen2-family decoder with a static KV cache.
 
@@ -318,6 +337,8 @@ class DecoderRunner:
             cos, sin = rot(probe, pos)
         self.cos = cos[0].to(self.dtype).contiguous()  # [T, head_dim]
         self.sin = sin[0].to(self.dtype).contiguous()
+        half = self.head_dim // 2
+        self.sin_signed = torch.cat((-self.sin[:, :half], self.sin[:, half:]), -1).contiguous()
 
     @staticmethod
     def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -347,9 +368,11 @@ class DecoderRunner:
         B, H, Hkv, D = x.shape[0], self.n_heads, self.n_kv, self.head_dim
         qkv_mod = getattr(attn, "qkv_fused", None)
         if qkv_mod is not None and not self.has_qk_norm:
-            qkv = qkv_mod(x).view(B, q, H + 2 * Hkv, D).transpose(1, 2)
-            qk = qkv[:, : H + Hkv]
-            qk = qk * cos + _rotate_half(qk) * sin
+            qkv = _linear(qkv_mod, x)
+            if qkv.dtype != self.dtype:
+                qkv = qkv.to(self.dtype)
+            qkv = qkv.view(B, q, H + 2 * Hkv, D).transpose(1, 2)
+            qk = _rope(qkv[:, : H + Hkv], cos, sin)
             return qk[:, :H], qk[:, H:], qkv[:, H + Hkv:]
         qs = attn.q_proj(x).view(B, q, H, D).transpose(1, 2)
         ks = attn.k_proj(x).view(B, q, Hkv, D).transpose(1, 2)
@@ -357,13 +380,14 @@ class DecoderRunner:
         if self.has_qk_norm:
             qs = attn.q_norm(qs)
             ks = attn.k_norm(ks)
-        return qs * cos + _rotate_half(qs) * sin, ks * cos + _rotate_half(ks) * sin, vs
+        return _rope(qs, cos, sin), _rope(ks, cos, sin), vs
 
     def _mlp(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
         gu_mod = getattr(mlp, "gate_up_fused", None)
         if gu_mod is not None and self.silu:
-            gate, up = gu_mod(x).chunk(2, dim=-1)
-            return mlp.down_proj(F.silu(gate) * up)
+            gate, up = _linear(gu_mod, x).chunk(2, dim=-1)
+            # silu and the product in fp32 whatever the layer's output dtype (same numbers as HF)
+            return _linear(mlp.down_proj, F.silu(gate.float()).mul_(up))
         return mlp(x)
 
     def forward(
@@ -383,7 +407,7 @@ class DecoderRunner:
         if h.dtype != self.dtype:
             h = h.to(self.dtype)
         cos = self.cos[positions].unsqueeze(1)  # [B,1,q,D]
-        sin = self.sin[positions].unsqueeze(1)
+        sin = self.sin_signed[positions].unsqueeze(1)
         masks: dict[int | None, torch.Tensor | None] = {}
         hidden = []
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
@@ -408,7 +432,7 @@ class DecoderRunner:
                 scale=self.scaling, enable_gqa=Hkv != H,
             )
             o = o.transpose(1, 2).reshape(B, q, H * D)
-            h = h + attn.o_proj(o)
+            h = h + _linear(attn.o_proj, o)
             x = self._norm(layer.post_attention_layernorm, h)
             h = h + self._mlp(layer.mlp, x)
             if return_hidden:
@@ -430,7 +454,7 @@ class DecoderRunner:
         if h.dtype != self.dtype:
             h = h.to(self.dtype)
         cos = self.cos[slots][:, None, None, :]  # [B,1,1,D]
-        sin = self.sin[slots][:, None, None, :]
+        sin = self.sin_signed[slots][:, None, None, :]
         kpos = torch.arange(end, device=self.device)[None, :]
         causal = kpos <= slots[:, None]  # [B, end]
         masks: dict = {}
@@ -449,7 +473,7 @@ class DecoderRunner:
             o = F.scaled_dot_product_attention(qs, kc[:, :, :end], vc[:, :, :end], attn_mask=masks[W],
                                                scale=self.scaling, enable_gqa=Hkv != H)
             o = o.transpose(1, 2).reshape(B, 1, H * D)
-            h = h + attn.o_proj(o)
+            h = h + _linear(attn.o_proj, o)
             x = self._norm(layer.post_attention_layernorm, h)
             h = h + self._mlp(layer.mlp, x)
         return self.lm_head(self._norm(self.norm, h)).float()[:, -1]

@@ -213,3 +213,13 @@ def test_large_batches_split_by_size_and_kv_budget(tiny_engines, monkeypatch):
     per_seq = r.n_layers * 2 * r.n_kv * r.head_dim * 4 * (len(eng.encode("x = 1")) + 4)
     monkeypatch.setattr(rt, "_KV_BUDGET_BYTES", int(per_seq * 2.5))
     assert [r.batch_size for r in eng.generate(reqs)] == [2, 2, 2, 2, 2, 2]
+
+
+def test_rope_helper_equals_rotate_half_formula():
+    from engines.model import _rope, _rotate_half
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 8)
+    cos, sin = torch.randn(3, 8), torch.randn(3, 8)
+    sin_signed = torch.cat((-sin[:, :4], sin[:, 4:]), -1)
+    torch.testing.assert_close(_rope(x, cos, sin_signed), x * cos + _rotate_half(x) * sin)
