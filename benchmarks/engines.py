@@ -334,6 +334,18 @@ def main(argv=None) -> int:
     report["dynamic_batching"] = {}
     for name in ("v1-fp32", "v2-int4"):
         report["dynamic_batching"][name] = dynamic_batching(engines[name], prompts, new, 16)
+    from engines import quant as _quant
+
+    if _quant.cpu_dequant_supported() and args.device == "cpu":
+        # the opt-in (ABTEST_INT4_DEQUANT_ROWS) bf16 GEMM for prefills of >= 256 rows, measured
+        # the same way; not in the targets: it is off by default (not batch-invariant)
+        _log("dynamic batching, 16 concurrent, V2 INT4 with dequantized prefill (ABTEST_INT4_DEQUANT_ROWS=256)")
+        prev = _quant.DEQUANT_MIN_ROWS
+        _quant.DEQUANT_MIN_ROWS = 256
+        try:
+            report["dynamic_batching_v2_int4_dequant_rows_256"] = dynamic_batching(engines["v2-int4"], prompts, new, 16)
+        finally:
+            _quant.DEQUANT_MIN_ROWS = prev
     _log("static vs continuous batching, staggered arrivals (V2 INT4)")
     report["continuous_batching_v2_int4"] = {
         kind: staggered_arrivals(engines["v2-int4"], prompts, kind == "continuous", n=12 if quick else 24,
