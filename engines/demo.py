@@ -20,7 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 __all__ = ["DemoSize", "DEMO", "stdlib_files", "stdlib_texts", "heldout_texts", "train_tokenizer",
-           "make_config", "train_model", "build_demo"]
+           "make_config", "bigram_init", "train_model", "build_demo"]
 
 EOT = "<|endoftext|>"
 
@@ -33,13 +33,16 @@ class DemoSize:
     layers: int = 8  # few wide layers: less per-layer overhead per weight byte at decode
     heads: int = 16
     kv_heads: int = 4
-    train_steps: int = 36  # V1, from scratch
+    train_steps: int = 36  # V1, after the bigram initialisation (see bigram_init)
     v2_steps: int = 12  # V2, starting from V1's trained weights (see build_demo)
     batch: int = 4
     seq: int = 128
-    lr: float = 1.5e-3
+    lr: float = 2e-4  # low: a few steps must refine the bigram start, not wash it out
     warmup: int = 4
     init_std: float = 0.02
+    bigram_tokens: int = 3_000_000  # corpus tokens counted for the bigram initialisation
+    bigram_rank: int = 512  # rank of its factorisation (<= hidden)
+    bigram_prior: float = 50.0  # Dirichlet prior strength towards the unigram distribution
 
 
 DEMO = DemoSize()
@@ -145,7 +148,7 @@ def make_config(kind: str, size: DemoSize, vocab_size: int, *, sliding_window: i
     common = dict(
         vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=0,
         initializer_range=size.init_std,
     )
     if kind == "dense":
@@ -178,7 +181,7 @@ def _token_stream(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
 
 def _init_from(model, src: Path) -> None:
     """Copy a trained checkpoint's weights into ``model`` (same shapes; e.g. Llama -> Qwen2,
-    whose extra q/k/v biases keep their zero init)."""
+    whose extra q/k/v biases keep their zero init). Returns None (nothing to report)."""
     from safetensors.torch import load_file
 
     state = {}
@@ -188,6 +191,49 @@ def _init_from(model, src: Path) -> None:
     bad = [k for k in missing if not k.endswith(".bias") and not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if bad or unexpected:
         raise ValueError(f"cannot start from {src}: missing {bad[:4]}, unexpected {unexpected[:4]}")
+
+
+def bigram_init(model, stream, size: DemoSize) -> dict:
+    """Start a fresh model as a bigram language model of the corpus, so that a few minutes of
+    training on two cores give text-like output (random weights give none, and 36 steps from a
+    random start barely move a 100M-parameter model).
+
+    Smoothed log conditionals ``log P(b | a) = log((C[a, b] + k p(b)) / (C[a] + k))`` (bigram
+    counts ``C``, unigram ``p``, prior ``k``), centred per row, are factorised at rank ``r``
+    (``torch.svd_lowrank``): ``U S V^T``. The input embedding is ``U S^1/2 R``, the (untied)
+    output head ``V S^1/2 R`` (``R``: ``r`` rows of a random orthogonal matrix), and every residual branch's output projection starts at zero, so the
+    network is exactly that bigram model; one global temperature (the final norm's gain) is
+    fitted on 20k corpus positions. Training then refines everything.
+    """
+    import torch
+
+    vocab, hidden = model.config.vocab_size, model.config.hidden_size
+    rank = min(size.bigram_rank, hidden)
+    counts = torch.bincount(stream[:-1] * vocab + stream[1:], minlength=vocab * vocab).reshape(vocab, vocab)
+    unigram = torch.bincount(stream, minlength=vocab).double() + 1.0
+    prior = size.bigram_prior * (unigram / unigram.sum()).float()
+    logp = (counts.float() + prior).log() - (counts.sum(1, keepdim=True).float() + size.bigram_prior).log()
+    logp -= logp.mean(1, keepdim=True)
+    u, sv, v = torch.svd_lowrank(logp, q=rank, niter=2)
+    del counts, logp
+    with torch.no_grad():
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        # A random rotation R of the hidden space leaves logits (and RMSNorm) unchanged but
+        # spreads the dominant singular direction over all features: without it one feature
+        # carries most of the scale and spoils group-wise quantization of every layer reading it.
+        rot = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(0)))[0]
+        emb.copy_((u * sv.sqrt()) @ rot[:rank])
+        head.copy_((v * sv.sqrt()) @ rot[:rank])
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        x = stream[:20_001]
+        h = emb[x[:-1]]
+        logits = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + model.config.rms_norm_eps)) @ head.T
+        gains = torch.logspace(-3, 1, 41)
+        nll = torch.stack([torch.nn.functional.cross_entropy(logits * g, x[1:]) for g in gains])
+        model.model.norm.weight.fill_(float(gains[int(nll.argmin())]))
+    return {"rank": rank, "tokens": int(stream.numel()), "nll": round(float(nll.min()), 3)}
 
 
 def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, out_dir: Path,
@@ -202,12 +248,12 @@ def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, 
     torch.manual_seed(seed)
     random.seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    if init_from is not None:
-        _init_from(model, Path(init_from))
-    n_params = sum(p.numel() for p in model.parameters())
     steps = size.train_steps if steps is None else steps
     need = steps * size.batch * (size.seq + 1) + 1
-    stream = torch.tensor(_token_stream(tokenizer, texts, max(need * 4, 10_000)), dtype=torch.long)
+    t0 = time.perf_counter()
+    stream = torch.tensor(_token_stream(tokenizer, texts, max(need * 4, size.bigram_tokens)), dtype=torch.long)
+    init = _init_from(model, Path(init_from)) if init_from is not None else bigram_init(model, stream, size)
+    n_params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(seed)
     # fused: one pass over the 99M parameters per step instead of several (~1 s less per step)
     opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.95), weight_decay=0.01,
@@ -220,7 +266,6 @@ def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, 
         return size.lr * (0.1 + 0.9 * 0.5 * (1 + __import__("math").cos(__import__("math").pi * frac)))
 
     model.train()
-    t0 = time.perf_counter()
     losses = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, file=sys.stderr, mininterval=1.0)
     for i in bar:
@@ -250,6 +295,7 @@ def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, 
         "final_loss": round(sum(losses[-5:]) / min(5, len(losses)), 3),
         "seed": seed,
         "init_from": str(init_from) if init_from is not None else None,
+        "bigram_init": init,
     }
     (out_dir / "demo_train.json").write_text(json.dumps(info, indent=2))
     return info
@@ -267,8 +313,6 @@ def build_demo(root: str | os.PathLike | None = None, force: bool = False, progr
     root.mkdir(parents=True, exist_ok=True)
     summary: dict = {"root": str(root)}
     t_all = time.perf_counter()
-    if torch.get_num_threads() > 2 and os.environ.get("ABTEST_DEMO_THREADS") is None:
-        pass
     if os.environ.get("ABTEST_DEMO_THREADS"):
         torch.set_num_threads(int(os.environ["ABTEST_DEMO_THREADS"]))
     tok_dir = root / "tokenizer"
@@ -305,7 +349,7 @@ def build_demo(root: str | os.PathLike | None = None, force: bool = False, progr
         shutil.rmtree(q, ignore_errors=True)
         tmp = root / ".v2-int4.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        calib = stdlib_texts(max_chars=400_000)
+        calib = stdlib_texts(max_chars=1_600_000)  # ~16k calibration tokens (GPTQ Hessians)
         summary["v2-int4"] = quantize_checkpoint(root / "v2-fp32", tmp, group_size, calibration_texts=calib)
         tmp.rename(q)
     else:

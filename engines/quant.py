@@ -385,7 +385,7 @@ def _quantizable_names(model: nn.Module, group_size: int, include_lm_head: bool)
 
 @torch.no_grad()
 def _activation_stats(model: nn.Module, tokenizer, names: list[str], texts: list[str],
-                      max_tokens: int = 4096, seq_len: int = 256, full: bool = False) -> dict[str, torch.Tensor]:
+                      max_tokens: int = 16384, seq_len: int = 256, full: bool = False) -> dict[str, torch.Tensor]:
     """Per named Linear: E[x^2] per input channel, or with ``full`` the matrix E[x x^T]."""
     stats: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
