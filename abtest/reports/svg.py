@@ -137,7 +137,7 @@ def timeseries_plot(ts: dict[str, Any] | None, width: int = 860, height: int = 2
                     "timeseries-plot", "Cumulative effect over time")
     days = sorted({p["day"] for pts in series.values() for p in pts})
     vals = [0.0] + [p[k] for p in points for k in ("seq_lower", "seq_upper", "estimate") if p[k] is not None]
-    sx = _Scale(0, max(len(days) - 1, 1), left, width - right)
+    sx = _Scale(0, len(days) - 1, left, width - right) if len(days) > 1 else _Scale(-1, 1, left, width - right)
     sy = _Scale(min(vals), max(vals), height - bottom, top)
     body = [f'<line x1="{left}" x2="{width - right}" y1="{sy(0):.1f}" y2="{sy(0):.1f}" class="zero"/>']
     for t in _nice_ticks(min(vals), max(vals)):
@@ -165,4 +165,9 @@ def timeseries_plot(ts: dict[str, Any] | None, width: int = 860, height: int = 2
         line = " ".join(f"{sx(idx[p['day']]):.1f},{sy(p['estimate']):.1f}" for p in ok)
         body.append(f'<polyline class="effect-line" data-variant="{escape(variant)}" points="{line}" fill="none" '
                     f'stroke="{color}" stroke-width="2.5"/>')
+        for p in ok:  # markers: a single day (a young experiment) has no line to draw
+            x = sx(idx[p["day"]])
+            body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{sy(p["seq_lower"]):.1f}" y2="{sy(p["seq_upper"]):.1f}" '
+                        f'stroke="{color}" stroke-dasharray="5 4" stroke-width="1.5"/>'
+                        f'<circle cx="{x:.1f}" cy="{sy(p["estimate"]):.1f}" r="4" fill="{color}"/>')
     return _svg(width, height, body, "timeseries-plot", "Cumulative effect over time")
