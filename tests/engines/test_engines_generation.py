@@ -175,8 +175,12 @@ def test_hybrid_lower_layers_use_sliding_window(tiny_engines):
 
 
 def test_hybrid_decode_matches_hf_beyond_window(tiny_engines):
-    """Long prompt (> window) + decode: the sliced sliding-window decode path equals HF."""
-    eng = tiny_engines["v2-int4"]
+    """Long prompt (> window) + decode: the sliced sliding-window decode path equals HF.
+
+    On the FP32 hybrid engine, where both paths agree to ~1e-6: the tiny random INT4 model's
+    logits have bf16-level near-ties that can flip a greedy choice between two exact paths
+    (its kernel is checked against the dequantized reference in test_engines_quant)."""
+    eng = tiny_engines["v2-fp32"]
     prompt = "def function_name(argument_one, argument_two):\n    return argument_one + argument_two\n" * 2
     assert eng.count_tokens(prompt) > 2 * eng.runner.windows[0]
     r = eng.generate([GenerationRequest(prompt, max_new_tokens=20)])[0]
