@@ -61,9 +61,6 @@ class Deltas:
     samples: list[dict[str, Any]] = field(default_factory=list)
     shadows: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
 
-    def __bool__(self) -> bool:
-        return bool(self.units or self.shadows)
-
 
 def deltas(rows: Iterable[Mapping[str, Any]]) -> Deltas:
     """What ``rows`` (request rows as dicts) add to each rollup."""
