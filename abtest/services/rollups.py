@@ -124,9 +124,13 @@ def _upsert(dialect: str, model: Any, keys: Sequence[str], add: Sequence[str],
     return stmt.on_conflict_do_update(index_elements=list(keys), set_=set_)
 
 
+def _dialect(conn: Connection | Session) -> str:
+    return conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+
+
 def apply(conn: Connection | Session, d: Deltas) -> None:
     """Upsert ``d`` into the rollup tables, in key order (inside the caller's transaction)."""
-    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    dialect = _dialect(conn)
     if d.units:
         conn.execute(_upsert(dialect, UnitOutcome, ("experiment_id", "phase", "variant", "unit_id"),
                              _UNIT_COUNTERS, "first_at"), [d.units[k] for k in sorted(d.units)])
@@ -150,7 +154,7 @@ def insert_outcomes(conn: Connection | Session, rows: Sequence[Mapping[str, Any]
         unique.setdefault(row["request_id"], row)
     if not unique:
         return 0
-    dialect = conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+    dialect = _dialect(conn)
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"]).returning(
         RequestLog.request_id)

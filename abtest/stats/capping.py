@@ -11,18 +11,16 @@ between variants:
    (default 0.99), optionally bounded by an absolute ceiling in the metric's
    unit (e.g. the request timeout).
 
-What the SQL layer does (PostgreSQL)::
-
-    -- pass 1: the pooled quantile (SQLite: see percentile_cont below)
-    SELECT percentile_cont(:level) WITHIN GROUP (ORDER BY latency_ms)
-      FROM requests WHERE experiment_id = :e;
-    -- cap = choose_cap(that_value, ceiling=:timeout_ms)
-    -- pass 2: per unit m_i = SUM(LEAST(latency_ms, :cap)), d_i = COUNT(*),
-    --         then the RatioStats sums per variant.
+How the report uses it: the pooled quantile is read from the merged latency
+sketches of all variants (:class:`abtest.stats.LatencySketch`, 0.1 % relative
+accuracy) and used as the cap (:func:`choose_cap` adds an absolute ceiling
+for callers that want one); one pass over the request log then computes per
+unit ``m_i = SUM(LEAST(latency_ms, :cap))``, ``d_i = COUNT(*)``, and the
+RatioStats sums per variant.
 
 ``percentile_cont`` is the numpy reference for PostgreSQL's
-``percentile_cont`` (linear interpolation between order statistics), usable by
-a SQLite fallback that fetches only the two neighbouring order statistics.
+``percentile_cont`` (linear interpolation between order statistics), and
+:func:`percentile_cont_ranks` names the two order statistics it interpolates.
 """
 
 from __future__ import annotations
