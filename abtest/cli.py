@@ -56,11 +56,18 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(engine: str, device: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker for one engine's queue (needs ABTEST_BROKER_URL)."""
-    from workers.main import run_worker
-
     settings = _settings()
     if not settings.broker_url:
         raise click.ClickException("ABTEST_BROKER_URL is not set: workers need a Redis broker")
+    if device is not None:  # fail fast, before Celery and the registry are loaded
+        from engines.device import DeviceError, check_device
+
+        try:
+            check_device(device)
+        except DeviceError as exc:
+            raise click.ClickException(f"--device: {exc}") from None
+    from workers.main import run_worker
+
     run_worker(engine, device=device, concurrency=concurrency, settings=settings, loglevel=loglevel)
 
 

@@ -59,7 +59,11 @@ class Settings:
         overrides: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> "Settings":
-        """Defaults, then ``ABTEST_*`` variables from ``environ``, then ``overrides``."""
+        """Defaults, then ``ABTEST_*`` variables from ``environ``, then ``overrides``.
+
+        Relative paths (``checkpoint_dir``, ``engine_registry``, a SQLite file in
+        ``database_url``) are made absolute here, against the working directory of this call,
+        so a later ``chdir`` (or another thread's) cannot move them."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         hints = typing.get_type_hints(cls)
@@ -72,7 +76,7 @@ class Settings:
             if key not in hints:
                 raise ConfigError(f"unknown setting {name!r}")
             values[key] = _parse(key, value, hints[key]) if isinstance(value, str) else value
-        return cls(**values)
+        return _absolute_paths(cls(**values))
 
     @property
     def is_sqlite(self) -> bool:
@@ -97,3 +101,28 @@ def _parse(name: str, raw: str, hint: Any) -> Any:
         return target(raw)
     except ValueError as exc:
         raise ConfigError(f"{ENV_PREFIX}{name.upper()}: cannot read {raw!r} as {target.__name__}") from exc
+
+
+def _absolute_path(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _absolute_sqlite_url(url: str) -> str:
+    """``sqlite:///var/x.sqlite`` -> ``sqlite:////<cwd>/var/x.sqlite`` (also ``sqlite+driver``,
+    a ``?query`` kept); in-memory, ``file:`` URI and non-SQLite URLs are returned unchanged."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not (scheme == "sqlite" or scheme.startswith("sqlite+")):
+        return url
+    path, q, query = rest.partition("?")
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return url
+    return f"{scheme}:///{_absolute_path(path)}{q}{query}"
+
+
+def _absolute_paths(settings: Settings) -> Settings:
+    changes: dict[str, Any] = {"database_url": _absolute_sqlite_url(settings.database_url)}
+    if settings.checkpoint_dir:
+        changes["checkpoint_dir"] = _absolute_path(settings.checkpoint_dir)
+    if settings.engine_registry:
+        changes["engine_registry"] = _absolute_path(settings.engine_registry)
+    return dataclasses.replace(settings, **changes)

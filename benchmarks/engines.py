@@ -250,13 +250,35 @@ def staggered_arrivals(engine, prompts, continuous: bool, n: int = 16, gap_ms: f
     }
 
 
-def main(argv=None) -> int:
+def checkpoint_root(root: str | None = None) -> Path:
+    """The demo checkpoint root, absolute, resolved once at start-up: ``--root``, else
+    ``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints`` under the working directory (where
+    ``abtest engines build-demo`` and ``make demo`` put them when run from the repository root)."""
+    from engines.spec import default_checkpoint_root
+
+    return Path(os.path.abspath(os.path.expanduser(root))) if root else default_checkpoint_root()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Arguments, checked before anything is loaded: ``--device`` must exist on this machine."""
+    from engines.device import DeviceError, check_device
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short run (under 2 minutes)")
     ap.add_argument("--root", default=None, help="checkpoint root (default $ABTEST_CHECKPOINT_DIR or var/checkpoints)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     args = ap.parse_args(argv)
+    try:
+        check_device(args.device)
+    except DeviceError as e:
+        ap.error(f"--device: {e}")
+    args.root = checkpoint_root(args.root)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     import torch
 
@@ -265,10 +287,10 @@ def main(argv=None) -> int:
 
     from engines import load_engine
     from engines.demo import build_demo, heldout_texts
-    from engines.spec import EngineSpec, builtin_specs, default_checkpoint_root
+    from engines.spec import EngineSpec, builtin_specs
 
     t_start = time.perf_counter()
-    root = Path(args.root) if args.root else default_checkpoint_root()
+    root = args.root
     if not all((root / d / "config.json").is_file() for d in ("v1-fp32", "v2-fp32", "v2-int4")):
         _log(f"demo checkpoints missing under {root}: building them (engines build-demo)")
         build_demo(root, progress=True)

@@ -2,6 +2,9 @@
 
     python -m benchmarks.serving [--quick] [--engines demo|tiny] [--no-celery]
 
+Run from the repository root: the demo checkpoints are looked for in $ABTEST_CHECKPOINT_DIR, else
+./var/checkpoints (where `abtest engines build-demo` writes them), resolved once at start-up.
+
 Prints one JSON object:
   added_latency   per mode (embedded, celery): p50/p99 of a /v1/infer call minus a direct call
                   to the same engine's batching scheduler, measured interleaved (A, B, A, B...)
@@ -37,14 +40,31 @@ PROMPTS = ["def parse_config(path):", "import collections\n\n", "class LRUCache:
 REDIS_URL = os.environ.get("ABTEST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
-def registry_file(root: Path, engines: str, batching: bool) -> tuple[str, str]:
+def checkpoint_root() -> Path:
+    """Where the demo checkpoints are looked for, absolute and resolved once at start-up:
+    ``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints`` under the working directory (where
+    ``abtest engines build-demo`` puts them when run from the repository root)."""
+    from engines.spec import default_checkpoint_root
+
+    return default_checkpoint_root()
+
+
+def demo_present(checkpoints: Path) -> bool:
+    """The V2 INT4 demo checkpoint this benchmark serves is built under ``checkpoints``."""
+    d = checkpoints / "v2-int4"
+    return (d / "config.json").is_file() and (d / "int4_config.json").is_file()
+
+
+def registry_file(root: Path, engines: str, batching: bool, checkpoints: Path | None = None) -> tuple[str, str]:
+    """A registry file under ``root`` with the one engine served; its checkpoint path is
+    absolute (the file lives in a temporary folder, which relative paths would point into)."""
     from engines.spec import builtin_specs
     from engines.testing import build_tiny_checkpoints
 
     if engines == "tiny":
         specs = build_tiny_checkpoints(root / "tiny")
     else:
-        specs = builtin_specs()
+        specs = builtin_specs(checkpoints or checkpoint_root())
     spec = specs["v2-int4"]
     if not batching:
         spec = dataclasses.replace(spec, max_batch_size=1, max_wait_ms=0.0)
@@ -130,12 +150,13 @@ def throughput(call, concurrency: int, n: int) -> dict[str, float]:  # type: ign
     return {"requests_per_s": round(n / elapsed, 2), "tokens_per_s": round(tokens / elapsed, 1)}
 
 
-def run_mode(mode: str, root: Path, engines: str, quick: bool, tokens: int) -> dict[str, Any]:
+def run_mode(mode: str, root: Path, engines: str, quick: bool, tokens: int,
+             checkpoints: Path | None = None) -> dict[str, Any]:
     from tests.serving.harness import WorkerProcess  # the same worker harness the tests use
 
     out: dict[str, Any] = {}
     for batching in (True, False):
-        registry, name = registry_file(root, engines, batching)
+        registry, name = registry_file(root, engines, batching, checkpoints)
         worker = None
         broker = None
         if mode == "celery":
@@ -169,14 +190,14 @@ def run_mode(mode: str, root: Path, engines: str, quick: bool, tokens: int) -> d
     return out
 
 
-def scale_out(root: Path, engines: str, quick: bool, tokens: int) -> dict[str, Any]:
+def scale_out(root: Path, engines: str, quick: bool, tokens: int, checkpoints: Path | None = None) -> dict[str, Any]:
     """Throughput at concurrency 32 through Celery with one, then two workers on the same queue
     (each worker pinned to one torch thread, so two workers use the two cores)."""
     import redis
 
     from tests.serving.harness import WorkerProcess
 
-    registry, name = registry_file(root, engines, True)
+    registry, name = registry_file(root, engines, True, checkpoints)
     data = json.loads(Path(registry).read_text())
     data["engines"][0]["num_threads"] = 1
     Path(registry).write_text(json.dumps(data))
@@ -210,16 +231,21 @@ def main() -> None:
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--tokens", type=int, default=16)
     ns = parser.parse_args()
-    from engines.spec import builtin_specs
-
-    engines = ns.engines or ("demo" if Path(builtin_specs()["v2-int4"].checkpoint).is_dir() else "tiny")
+    checkpoints = checkpoint_root()
+    engines = ns.engines or ("demo" if demo_present(checkpoints) else "tiny")
+    if engines == "demo" and not demo_present(checkpoints):
+        parser.error(f"the demo checkpoints are not built: {checkpoints / 'v2-int4'} is missing; build them with "
+                     f"`abtest engines build-demo --root {checkpoints}` (or set ABTEST_CHECKPOINT_DIR), "
+                     f"or use --engines tiny")
     report: dict[str, Any] = {"benchmark": "serving", "engines": engines, "engine": "v2-int4",
                               "max_new_tokens": ns.tokens, "cpus": os.cpu_count()}
+    if engines == "demo":
+        report["checkpoints"] = str(checkpoints)
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("embedded",) + (() if ns.no_celery else ("celery",)):
-            report[mode] = run_mode(mode, Path(tmp), engines, ns.quick, ns.tokens)
+            report[mode] = run_mode(mode, Path(tmp), engines, ns.quick, ns.tokens, checkpoints)
         if not ns.no_celery:
-            report["scale_out_c32"] = scale_out(Path(tmp), engines, ns.quick, ns.tokens)
+            report["scale_out_c32"] = scale_out(Path(tmp), engines, ns.quick, ns.tokens, checkpoints)
     print(json.dumps(report, indent=2))
 
 

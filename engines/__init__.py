@@ -12,6 +12,7 @@ import os as _os
 # imported yet (`python -m engines`, the benchmark, a fresh worker process).
 _os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
+from engines.device import DeviceError, check_device  # noqa: E402
 from engines.spec import EngineSpec, builtin_specs, load_registry  # noqa: E402
 from engines.types import (  # noqa: E402
     EngineClosed,
@@ -34,6 +35,8 @@ __all__ = [
     "EngineSpec",
     "builtin_specs",
     "load_registry",
+    "check_device",
+    "DeviceError",
     "GenerationRequest",
     "GenerationResult",
     "EngineError",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import click
 
-from engines.spec import load_registry
+from engines.spec import default_checkpoint_root, load_registry
 
 __all__ = ["engines", "main"]
 
@@ -48,12 +50,28 @@ def quantize_cmd(src, dst, group_size, lm_head_group_size, calibration, method, 
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Checkpoint root (default $ABTEST_CHECKPOINT_DIR or ./var/checkpoints).")
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
-def build_demo_cmd(root, force) -> None:
+@click.option("--if-missing", is_flag=True,
+              help="Do nothing (without loading torch) when the served demo checkpoints, v1-fp32 and "
+                   "v2-int4, are already under the root (yours or built before): for one-shot setup jobs.")
+def build_demo_cmd(root, force, if_missing) -> None:
     """Build the demo tokenizer and V1/V2 checkpoints (cached), and the V2 INT4 artifact."""
+    if force and if_missing:
+        raise click.UsageError("--force and --if-missing contradict each other")
+    root = Path(os.path.abspath(os.path.expanduser(root))) if root else default_checkpoint_root()
+    if if_missing and served_demo_present(root):
+        click.echo(json.dumps({"root": str(root), "v1-fp32": "present", "v2-int4": "present", "built": False}))
+        return
     from engines.demo import build_demo
 
     summary = build_demo(root, force=force, progress=True)
     click.echo(json.dumps(summary, indent=2, default=str))
+
+
+def served_demo_present(root: Path) -> bool:
+    """True when ``root`` holds the two checkpoints the built-in engines load: ``v1-fp32`` (a
+    Hugging Face checkpoint) and ``v2-int4`` (an INT4 artifact)."""
+    return ((root / "v1-fp32" / "config.json").is_file() and (root / "v2-int4" / "config.json").is_file()
+            and (root / "v2-int4" / "int4_config.json").is_file())
 
 
 @engines.command("list")
@@ -61,8 +79,6 @@ def build_demo_cmd(root, force) -> None:
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Checkpoint root.")
 def list_cmd(registry, root) -> None:
     """List the engine specs (built-ins plus the registry file)."""
-    from pathlib import Path
-
     try:
         specs = load_registry(registry, checkpoint_root=root)
     except ValueError as e:

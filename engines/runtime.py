@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from engines.device import DeviceError, check_device
 from engines.model import DecoderRunner, LoadedModel, load_model
-from engines.spec import EngineSpec
+from engines.spec import EngineSpec, check_checkpoint
 from engines.types import (
     EngineClosed,
     EngineError,
@@ -41,11 +42,19 @@ _KV_BUDGET_BYTES = int(float(os.environ.get("ABTEST_ENGINE_KV_BUDGET_GB", "3")) 
 
 
 def load_engine(spec: EngineSpec) -> "Engine":
-    """Load the engine a spec describes (the checkpoint must exist locally)."""
+    """Load the engine a spec describes (the checkpoint must exist locally).
+
+    Before anything is loaded: raises :class:`~engines.device.DeviceError` when the spec's
+    device is not usable on this machine, and :class:`FileNotFoundError` naming the directory
+    (and how to build the demo checkpoints) when the checkpoint is missing.
+    """
+    try:
+        check_device(spec.device)
+    except DeviceError as e:
+        raise DeviceError(f"engine {spec.name!r}: {e.message}") from None
+    check_checkpoint(spec)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError(f"engine {spec.name}: device {spec.device} requested but CUDA is not available")
     t0 = time.perf_counter()
     loaded = load_model(spec.checkpoint, precision=spec.precision, device=spec.device,
                         group_size=spec.group_size, attention=spec.attention)
@@ -149,7 +158,10 @@ class Engine:
             raise InvalidRequest("stop must be a sequence of non-empty strings")
         if req.seed is not None and (not isinstance(req.seed, int) or isinstance(req.seed, bool)):
             raise InvalidRequest(f"seed must be an integer, got {req.seed!r}")
-        ids = self.encode(req.prompt)
+        try:  # text no tokenizer can take (a lone surrogate) fails this request alone
+            ids = self.encode(req.prompt)
+        except Exception as e:  # noqa: BLE001 - the tokenizer's own exception types vary
+            raise InvalidRequest(f"prompt cannot be tokenized: {type(e).__name__}") from e
         if not ids:
             raise InvalidRequest("prompt is empty")
         ctx = self.spec.context_window

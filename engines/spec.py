@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.device import DeviceError, parse_device
+
 __all__ = [
     "EngineSpec",
     "builtin_specs",
     "load_registry",
     "default_checkpoint_root",
+    "check_checkpoint",
     "PRECISIONS",
     "ATTENTIONS",
     "GROUP_SIZES",
@@ -23,6 +26,8 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int4")
 ATTENTIONS = ("dense", "hybrid")
 GROUP_SIZES = (32, 64, 128)
 DEVICES = ("cpu", "cuda")
+# The checkpoint directories `engines build-demo` writes under its root.
+DEMO_DIRS = ("v1-fp32", "v2-fp32", "v2-int4")
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,10 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
     if not isinstance(mw, (int, float)) or isinstance(mw, bool) or mw < 0:
         p.append(f"field 'max_wait_ms' must be a number >= 0, got {mw!r}")
     dev = d.get("device")
-    if not isinstance(dev, str) or not (dev == "cpu" or dev == "cuda" or dev.startswith("cuda:")):
-        p.append(f"field 'device' must be 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+    try:
+        parse_device(dev)
+    except DeviceError:
+        p.append(f"field 'device' must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {dev!r}")
     nt = d.get("num_threads")
     if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 1):
         p.append(f"field 'num_threads' must be a positive integer or null, got {nt!r}")
@@ -87,12 +94,18 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
 
 
 def default_checkpoint_root() -> Path:
-    return Path(os.environ.get("ABTEST_CHECKPOINT_DIR") or "var/checkpoints")
+    """``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints``, as an absolute path: a relative value
+    is resolved against the working directory now, so the specs built from it do not move when
+    the directory changes later (or when written into a registry file elsewhere)."""
+    raw = os.environ.get("ABTEST_CHECKPOINT_DIR") or "var/checkpoints"
+    return Path(os.path.abspath(os.path.expanduser(raw)))
 
 
 def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str, EngineSpec]:
     """The two built-in engines on the demo checkpoints (`engines build-demo` makes them)."""
     root = Path(checkpoint_root) if checkpoint_root is not None else default_checkpoint_root()
+    if not root.is_absolute():
+        root = Path(os.path.abspath(os.path.expanduser(root)))
     return {
         "v1-fp32": EngineSpec(
             name="v1-fp32",
@@ -113,6 +126,21 @@ def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str,
             description="V2: hybrid sliding-window/global attention, INT4 group-wise weights",
         ),
     }
+
+
+def check_checkpoint(spec: EngineSpec) -> None:
+    """Raise FileNotFoundError, naming the directory and what to do, unless the spec's
+    checkpoint directory holds a ``config.json``."""
+    ck = Path(os.path.abspath(os.path.expanduser(spec.checkpoint)))
+    if (ck / "config.json").is_file():
+        return
+    what = "does not exist" if not ck.exists() else "has no config.json (not a Hugging Face checkpoint)"
+    if ck.name in DEMO_DIRS:
+        todo = f"build the demo checkpoints with `abtest engines build-demo --root {ck.parent}`"
+    else:
+        todo = ("copy a Hugging Face checkpoint directory there or point the spec's 'checkpoint' at one "
+                "(the demo checkpoints are built with `abtest engines build-demo`)")
+    raise FileNotFoundError(f"engine {spec.name!r}: checkpoint directory {ck} {what}; {todo}")
 
 
 _FIELDS = {f.name for f in dataclasses.fields(EngineSpec)}
@@ -143,12 +171,12 @@ def load_registry(
 
     An entry whose name matches a built-in overrides only the fields it gives. Relative
     checkpoint paths are resolved against the JSON file's folder. Raises ValueError naming the
-    offending entry and field.
+    offending entry and field. Every checkpoint path in the result is absolute.
     """
     specs = builtin_specs(checkpoint_root)
     if path is None:
         return specs
-    path = Path(path)
+    path = Path(os.path.abspath(os.path.expanduser(path)))  # checkpoints relative to it stay put
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -161,8 +189,7 @@ def load_registry(
         where = f"engine registry {path}, engines[{i}]"
         if isinstance(entry, dict) and isinstance(entry.get("checkpoint"), str):
             ck = Path(entry["checkpoint"]).expanduser()
-            if not ck.is_absolute():
-                entry = {**entry, "checkpoint": str(path.parent / ck)}
+            entry = {**entry, "checkpoint": str(ck if ck.is_absolute() else path.parent / ck)}
         base = specs.get(entry.get("name")) if isinstance(entry, dict) else None
         spec = spec_from_dict(entry, base=base, where=where)
         specs[spec.name] = spec

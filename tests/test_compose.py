@@ -60,3 +60,37 @@ def test_env_example_sets_only_known_settings() -> None:
         line = line.strip().lstrip("# ")
         if line.startswith("ABTEST_") and "=" in line:
             assert line.split("=", 1)[0].removeprefix("ABTEST_").lower() in fields, line
+
+
+def test_a_one_shot_fills_the_checkpoints_volume() -> None:
+    svc = SERVICES["build-checkpoints"]
+    ctx = resolve(svc["command"])
+    assert ctx.command.name == "build-demo" and ctx.params["if_missing"] and not ctx.params["force"]
+    assert svc["restart"] == "no" and "deploy" not in svc and "healthcheck" not in svc
+    mounts = {v.split(":")[1] for v in svc["volumes"] if v.startswith("checkpoints:")}
+    for name in ("worker-v1", "worker-v2"):
+        assert mounts & {v.split(":")[1] for v in SERVICES[name]["volumes"] if v.startswith("checkpoints:")}, name
+    assert "checkpoints" in COMPOSE["volumes"]
+
+
+@pytest.mark.parametrize("name", ["worker-v1", "worker-v2"])
+def test_workers_start_after_the_checkpoints_are_built(name: str) -> None:
+    depends = SERVICES[name]["depends_on"]
+    assert depends["build-checkpoints"] == {"condition": "service_completed_successfully"}
+    assert depends["migrate"] == {"condition": "service_completed_successfully"}
+
+
+def test_build_demo_if_missing_is_a_no_op_when_present(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    for d, files in (("v1-fp32", ["config.json"]), ("v2-int4", ["config.json", "int4_config.json"])):
+        (tmp_path / d).mkdir()
+        for f in files:
+            (tmp_path / d / f).write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, ["engines", "build-demo", "--if-missing", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert '"built": false' in result.output
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    both = CliRunner().invoke(cli, ["engines", "build-demo", "--if-missing", "--force", "--root", str(tmp_path)])
+    assert both.exit_code != 0

@@ -108,6 +108,17 @@ def test_too_long_prompt_rejected_alone(tiny_engines):
     assert res[0].batch_size == 2
 
 
+@pytest.mark.parametrize("name", ["v1-fp32", "v2-int4"])
+def test_untokenizable_prompt_is_rejected_alone(tiny_engines, name):
+    eng = tiny_engines[name]
+    res = eng.generate([GenerationRequest("import os", max_new_tokens=3),
+                        GenerationRequest("bad \ud800 text", max_new_tokens=3),
+                        GenerationRequest("def f():", max_new_tokens=3)])
+    assert isinstance(res[0], GenerationResult) and isinstance(res[2], GenerationResult)
+    assert isinstance(res[1], InvalidRequest) and res[1].code == "invalid_request"
+    assert "cannot be tokenized" in str(res[1])
+
+
 def test_prompt_near_context_window_is_capped(tiny_engines):
     eng = tiny_engines["v1-fp32"]
     ctx = eng.spec.context_window
