@@ -17,11 +17,16 @@ from flask import Flask
 from .config import Settings
 from .db import Database, upgrade
 from .logs import configure_logging
-from .services.assign import Assigner, ConfigCache, ExposureWriter
+from .services.assign import Assigner, ConfigCache
 from .services.keys import KeyCache, create_key, hash_key
 from .services.outcomes import OutcomeLog
+from .services.probe import Probe
 
-__all__ = ["create_app", "Services"]
+__all__ = ["create_app", "Services", "RESERVED_THREADS"]
+
+# Under `abtest serve`, server threads that /v1/infer calls may never take all together: they
+# answer assign, events, health and the 429s of an overloaded engine at once.
+RESERVED_THREADS = 8
 
 
 class Services:
@@ -29,14 +34,18 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url)
-        self.keys = KeyCache(settings.cache_ttl_s)
-        self.configs = ConfigCache(self.db, settings.cache_ttl_s)
-        self.exposures = ExposureWriter(
-            self.db, interval_s=settings.exposure_flush_interval_s, max_pending=settings.exposure_flush_size
-        )
-        self.assigner = Assigner(self.configs, self.exposures)
+        self.db = Database(settings.database_url, connect_timeout_s=settings.db_connect_timeout_s,
+                           statement_timeout_s=settings.db_statement_timeout_s,
+                           pool_timeout_s=settings.db_pool_timeout_s)
+        # down within a second of the database failing or hanging; then the request threads
+        # stuck on it are freed, and every endpoint answers 503 until a ping succeeds again
+        self.db_probe = Probe("database", self.db.ping, on_down=self.db.abort_connections)
+        self.db.on_outage(self.db_probe.report)
+        self.db.refuse_connects_while(self.db_probe.reason)
+        self.keys = KeyCache(settings.cache_ttl_s, settings.key_cache_grace_s)
+        self.configs = ConfigCache(self.db, settings.cache_ttl_s, settings.key_cache_grace_s)
         self.outcomes = OutcomeLog(self.db)
+        self.assigner = Assigner(self.configs, self.outcomes.write_exposure)
         self._engine_names: frozenset[str] | None = None
         self._inference: Any = None
         self.monitor: Any = None
@@ -52,10 +61,34 @@ class Services:
 
                     from .services.inference import InferenceService
 
+                    threads = self.settings.server_threads
                     self._inference = InferenceService(
-                        self.assigner, make_dispatcher(self.settings), self.outcomes, self.settings.infer_timeout_s
+                        self.assigner, make_dispatcher(self.settings), self.outcomes, self.settings.infer_timeout_s,
+                        max_inflight=self.settings.max_inflight_per_engine,
+                        max_inflight_total=threads - min(RESERVED_THREADS, threads // 2) if threads else 0,
                     )
         return self._inference
+
+    def start_engines(self) -> None:
+        """Embedded mode: load every registered engine in the background (see /healthz)."""
+        if self.settings.embedded:
+            self.inference.dispatcher.start_loading()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, checks) from what the probes and engines know now: never waits on a dependency.
+
+        Not ready while the database or the broker is down or an engine is still loading; an
+        engine that failed to load leaves the rest servable (its calls fail fast, 502)."""
+        reason = self.db_probe.reason()
+        checks: dict[str, Any] = {"database": "ok" if reason is None else f"error: {reason}"}
+        broker = self.broker_health()
+        if broker is not None:
+            checks["broker"] = broker
+        engines = self.inference.dispatcher.engine_states()
+        if engines:
+            checks["engines"] = engines
+        ready = all(v == "ok" for k, v in checks.items() if k != "engines") and "loading" not in engines.values()
+        return ready, checks
 
     def broker_health(self) -> str | None:
         """None in embedded mode; else "ok" or the reason the broker is unreachable."""
@@ -85,7 +118,7 @@ class Services:
             self._inference.close()
             self._inference.dispatcher.close()
         self.outcomes.close()
-        self.exposures.close()
+        self.db_probe.close()
         self.db.dispose()
 
 
@@ -102,6 +135,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         _ensure_key(services, settings.bootstrap_admin_key)
     if settings.guardrail_interval_s > 0:
         services.start_monitor()
+    if settings.preload_engines:
+        services.start_engines()
     atexit.register(services.close)
 
     from .api import register

@@ -41,8 +41,9 @@ def cli() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="gunicorn worker processes")
-@click.option("--threads", default=8, show_default=True, type=int, help="threads per worker")
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option("--threads", default=None, type=int,
+              help="threads per worker (default: every engine's in-flight limit plus 8)")
+def serve(host: str, port: int, workers: int, threads: int | None) -> None:
     """Run the API under gunicorn (embedded SQLite schema is created on first start)."""
     from .server import run_gunicorn
 

@@ -40,9 +40,20 @@ class Settings:
     infer_timeout_s: float = 30.0
     # Celery mode: an engine queue at least this long answers 429 (with Retry-After).
     queue_limit: int = 1024
-    # Exposure write-behind: flush every interval or when this many units are pending.
-    exposure_flush_interval_s: float = 1.0
-    exposure_flush_size: int = 2000
+    # Admission control: at most this many /v1/infer calls wait on one engine in a process;
+    # beyond it the call is answered 429 at once. Under `abtest serve` the server's threads
+    # also bound all waiting calls together, keeping threads free for everything else.
+    max_inflight_per_engine: int = 32
+    server_threads: int = 0  # set by `abtest serve` (0: not under it, no process-wide bound)
+    # Embedded mode: load every registered engine at start-up (readiness: /healthz is 503 and
+    # /v1/infer answers 503 engine_starting until they are loaded), instead of on first use.
+    preload_engines: bool = True
+    # Database faults: connect and statement timeouts, the wait for a pooled connection, and
+    # how long a cached API key keeps working while the database cannot be asked.
+    db_connect_timeout_s: float = 2.0
+    db_statement_timeout_s: float = 10.0
+    db_pool_timeout_s: float = 1.0
+    key_cache_grace_s: float = 300.0
     # In-process cache of experiment configs and API keys (other processes see changes after it).
     cache_ttl_s: float = 2.0
     # Guardrail checks of running experiments every this many seconds (0 turns them off).

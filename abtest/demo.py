@@ -94,15 +94,16 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    port: int = 0, env: dict[str, str] | None = None, workers: int = 1, threads: int = 8
+    port: int = 0, env: dict[str, str] | None = None, workers: int = 1, threads: int | None = None
 ) -> Iterator[tuple[str, str]]:
-    """Run ``abtest serve`` in a child process; yield (base_url, admin_key)."""
+    """Run ``abtest serve`` in a child process; yield (base_url, admin_key). ``threads``
+    defaults to the server's own (room for every engine's in-flight limit)."""
     port = port or _free_port()
     admin_key = "abt_demo_" + secrets.token_urlsafe(24)
     child_env = {**os.environ, **(env or {}), "ABTEST_BOOTSTRAP_ADMIN_KEY": admin_key}
     proc = subprocess.Popen(
         [sys.executable, "-m", "abtest", "serve", "--port", str(port), "--workers", str(workers),
-         "--threads", str(threads)],
+         *(["--threads", str(threads)] if threads else [])],
         env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     drain = threading.Thread(target=_keep_tail, args=(proc,), daemon=True)

@@ -201,11 +201,12 @@ class RequestLog(Base):
     unit_id: Mapped[str] = mapped_column(String(200))
     in_experiment: Mapped[bool] = mapped_column(Boolean, default=False)
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | rejected
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | rejected | unavailable
     error_code: Mapped[str | None] = mapped_column(String(50))
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]
-    latency_ms: Mapped[float] = mapped_column(Float)
+    latency_ms: Mapped[float] = mapped_column(Float)  # from the request's arrival in the API to its answer
+    engine_ms: Mapped[float | None] = mapped_column(Float)  # the engine's part: dispatch to reply
     queue_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
@@ -246,6 +247,7 @@ class UnitOutcome(Base):
     ok: Mapped[int] = mapped_column(Integer)
     errors: Mapped[int] = mapped_column(Integer)  # error + timeout
     rejected: Mapped[int] = mapped_column(Integer)
+    unavailable: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # infrastructure
     latency_sum: Mapped[float] = mapped_column(Float)  # over ok requests
 
 

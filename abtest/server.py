@@ -24,11 +24,22 @@ class _Server(BaseApplication):
         return create_app()
 
 
-def run_gunicorn(*, host: str, port: int, workers: int, threads: int) -> None:
+def run_gunicorn(*, host: str, port: int, workers: int, threads: int | None = None) -> None:
+    """``threads`` per worker defaults to room for every engine's in-flight limit plus the
+    threads kept for everything else (see ``abtest.app.RESERVED_THREADS``)."""
+    import os
+
+    from engines.spec import load_registry
+
+    from .app import RESERVED_THREADS
     from .config import Settings
     from .db import Database, upgrade
 
     settings = Settings.load()
+    if threads is None:
+        engines = len(load_registry(settings.engine_registry, settings.checkpoint_dir))
+        threads = engines * settings.max_inflight_per_engine + RESERVED_THREADS
+    os.environ["ABTEST_SERVER_THREADS"] = str(threads)  # the workers' create_app bounds infer calls by it
     if settings.is_sqlite:
         database = Database(settings.database_url)
         empty = database.is_empty()

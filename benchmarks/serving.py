@@ -87,7 +87,13 @@ def make_api(db_url: str, registry: str, broker: str | None) -> tuple[Any, dict[
 
     app = create_app({"database_url": db_url, "engine_registry": registry, "broker_url": broker or "",
                       "log_level": "WARNING", "infer_timeout_s": 120})
-    with app.extensions["abtest"].db.transaction() as session:
+    services = app.extensions["abtest"]
+    deadline = time.monotonic() + 300
+    while not services.health()[0]:  # readiness: the engines load at start-up
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not become ready: {services.health()[1]}")
+        time.sleep(0.1)
+    with services.db.transaction() as session:
         headers = {"Authorization": f"Bearer {create_key(session, 'bench', 'admin')}"}
     client = app.test_client()
     key = f"bench-{time.time_ns()}"

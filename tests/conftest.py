@@ -78,7 +78,7 @@ def app(db_url: str, tmp_path) -> Iterator[Any]:
     application = create_app({
         "database_url": db_url,
         "cache_ttl_s": 0.0,
-        "exposure_flush_interval_s": 0.0,  # synchronous, so tests can read what was written
+        "preload_engines": False,  # no checkpoints here; engines load on first use
         "checkpoint_dir": str(tmp_path / "checkpoints"),
         "max_body_bytes": 65_536,
         "guardrail_interval_s": 0.0,  # tests run guardrail rounds explicitly

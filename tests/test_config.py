@@ -15,9 +15,9 @@ def test_defaults_are_embedded() -> None:
 
 def test_environment_then_overrides() -> None:
     env = {"ABTEST_DATABASE_URL": "postgresql+psycopg://db/x", "ABTEST_INFER_TIMEOUT_S": "2.5",
-           "ABTEST_BROKER_URL": "redis://r:6379/0", "ABTEST_EXPOSURE_FLUSH_SIZE": "10", "OTHER": "1"}
+           "ABTEST_BROKER_URL": "redis://r:6379/0", "ABTEST_MAX_INFLIGHT_PER_ENGINE": "10", "OTHER": "1"}
     s = Settings.load(environ=env)
-    assert (s.database_url, s.infer_timeout_s, s.exposure_flush_size) == ("postgresql+psycopg://db/x", 2.5, 10)
+    assert (s.database_url, s.infer_timeout_s, s.max_inflight_per_engine) == ("postgresql+psycopg://db/x", 2.5, 10)
     assert not s.embedded and not s.is_sqlite
     s = Settings.load({"infer_timeout_s": 1.0, "BROKER_URL": ""}, environ=env)
     assert s.infer_timeout_s == 1.0 and s.broker_url is None

@@ -23,6 +23,7 @@ import redis
 
 from abtest.config import Settings
 from abtest.errors import RateLimited, ServiceUnavailable
+from abtest.services.probe import Probe
 
 from .celery_app import TASK_NAME, make_celery, queue_name
 from .host import EngineHost
@@ -49,6 +50,12 @@ class InProcessDispatcher:
 
     def health(self) -> str:
         return "ok"
+
+    def engine_states(self) -> dict[str, str]:
+        return self.host.states()
+
+    def start_loading(self) -> None:
+        self.host.start_loading()
 
     def close(self) -> None:
         self.host.close()
@@ -107,6 +114,14 @@ class ResultListener:
                 log.warning("result listener lost Redis (%s); reconnecting", exc)
                 self._stop.wait(0.5)
 
+    def fail_pending(self, code: str, message: str) -> None:
+        """Answer every waiting caller now (the broker is gone: their results cannot come)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result({"ok": False, "error": {"code": code, "message": message}})
+
     def _drop_abandoned(self) -> None:
         """Forget futures whose caller gave up (cancelled on timeout)."""
         with self._lock:
@@ -130,15 +145,18 @@ class CeleryDispatcher:
     mode = "celery"
 
     def __init__(self, settings: Settings) -> None:
-        self.celery = make_celery(settings)
+        self.celery = make_celery(settings, publisher=True)
         self.listener = ResultListener(settings.result_backend or settings.broker_url or "")
         self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=1, socket_timeout=1)
         self.max_queue = settings.queue_limit
         self._depth_cache: dict[str, tuple[float, int]] = {}
+        pinger = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=0.5, socket_timeout=0.5)
+        self.probe = Probe("broker", pinger.ping, on_down=lambda: self.listener.fail_pending(
+            "broker_unavailable", "the broker (Redis) stopped answering"))
         self.listener.connected.wait(0.5)  # a healthy Redis answers in milliseconds
 
     def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future:
-        if not self.listener.connected.is_set():
+        if not self.probe.up() or not self.listener.connected.is_set():
             raise ServiceUnavailable("the broker (Redis) is unreachable", retry_after=1)
         if self._depth(engine) >= self.max_queue:
             raise RateLimited(f"the queue of engine {engine!r} is full", retry_after=1,
@@ -174,13 +192,20 @@ class CeleryDispatcher:
         return depths
 
     def health(self) -> str:
-        try:
-            self.broker.ping()
-        except (redis.RedisError, OSError) as exc:
-            return f"error: {type(exc).__name__}"
+        """From the probe: answers at once, whatever the broker does."""
+        reason = self.probe.reason()
+        if reason is not None:
+            return f"error: {reason}"
         return "ok" if self.listener.connected.is_set() else "error: result listener disconnected"
 
+    def engine_states(self) -> dict[str, str]:
+        return {}  # the workers load the engines; their queues tell the rest
+
+    def start_loading(self) -> None:
+        pass
+
     def close(self) -> None:
+        self.probe.close()
         self.listener.close()
 
 

@@ -12,7 +12,7 @@ import time
 from engines.spec import EngineSpec
 from engines.types import EngineError
 
-__all__ = ["EngineHost", "EngineUnavailable"]
+__all__ = ["EngineHost", "EngineUnavailable", "EngineStarting"]
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,18 @@ class EngineUnavailable(EngineError):
     code = "engine_unavailable"
 
 
-class EngineHost:
-    """Load engines lazily (or eagerly with :meth:`preload`) and keep one scheduler each.
+class EngineStarting(EngineError):
+    """The engine is still loading (readiness): the caller should retry shortly."""
 
+    code = "engine_starting"
+
+
+class EngineHost:
+    """Load engines lazily, eagerly (:meth:`preload`) or in the background (:meth:`start_loading`)
+    and keep one scheduler each.
+
+    While an engine loads in the background its requests fail at once with
+    :class:`EngineStarting` (never waiting on the load, whose time is no request's latency).
     A failed load is remembered for ``retry_after_s`` seconds, so a broken checkpoint fails
     its requests fast (502) instead of reloading on every request.
     """
@@ -35,12 +44,15 @@ class EngineHost:
         self.retry_after_s = retry_after_s
         self._schedulers: dict[str, object] = {}
         self._failures: dict[str, tuple[float, str]] = {}
+        self._loading: set[str] = set()
         self._lock = threading.Lock()
 
     def scheduler(self, name: str):  # type: ignore[no-untyped-def]
         found = self._schedulers.get(name)
         if found is not None:
             return found
+        if name in self._loading:
+            raise EngineStarting(f"engine {name!r} is still loading; retry shortly")
         with self._lock:
             if name not in self._schedulers:
                 self._schedulers[name] = self._load(name)
@@ -70,6 +82,40 @@ class EngineHost:
     def preload(self, *names: str) -> None:
         for name in names:
             self.scheduler(name)
+
+    def start_loading(self, names: list[str] | None = None) -> threading.Thread:
+        """Load ``names`` (default: every spec) one after another on a background thread."""
+        todo = [n for n in (names if names is not None else list(self.specs)) if n not in self._schedulers]
+        self._loading.update(todo)
+
+        def load_all() -> None:
+            for name in todo:
+                try:
+                    with self._lock:
+                        if name not in self._schedulers:
+                            self._schedulers[name] = self._load(name)
+                except EngineUnavailable:
+                    pass  # remembered in _failures and logged; its requests fail fast
+                finally:
+                    self._loading.discard(name)
+
+        thread = threading.Thread(target=load_all, name="engine-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def states(self) -> dict[str, str]:
+        """Per engine: ready, loading, failed (the reason is in the log) or idle (loads on first use)."""
+        out = {}
+        for name in self.specs:
+            if name in self._schedulers:
+                out[name] = "ready"
+            elif name in self._loading:
+                out[name] = "loading"
+            elif name in self._failures:
+                out[name] = "failed"
+            else:
+                out[name] = "idle"
+        return out
 
     def queue_depth(self, name: str) -> int:
         scheduler = self._schedulers.get(name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..errors import ABTestError
+from ..db import is_outage
+from ..errors import ABTestError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        if is_outage(exc):  # the database went away mid-request: retry later, not a bug
+            log.warning("database unavailable during %s %s: %s", request.method, request.path,
+                        type(exc).__name__)
+            return error_response(ServiceUnavailable("the database is unavailable; retry shortly", retry_after=1))
         log.exception("unhandled error")
         response = jsonify({"error": {"code": "internal_error", "message": "internal server error",
                                       "details": None}})

@@ -9,6 +9,7 @@ from ..services.inference import InferParams
 from ..validation import Fields
 from .assign import ASSIGN_FIELDS, read_unit
 from .common import json_body, requires, services
+from .gate import arrived
 
 bp = Blueprint("infer", __name__)
 
@@ -42,7 +43,7 @@ def infer() -> Response:
     f = Fields(json_body(), INFER_FIELDS)
     experiment, unit_id, attributes = read_unit(f)
     params = read_params(f)
-    return jsonify(services().inference.infer(experiment, unit_id, attributes, params))
+    return jsonify(services().inference.infer(experiment, unit_id, attributes, params, arrived=arrived()))
 
 
 @bp.get("/metrics")

@@ -53,7 +53,6 @@ def report(key: str) -> Response:
         raise ValidationError("format", f"must be one of {', '.join(FORMATS)}")
     options = options_from_request(fmt)
     svc = services()
-    svc.exposures.flush()  # this process's pending exposures belong in the report
     with svc.db.session() as session:
         body = build_report(session, key, options)
     if fmt == "html":

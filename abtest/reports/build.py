@@ -173,10 +173,12 @@ def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], k
 def _request_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for r in rows:
-        c = out.setdefault(r["variant"], {"units_with_requests": 0, "requests": 0, "rejected": 0})
+        c = out.setdefault(r["variant"], {"units_with_requests": 0, "requests": 0, "rejected": 0,
+                                          "unavailable": 0})
         c["units_with_requests"] += int(r["units"])
         c["requests"] += int(r["n_all"])
         c["rejected"] += int(r["n_rej"])
+        c["unavailable"] += int(r["n_unav"])
     return out
 
 
@@ -379,7 +381,7 @@ def _srm_block(srm: S.SRMResult, keys: Sequence[str], exposed: Mapping[str, int]
 
 def _variant_block(arms: Sequence[Any], exposed: Mapping[str, int],
                    requests: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:
-    empty = {"units_with_requests": 0, "requests": 0, "rejected": 0}
+    empty = {"units_with_requests": 0, "requests": 0, "rejected": 0, "unavailable": 0}
     return [{"variant": v.key, "engine": v.engine, "control": v.is_control, "weight": v.weight,
              "units": exposed.get(v.key, 0), **requests.get(v.key, empty)} for v in arms]
 

@@ -100,9 +100,11 @@ def _variants(report: Mapping[str, Any]) -> str:
     rows = "".join(
         f'<tr><td>{escape(v["variant"])}{" (control)" if v["control"] else ""}</td><td class="l">'
         f'{escape(v["engine"])}</td><td>{v["weight"]:.0%}</td><td>{v["units"]}</td><td>{v["requests"]}</td>'
-        f'<td>{v["rejected"]}</td></tr>' for v in report["variants"])
+        f'<td>{v["rejected"]}</td><td>{v.get("unavailable", 0)}</td></tr>' for v in report["variants"])
     return ('<h2>Variants</h2><table id="variants-table"><tr><th>variant</th><th class="l">engine</th>'
-            '<th>weight</th><th>units</th><th>requests</th><th>rejected</th></tr>' + rows + "</table>")
+            '<th>weight</th><th>units</th><th>requests</th><th>rejected</th>'
+            '<th title="failed for the infrastructure (broker, engine loading): not in error_rate">'
+            'unavailable</th></tr>' + rows + "</table>")
 
 
 def _forest_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -24,9 +24,10 @@ Which rows count (the experiment's *current phase*, *enrolled* units only)::
     requests  experiment_id = :e AND phase = :p AND in_experiment AND NOT shadow
     latency   status = 'ok' only: a failed request is often fast, and counting it would make a
               crashing engine look quick; failures are measured by error_rate instead
-    errors    error_rate = (error + timeout) / (requests that were not 'rejected');
+    errors    error_rate = (error + timeout) / (requests neither 'rejected' nor 'unavailable');
               'rejected' (e.g. a prompt over the context window) is a product limit, not an
-              engine failure, and is reported per variant as its own count
+              engine failure, and 'unavailable' (broker down, engine still loading) is the
+              infrastructure's: each is reported per variant as its own count
     shadow    dark-launch copies are excluded from every metric and summarised separately
 
 Attribution of events to an experiment (issue 5, item 2). An event of the metric's name counts
@@ -132,9 +133,9 @@ def exposure_days(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
 
 _UNIT_SUMS = """SUM(lat), SUM(lat * lat), SUM(ok), SUM(ok * ok), SUM(lat * ok),
                SUM(err), SUM(err * err), SUM(tot), SUM(tot * tot), SUM(err * tot),
-               SUM(n_all), SUM(n_rej), SUM(CASE WHEN ok > 0 THEN 1 ELSE 0 END)"""
+               SUM(n_all), SUM(n_rej), SUM(n_unav), SUM(CASE WHEN ok > 0 THEN 1 ELSE 0 END)"""
 _UNIT_NAMES = ("variant", "day", "units", "lat", "lat_sq", "ok", "ok_sq", "lat_ok", "err", "err_sq",
-               "tot", "tot_sq", "err_tot", "n_all", "n_rej", "ok_units")
+               "tot", "tot_sq", "err_tot", "n_all", "n_rej", "n_unav", "ok_units")
 
 
 def unit_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
@@ -142,14 +143,15 @@ def unit_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
     from the ``unit_outcomes`` rollup (one row per unit, not per request).
 
     ``lat``/``ok`` are the latency numerator and denominator of a unit (ok requests only),
-    ``err``/``tot`` the error-rate pair; ``n_all`` and ``n_rej`` count all and rejected
-    requests, ``ok_units`` the units with at least one ok request.
+    ``err``/``tot`` the error-rate pair; ``n_all``, ``n_rej`` and ``n_unav`` count all, rejected
+    and unavailable requests, ``ok_units`` the units with at least one ok request.
     """
     sql = f"""
         SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
         FROM (SELECT variant, {_day(scope, 'first_at')} AS day, latency_sum AS lat, {_float('ok')} AS ok,
-                     {_float('errors')} AS err, {_float('requests - rejected')} AS tot,
-                     {_float('requests')} AS n_all, {_float('rejected')} AS n_rej
+                     {_float('errors')} AS err, {_float('requests - rejected - unavailable')} AS tot,
+                     {_float('requests')} AS n_all, {_float('rejected')} AS n_rej,
+                     {_float('unavailable')} AS n_unav
               FROM unit_outcomes WHERE experiment_id = :e AND phase = :p) AS u
         GROUP BY variant, day ORDER BY variant, day"""
     return _dicts(conn.execute(text(sql), scope.params), _UNIT_NAMES)
@@ -165,9 +167,10 @@ def request_rows(conn: Connection, scope: Scope, cap: float) -> list[dict[str, A
                      SUM(CASE WHEN status = 'ok' THEN {lat} ELSE 0 END) AS lat,
                      SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS ok,
                      SUM(CASE WHEN status IN ('error', 'timeout') THEN 1 ELSE 0 END) AS err,
-                     SUM(CASE WHEN status <> 'rejected' THEN 1 ELSE 0 END) AS tot,
+                     SUM(CASE WHEN status NOT IN ('rejected', 'unavailable') THEN 1 ELSE 0 END) AS tot,
                      COUNT(*) AS n_all,
-                     SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS n_rej
+                     SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS n_rej,
+                     SUM(CASE WHEN status = 'unavailable' THEN 1 ELSE 0 END) AS n_unav
               FROM requests WHERE {_SERVED}
               GROUP BY variant, unit_id) AS u
         GROUP BY variant, day ORDER BY variant, day"""

@@ -1,10 +1,10 @@
-"""Assignment as a service: cached experiment configs and write-behind exposure logging.
+"""Assignment as a service: cached experiment configs and durable exposure logging.
 
 ``Assigner.assign`` answers from an in-process cache of :class:`ExperimentConfig` snapshots
 (refreshed after ``cache_ttl_s``; writes in this process invalidate at once) and records an
-exposure for every enrolled unit in :class:`ExposureWriter`, which aggregates them in memory
-and upserts them in one statement per flush (on size, on interval and on shutdown), so the
-database sees one transaction per flush rather than one per request.
+exposure for every enrolled unit through ``record`` (the outcome log's group commit, see
+:mod:`abtest.services.outcomes`), which returns only once the exposure is committed: an
+acknowledged assignment survives a crash of the process.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,18 +21,21 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..assignment import Assignment, ExperimentConfig, assign
-from ..db import Database
+from ..db import Database, is_outage
 from ..models import Exposure
 from .experiments import get_experiment, to_config
 
-__all__ = ["ConfigCache", "ExposureWriter", "Assigner", "exposure_upsert", "aggregate_exposures"]
+__all__ = ["ConfigCache", "Assigner", "exposure_upsert", "aggregate_exposures"]
 
 log = logging.getLogger(__name__)
 
 
 class ConfigCache:
-    def __init__(self, db: Database, ttl: float) -> None:
-        self.db, self.ttl = db, ttl
+    """Experiment configs for ``ttl`` seconds; while the database cannot be asked, a cached
+    config is served for up to ``grace`` seconds more (what was running keeps running)."""
+
+    def __init__(self, db: Database, ttl: float, grace: float = 0.0) -> None:
+        self.db, self.ttl, self.grace = db, ttl, grace
         self._entries: dict[str, tuple[float, ExperimentConfig]] = {}
         self._lock = threading.Lock()
 
@@ -41,8 +44,13 @@ class ConfigCache:
         hit = self._entries.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        with self.db.session() as session:
-            config = to_config(get_experiment(session, key))
+        try:
+            with self.db.session() as session:
+                config = to_config(get_experiment(session, key))
+        except Exception as exc:
+            if hit is not None and is_outage(exc) and now - hit[0] < self.ttl + self.grace:
+                return hit[1]
+            raise
         with self._lock:
             self._entries[key] = (now, config)
         return config
@@ -84,99 +92,16 @@ def aggregate_exposures(items: list[tuple[int, int, str, str, datetime]]) -> lis
     return [merged[key] for key in sorted(merged)]
 
 
-class ExposureWriter:
-    """Aggregate exposures in memory; upsert them in one statement per flush."""
-
-    def __init__(self, db: Database, *, interval_s: float, max_pending: int) -> None:
-        self.db, self.interval_s, self.max_pending = db, interval_s, max_pending
-        # (experiment_id, phase, unit_id) -> [variant, first_seen, last_seen, count]
-        self._pending: dict[tuple[int, int, str], list[Any]] = {}
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def record(self, experiment_id: int, phase: int, unit_id: str, variant: str) -> None:
-        ts = datetime.now(timezone.utc)
-        with self._lock:
-            entry = self._pending.get((experiment_id, phase, unit_id))
-            if entry is None:
-                self._pending[(experiment_id, phase, unit_id)] = [variant, ts, ts, 1]
-            else:
-                entry[2], entry[3] = ts, entry[3] + 1
-            size = len(self._pending)
-        if self.interval_s <= 0:
-            self.flush()
-        elif size >= self.max_pending:
-            self._wake.set()
-        else:
-            self._ensure_thread()
-
-    def flush(self) -> int:
-        """Write everything pending; returns the number of units written."""
-        with self._flush_lock:
-            with self._lock:
-                batch, self._pending = self._pending, {}
-            if not batch:
-                return 0
-            rows = [
-                {"experiment_id": k[0], "phase": k[1], "unit_id": k[2], "variant": v[0],
-                 "first_seen": v[1], "last_seen": v[2], "count": v[3]}
-                for k, v in batch.items()
-            ]
-            try:
-                with self.db.transaction() as session:
-                    session.execute(exposure_upsert(self.db.dialect), rows)
-            except Exception:
-                log.exception("exposure flush failed; %d units kept for the next flush", len(rows))
-                self._requeue(batch)
-                raise
-            return len(rows)
-
-    def _requeue(self, batch: Mapping[tuple[int, int, str], list[Any]]) -> None:
-        with self._lock:
-            for key, value in batch.items():
-                entry = self._pending.get(key)
-                if entry is None:
-                    self._pending[key] = value
-                else:
-                    entry[1], entry[3] = min(entry[1], value[1]), entry[3] + value[3]
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None and not self._closed:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="exposure-writer", daemon=True)
-                    self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.interval_s)
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception:  # logged in flush; retried next round
-                time.sleep(min(self.interval_s, 1.0))
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.flush()
-
-
 class Assigner:
-    def __init__(self, configs: ConfigCache, exposures: ExposureWriter) -> None:
-        self.configs, self.exposures = configs, exposures
+    def __init__(self, configs: ConfigCache, record: Callable[[tuple], None]) -> None:
+        self.configs, self._record = configs, record
 
     def assign(self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None, *,
                record: bool = True) -> tuple[Assignment, ExperimentConfig]:
-        """Assign; with ``record`` the exposure goes to the write-behind buffer (callers that
-        commit it themselves, like /v1/infer, pass ``record=False``)."""
+        """Assign; with ``record`` the exposure is committed before this returns (callers that
+        commit it with their own row, like /v1/infer, pass ``record=False``)."""
         config = self.configs.get(experiment)
         result = assign(config, unit_id, attributes)
         if record and result.in_experiment:
-            self.exposures.record(config.id, config.phase, unit_id, result.variant)
+            self._record((config.id, config.phase, unit_id, result.variant, datetime.now(timezone.utc)))
         return result, config

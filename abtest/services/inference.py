@@ -1,13 +1,22 @@
 """/v1/infer as a service: assign, dispatch, wait, log the outcome, answer. No HTTP here.
 
-Every request becomes exactly one ``requests`` row, committed before the caller gets an
-answer (see :mod:`abtest.services.outcomes`):
+Every request that reaches an engine's queue becomes exactly one ``requests`` row, committed
+before the caller gets an answer (see :mod:`abtest.services.outcomes`):
 
-    engine answered                 -> ok        (200)
-    engine refused the request      -> rejected  (422 prompt too long / invalid; 429 overloaded)
-    engine or worker failed         -> error     (502)
-    no answer within the timeout    -> timeout   (504)
-    broker unreachable / queue full -> error / rejected (503 / 429, with Retry-After)
+    engine answered                     -> ok          (200)
+    engine refused the request          -> rejected    (422 prompt too long / invalid; 429 overloaded)
+    engine or worker failed             -> error       (502; the engine's text stays in the log)
+    no answer within the timeout        -> timeout     (504)
+    queue full                          -> rejected    (429, with Retry-After)
+    broker unreachable, engine loading  -> unavailable (503, with Retry-After; not the engine's error)
+
+Admission control comes first: at most ``max_inflight`` calls wait on one engine in this
+process (and, under ``abtest serve``, at most ``max_inflight_total`` on all engines together,
+so threads stay free for everything else). A call beyond that is answered 429 at once and
+writes no row (it never reached an engine; ``abtest_admission_rejected_total`` counts it).
+``latency_ms`` is what the client felt inside the API, from the request's arrival (``arrived``)
+to its answer; ``engine_ms`` is the engine's part, from dispatch to reply. A call never waits
+past its arrival plus the timeout.
 
 Shadow variants: the control engine serves; a copy runs on the shadow engine in the
 background and its own row (``shadow = true``, ``output_match``) is written without delaying
@@ -28,7 +37,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from ..assignment import Assignment, ExperimentConfig
-from ..errors import ABTestError, RateLimited, UpstreamError, UpstreamTimeout, ValidationError
+from ..errors import (ABTestError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout,
+                      ValidationError)
 from ..metrics import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
 from .assign import Assigner
 from .outcomes import OutcomeLog
@@ -38,6 +48,7 @@ __all__ = ["InferenceService", "InferParams", "Dispatcher"]
 log = logging.getLogger("abtest.infer")
 
 REJECTED_CODES = {"prompt_too_long", "invalid_request"}
+UNAVAILABLE_CODES = {"engine_starting", "broker_unavailable"}
 
 
 class Dispatcher(Protocol):
@@ -46,6 +57,8 @@ class Dispatcher(Protocol):
     def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future: ...
     def queue_depths(self) -> dict[str, int]: ...
     def health(self) -> str: ...
+    def engine_states(self) -> dict[str, str]: ...
+    def start_loading(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -71,28 +84,60 @@ def _metrics() -> Registry:
     r.histogram("abtest_batch_size", "Batch size each request ran in", BATCH_BUCKETS)
     r.gauge("abtest_queue_depth", "Requests waiting for each engine")
     r.counter("abtest_shadow_dropped_total", "Shadow copies skipped because the shadow pool was full")
+    r.counter("abtest_admission_rejected_total", "Calls answered 429 at once: too many in flight")
+    r.counter("abtest_rows_dropped_total", "Rows the database refused, isolated from their group commit")
     return r
 
 
 class InferenceService:
     def __init__(self, assigner: Assigner, dispatcher: Dispatcher, outcomes: OutcomeLog,
-                 timeout_s: float, shadow_workers: int = 16) -> None:
+                 timeout_s: float, shadow_workers: int = 16, max_inflight: int = 32,
+                 max_inflight_total: int = 0) -> None:
         self.assigner, self.dispatcher, self.outcomes, self.timeout_s = assigner, dispatcher, outcomes, timeout_s
         self.metrics = _metrics()
         self._shadow_pool = ThreadPoolExecutor(max_workers=shadow_workers, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(shadow_workers * 4)
+        self.max_inflight, self.max_inflight_total = max_inflight, max_inflight_total
+        self._inflight: dict[str, int] = {}
+        self._inflight_lock = threading.Lock()
 
-    def infer(self, experiment: str, unit_id: str, attributes: Mapping[str, Any], params: InferParams) -> dict[str, Any]:
-        t0, started = time.perf_counter(), datetime.now(timezone.utc)
+    def infer(self, experiment: str, unit_id: str, attributes: Mapping[str, Any], params: InferParams,
+              arrived: float | None = None) -> dict[str, Any]:
+        """``arrived``: the request's arrival (``time.perf_counter()``), default now."""
+        t0 = time.perf_counter() if arrived is None else arrived
+        started = datetime.now(timezone.utc) - timedelta(seconds=time.perf_counter() - t0)
         request_id = str(uuid.uuid4())
         assignment, config = self.assigner.assign(experiment, unit_id, attributes, record=False)
+        self._admit(assignment.engine)
+        try:
+            return self._serve(experiment, unit_id, params, assignment, config, request_id, t0, started)
+        finally:
+            self._release(assignment.engine)
+
+    def _admit(self, engine: str) -> None:
+        with self._inflight_lock:
+            mine, total = self._inflight.get(engine, 0), sum(self._inflight.values())
+            full = mine >= self.max_inflight or 0 < self.max_inflight_total <= total
+            if not full:
+                self._inflight[engine] = mine + 1
+        if full:
+            self.metrics.inc("abtest_admission_rejected_total", engine=engine)
+            raise RateLimited(f"too many requests in flight for engine {engine!r}; retry shortly",
+                              retry_after=1, details={"engine": engine})
+
+    def _release(self, engine: str) -> None:
+        with self._inflight_lock:
+            self._inflight[engine] -= 1
+
+    def _serve(self, experiment: str, unit_id: str, params: InferParams, assignment: Assignment,
+               config: ExperimentConfig, request_id: str, t0: float, started: datetime) -> dict[str, Any]:
         row = {"request_id": request_id, "experiment_id": config.id, "phase": config.phase,
                "variant": assignment.variant, "engine": assignment.engine, "unit_id": unit_id,
                "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started}
         shadow = self._start_shadow(assignment, config, unit_id, params)
         control_text: str | None = None
         try:
-            reply = self._call(assignment.engine, request_id, params)
+            reply = self._call(assignment.engine, request_id, params, row, t0)
             if not reply.get("ok"):
                 raise self._failed(row, t0, reply["error"])
             result = reply["result"]
@@ -100,7 +145,8 @@ class InferenceService:
         except ABTestError as exc:
             if exc.request_id is None:  # dispatch failed before an engine decided
                 status = "timeout" if isinstance(exc, UpstreamTimeout) else (
-                    "rejected" if isinstance(exc, RateLimited) else "error")
+                    "rejected" if isinstance(exc, RateLimited) else
+                    "unavailable" if isinstance(exc, ServiceUnavailable) else "error")
                 self._finish(row, t0, status, exc.code)
                 exc.request_id = request_id
             raise
@@ -118,14 +164,20 @@ class InferenceService:
                 "ttft_ms": round(result["ttft_ms"], 3), "queue_ms": round(result["queue_ms"], 3),
                 "batch_size": result["batch_size"]}
 
-    def _call(self, engine: str, request_id: str, params: InferParams) -> dict[str, Any]:
-        future = self.dispatcher.submit(engine, request_id, params.payload(), self.timeout_s)
+    def _call(self, engine: str, request_id: str, params: InferParams, row: dict[str, Any],
+              t0: float) -> dict[str, Any]:
+        """Dispatch and wait until the arrival-based deadline; ``row["engine_ms"]`` is the wait."""
+        remaining = max(0.0, t0 + self.timeout_s - time.perf_counter())
+        sent = time.perf_counter()
+        future = self.dispatcher.submit(engine, request_id, params.payload(), remaining)
         try:
-            return future.result(timeout=self.timeout_s)
+            return future.result(timeout=remaining)
         except FutureTimeout:
             future.cancel()
             raise UpstreamTimeout(f"engine {engine!r} did not answer within {self.timeout_s:g}s",
                                   details={"engine": engine}) from None
+        finally:
+            row["engine_ms"] = (time.perf_counter() - sent) * 1000
 
     def _failed(self, row: dict[str, Any], t0: float, error: Mapping[str, str]) -> ABTestError:
         code, message = error.get("code", "engine_error"), error.get("message", "")
@@ -137,11 +189,15 @@ class InferenceService:
             exc, status = RateLimited(message, details=details, retry_after=1), "rejected"
         elif code in ("engine_timeout", "expired"):
             exc, status = UpstreamTimeout(message, details=details), "timeout"
-        else:
-            exc, status = UpstreamError(message or "the engine failed", details=details), "error"
+        elif code in UNAVAILABLE_CODES:
+            exc, status = ServiceUnavailable(message, details=details, retry_after=1), "unavailable"
+        else:  # an engine's internal text is for the log, not for clients
+            exc = UpstreamError(f"engine {row['engine']!r} failed; look up request id {row['request_id']} "
+                                "in the service log", details=details)
+            status = "error"
         self._finish(row, t0, status, code)
         exc.request_id = row["request_id"]
-        log.warning("infer %s request_id=%s code=%s", status, row["request_id"], code, extra={
+        log.warning("infer %s request_id=%s code=%s message=%s", status, row["request_id"], code, message, extra={
             "request_id": row["request_id"], "unit_id": row["unit_id"], "variant": row["variant"],
             "engine": row["engine"], "status": status, "error_code": code})
         return exc
@@ -157,10 +213,11 @@ class InferenceService:
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
         exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"])
                     if row["in_experiment"] else None)  # committed with its outcome row
-        self.outcomes.write(row, exposure)
+        # the commit may take what is left of the caller's timeout, plus at most a second
+        self.outcomes.write(row, exposure, timeout=min(5.0, max(1.0, t0 + self.timeout_s + 0.9 - time.perf_counter())))
         self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "", status=status)
         self.metrics.observe("abtest_request_latency_ms", latency, engine=row["engine"])
-        if code is not None and status != "ok":
+        if code is not None and status in ("error", "timeout"):
             self.metrics.inc("abtest_engine_errors_total", engine=row["engine"], code=code)
         return latency
 
@@ -214,6 +271,8 @@ class InferenceService:
         shadow.add_done_callback(done)
 
     def render_metrics(self) -> str:
+        for table, n in self.outcomes.dropped.items():
+            self.metrics.set("abtest_rows_dropped_total", n, table=table)
         try:
             for engine, depth in self.dispatcher.queue_depths().items():
                 self.metrics.set("abtest_queue_depth", depth, engine=engine)

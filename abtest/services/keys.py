@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..db import is_outage
 from ..errors import NotFound, ValidationError
 from ..models import ApiKey
 
@@ -75,11 +76,14 @@ def revoke_key(session: Session, name_or_prefix: str) -> int:
 class KeyCache:
     """Resolve keys to principals with a short TTL, so each request need not query the database.
 
-    A revoked key stops working within ``ttl`` seconds in every process.
+    A revoked key stops working within ``ttl`` seconds in every process. While the database
+    cannot be asked, a key resolved in the last ``ttl + grace`` seconds keeps its answer (so a
+    key revoked just before an outage may work until the outage ends, ``grace`` at most); a key
+    this process has not seen recently cannot be checked, and the request gets 503.
     """
 
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
+    def __init__(self, ttl: float, grace: float = 0.0) -> None:
+        self.ttl, self.grace = ttl, grace
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
@@ -90,8 +94,13 @@ class KeyCache:
             hit = self._entries.get(digest)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        with session_factory() as session:
-            row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        try:
+            with session_factory() as session:
+                row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        except Exception as exc:
+            if hit is not None and is_outage(exc) and now - hit[0] < self.ttl + self.grace:
+                return hit[1]
+            raise
         principal = Principal(row.name, row.scope) if row is not None and row.revoked_at is None else None
         with self._lock:
             if len(self._entries) > 10_000:

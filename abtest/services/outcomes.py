@@ -1,75 +1,120 @@
-"""The outcome log: one ``requests`` row per inference request, written by group commit.
+"""The outcome log: request rows and exposures, written by group commit before anyone is answered.
 
-A request handler calls :meth:`OutcomeLog.write`, which queues the row, then takes the commit
-lock and, unless another thread already committed its row meanwhile, commits *everything*
-queued at that moment in one transaction (``INSERT ... ON CONFLICT (request_id) DO NOTHING``,
-plus the report rollups of the rows that were new: :mod:`abtest.services.rollups`).
-While one thread commits, the others queue up behind the lock and the next one commits them
-all together: under load many requests share one transaction and SQL is not the bottleneck,
-no extra thread sits between a request and its commit, and a response is only returned after
-its row is durable. A crash can lose no answered request, and a replay (same request id) can
-never duplicate a row.
+A request handler calls :meth:`OutcomeLog.write` (an inference outcome, with the exposure it
+implies) or :meth:`OutcomeLog.write_exposure` (an assignment), which queues the entry, then takes
+the commit lock and, unless another thread already committed its entry meanwhile, commits
+*everything* queued at that moment in one transaction (``INSERT ... ON CONFLICT (request_id) DO
+NOTHING`` plus the report rollups of the rows that were new, :mod:`abtest.services.rollups`,
+and one exposure upsert). While one thread commits, the others queue up behind the lock and the
+next one commits them all together: under load many requests share one transaction, no extra
+thread sits between a request and its commit, and an answer is only given once its data is
+durable. So ``kill -9`` of the process loses nothing that was acknowledged, and a replay (same
+request id) never duplicates a row.
 
-A row may carry the request's exposure (``exposure=(experiment_id, phase, unit_id, variant,
-seen)``): it is upserted in the same transaction, so an answered request's exposure is as
-durable as its outcome. Shadow copies, whose caller does not wait, use
-:meth:`OutcomeLog.write_nowait`; everything queued is flushed by :meth:`OutcomeLog.close`.
+Guarantees when something goes wrong:
+
+* **No entry fails its neighbours.** A commit that fails for a reason other than an outage
+  (a row the database refuses) is split in halves and retried until the bad entries stand
+  alone; the others commit, each bad entry's caller gets :class:`~abtest.errors.BadRequest`
+  ``unstorable``, and :attr:`OutcomeLog.dropped` counts them.
+* **Bounded waits.** A caller waits at most ``timeout`` seconds. An entry nobody started
+  committing by then is withdrawn (it will never be written) and the caller gets 503 with
+  ``Retry-After``; a database that cannot be reached fails the whole batch with the same 503.
+
+Shadow copies, whose caller does not wait, use :meth:`OutcomeLog.write_nowait`; everything
+queued is flushed by :meth:`OutcomeLog.close`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from ..db import Database
+from ..db import Database, is_outage
+from ..errors import BadRequest, ServiceUnavailable
 from ..models import RequestLog
 from .assign import aggregate_exposures, exposure_upsert
 from .rollups import insert_outcomes
 
-__all__ = ["OutcomeLog", "STATUSES"]
+__all__ = ["OutcomeLog", "STATUSES", "Exposure"]
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "error", "timeout", "rejected")
+# ok: the engine answered; rejected: refused for the request itself (too long, overloaded);
+# error / timeout: the engine failed or did not answer; unavailable: infrastructure (broker,
+# an engine still loading) failed before any engine decided - not the engine's error rate.
+STATUSES = ("ok", "error", "timeout", "rejected", "unavailable")
 _COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
+
+Exposure = tuple  # (experiment_id, phase, unit_id, variant, seen)
+_Entry = tuple  # (row dict or None, exposure or None, Future)
 
 
 class OutcomeLog:
     def __init__(self, db: Database, *, max_batch: int = 5000) -> None:
         self.db, self.max_batch = db, max_batch
-        self._queue: list[tuple[dict[str, Any], Any, Future[None]]] = []
+        self._queue: list[_Entry] = []
         self._cond = threading.Condition()
         self._commit_lock = threading.Lock()
         self._closed = False
         self._exposures = exposure_upsert(db.dialect)
+        self.dropped: Counter[str] = Counter()  # entries the database refused: "requests" / "exposures"
         self._thread = threading.Thread(target=self._run, name="outcome-log", daemon=True)
         self._thread.start()
 
-    def write(self, row: Mapping[str, Any], exposure: Any = None, timeout: float = 30.0) -> None:
-        """Queue ``row`` and return once it is committed (raises if the commit failed)."""
+    def write(self, row: Mapping[str, Any] | None, exposure: Exposure | None = None, timeout: float = 5.0) -> None:
+        """Queue ``row`` (and ``exposure``) and return once committed; raises if it was not."""
         done = self._enqueue(row, exposure, wake_writer=False)
-        with self._commit_lock:
-            while not done.done():
-                self._drain()
-        done.result(timeout)
+        deadline = time.monotonic() + timeout
+        while not done.done():
+            if not self._commit_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self._give_up(done)
+                break
+            try:
+                while not done.done():
+                    self._drain()
+            finally:
+                self._commit_lock.release()
+        done.result(0)
 
-    def write_nowait(self, row: Mapping[str, Any], exposure: Any = None) -> Future[None]:
+    def write_exposure(self, exposure: Exposure, timeout: float = 5.0) -> None:
+        self.write(None, exposure, timeout)
+
+    def write_nowait(self, row: Mapping[str, Any], exposure: Exposure | None = None) -> Future[None]:
         """Queue ``row`` for the background writer (callers that do not wait, e.g. shadows)."""
         return self._enqueue(row, exposure, wake_writer=True)
 
-    def _enqueue(self, row: Mapping[str, Any], exposure: Any, wake_writer: bool) -> Future[None]:
+    def _enqueue(self, row: Mapping[str, Any] | None, exposure: Exposure | None, wake_writer: bool) -> Future[None]:
         done: Future[None] = Future()
-        full = {name: row.get(name) for name in _COLUMNS}
+        full = None if row is None else {name: row.get(name) for name in _COLUMNS}
         with self._cond:
             if self._closed:
-                raise RuntimeError("the outcome log is closed")
+                raise ServiceUnavailable("the service is shutting down", retry_after=1)
             self._queue.append((full, exposure, done))
             if wake_writer:
                 self._cond.notify()
         return done
+
+    def _give_up(self, done: Future[None]) -> None:
+        """The caller's time is up: withdraw its entry, or wait a moment if it is being committed."""
+        with self._cond:
+            for i, entry in enumerate(self._queue):
+                if entry[2] is done:
+                    del self._queue[i]
+                    done.set_exception(ServiceUnavailable(
+                        "the database did not commit in time; nothing was stored", retry_after=1))
+                    return
+        try:  # taken by a commit under way: its result comes when the database answers
+            done.result(timeout=1.0)
+        except FutureTimeout:
+            raise ServiceUnavailable("the database did not answer in time; the write may or may not "
+                                     "have been stored", retry_after=1) from None
 
     def _drain(self) -> None:
         """Commit what is queued now (caller holds the commit lock)."""
@@ -88,20 +133,43 @@ class OutcomeLog:
             with self._commit_lock:
                 self._drain()
 
-    def _commit(self, batch: list[tuple[dict[str, Any], Any, Future[None]]]) -> None:
-        exposures = aggregate_exposures([e for _, e, _ in batch if e is not None])
+    def _commit(self, batch: list[_Entry]) -> None:
         try:
-            with self.db.transaction() as session:
-                insert_outcomes(session, [row for row, _, _ in batch])
-                if exposures:
-                    session.execute(self._exposures, exposures)
-        except Exception as exc:  # every waiter learns of the failure; nothing is half-written
-            log.exception("outcome log commit of %d rows failed", len(batch))
-            for _, _, done in batch:
-                done.set_exception(exc)
+            self._transaction(batch)
+        except Exception as exc:  # noqa: BLE001 - every waiter learns of its own outcome
+            if is_outage(exc):
+                log.error("outcome log: database unavailable, %d entries not stored: %s", len(batch),
+                          type(exc).__name__)
+                failure = ServiceUnavailable("the database is unavailable", retry_after=1)
+                for *_, done in batch:
+                    done.set_exception(failure)
+            elif len(batch) > 1:  # isolate the entries the database refuses; the others commit
+                mid = len(batch) // 2
+                self._commit(batch[:mid])
+                self._commit(batch[mid:])
+            else:
+                self._refuse(batch[0], exc)
             return
-        for _, _, done in batch:
+        for *_, done in batch:
             done.set_result(None)
+
+    def _transaction(self, batch: list[_Entry]) -> None:
+        rows = [row for row, _, _ in batch if row is not None]
+        exposures = aggregate_exposures([e for _, e, _ in batch if e is not None])
+        with self.db.transaction() as session:
+            if rows:
+                insert_outcomes(session, rows)
+            if exposures:
+                session.execute(self._exposures, exposures)
+
+    def _refuse(self, entry: _Entry, exc: Exception) -> None:
+        row, exposure, done = entry
+        kind = "requests" if row is not None else "exposures"
+        self.dropped[kind] += 1
+        ident = row["request_id"] if row is not None else exposure
+        log.error("outcome log: the database refused one %s entry (%r), dropped: %s", kind, ident, exc)
+        done.set_exception(BadRequest("the request's data cannot be stored", code="unstorable",
+                                      details={"table": kind}))
 
     def close(self, timeout: float = 30.0) -> None:
         with self._cond:

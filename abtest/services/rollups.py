@@ -6,7 +6,7 @@ to four small tables (see :mod:`abtest.models`):
 
 ``unit_outcomes``    one row per (experiment, phase, variant, unit) of enrolled, non-shadow
                      requests: first request time, requests, ok, errors (error + timeout),
-                     rejected, sum of ok latencies. The ratio metrics (``latency_ms``,
+                     rejected, unavailable (infrastructure), sum of ok latencies. The ratio metrics (``latency_ms``,
                      ``error_rate``) and their daily cohorts need nothing else.
 ``latency_buckets``  the :class:`~abtest.stats.LatencySketch` of ok latencies per variant:
                      quantiles and their CI order statistics to within 0.1 % relative.
@@ -42,7 +42,7 @@ __all__ = ["SAMPLE_SHIFT", "Deltas", "in_sample", "deltas", "apply", "insert_out
 
 SAMPLE_SHIFT = 59  # a unit is sampled when the top 64 - 59 = 5 bits of its hash are 0: 1 in 32
 _SAMPLE_SALT = b"abtest-latency-sample:"
-_UNIT_COUNTERS = ("requests", "ok", "errors", "rejected", "latency_sum")
+_UNIT_COUNTERS = ("requests", "ok", "errors", "rejected", "unavailable", "latency_sum")
 _SHADOW_COUNTERS = ("requests", "latency_sum", "errors", "output_matches", "compared")
 
 
@@ -96,6 +96,7 @@ def _add_unit(out: Deltas, r: Mapping[str, Any], status: str, latency: float) ->
     row["ok"] += status == "ok"
     row["errors"] += status in ("error", "timeout")
     row["rejected"] += status == "rejected"
+    row["unavailable"] += status == "unavailable"
     row["latency_sum"] += latency if status == "ok" else 0.0
 
 
@@ -197,10 +198,10 @@ def _rebuild_sql(conn: Connection, experiment_id: int | None) -> None:
     params = {"e": experiment_id, "floor": MIN_VALUE, "log_gamma": math.log(GAMMA), "salt": _SAMPLE_SALT.decode()}
     statements = (
         f"""INSERT INTO unit_outcomes (experiment_id, phase, variant, unit_id, first_at, requests, ok, errors,
-                                       rejected, latency_sum)
+                                       rejected, unavailable, latency_sum)
             SELECT experiment_id, phase, variant, unit_id, MIN(started_at), COUNT(*),
                    COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*) FILTER (WHERE status IN ('error', 'timeout')),
-                   COUNT(*) FILTER (WHERE status = 'rejected'),
+                   COUNT(*) FILTER (WHERE status = 'rejected'), COUNT(*) FILTER (WHERE status = 'unavailable'),
                    COALESCE(SUM(latency_ms) FILTER (WHERE status = 'ok'), 0)
             FROM requests WHERE {served} GROUP BY experiment_id, phase, variant, unit_id""",
         f"""INSERT INTO latency_buckets (experiment_id, phase, variant, bucket, count)

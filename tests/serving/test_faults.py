@@ -36,7 +36,7 @@ def test_kill_9_worker_mid_request_then_restart(pg_url, redis_url, tiny_registry
     try:
         worker.wait_ready()
         calls = [{"experiment": "e2e", "unit_id": f"k{i}", "prompt": "def f():", "max_new_tokens": 1024,
-                  "stop": ["\x00never"]} for i in range(8)]
+                  "stop": ["<never-stop>"]} for i in range(8)]
         results: list[tuple[int, dict]] = []
         runner = threading.Thread(target=lambda: results.extend(infer_many(app, headers, calls, concurrency=8)))
         runner.start()
@@ -47,7 +47,7 @@ def test_kill_9_worker_mid_request_then_restart(pg_url, redis_url, tiny_registry
         started = time.monotonic()
         runner.join(timeout=60)
         waited = time.monotonic() - started
-        assert not runner.is_alive() and waited < 6.0 + 10  # the API never waits beyond its timeout
+        assert not runner.is_alive() and waited < 6.0 + 1.0  # nobody waits past the timeout + 1 s
         assert sorted(status for status, _ in results) == [504] * 8
         rows = {r.request_id: r for r in outcome_rows(app.extensions["abtest"])}
         assert {body["request_id"] for _, body in results} == set(rows)
@@ -77,7 +77,7 @@ def test_redis_unreachable_is_503_fast(pg_url, tiny_registry) -> None:
     health = app.test_client().get("/healthz")
     assert health.status_code == 503 and health.get_json()["checks"]["broker"].startswith("error")
     rows = outcome_rows(app.extensions["abtest"])
-    assert [(r.status, r.error_code) for r in rows] == [("error", "service_unavailable")]
+    assert [(r.status, r.error_code) for r in rows] == [("unavailable", "service_unavailable")]  # not the engine's
     app.extensions["abtest"].close()
 
 

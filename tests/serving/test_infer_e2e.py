@@ -41,7 +41,7 @@ def celery_workers(redis_url, tiny_registry, tmp_path_factory):  # type: ignore[
 def make_app(db_url: str, registry: str, **overrides: Any) -> Any:
     clear_tables(db_url)
     settings = {"database_url": db_url, "engine_registry": registry, "cache_ttl_s": 0.0,
-                "exposure_flush_interval_s": 0.0, "infer_timeout_s": 60.0,
+                "preload_engines": False, "infer_timeout_s": 60.0,
                 "guardrail_interval_s": 0.0, **overrides}
     return create_app(settings)
 
@@ -148,6 +148,8 @@ def test_engine_failure_is_502_with_request_id_and_an_error_row(serving) -> None
     reply = app.test_client().post("/v1/infer", json={"experiment": "e2e", "unit_id": "u", "prompt": "x"}, headers=headers)
     body = reply.get_json()
     assert reply.status_code == 502 and body["error"]["code"] == "engine_error" and body["request_id"]
+    message = body["error"]["message"]  # the engine's own text (paths, exception types) stays in the log
+    assert body["request_id"] in message and "missing" not in message and "Error" not in message
     rows = outcome_rows(app.extensions["abtest"])
     assert [(r.status, r.error_code, r.request_id) for r in rows] == [("error", "engine_unavailable", body["request_id"])]
 
