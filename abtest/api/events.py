@@ -35,7 +35,7 @@ def events() -> Response:
     which is safe whatever the failed transaction did, since event_ids are unique.
     """
     try:
-        result = ingest(_store(), json_body())
+        result = ingest(_store(), json_body(per_item=True))
     except OperationalError as exc:  # database down or locked; a resend is safe (idempotent)
         raise ServiceUnavailable("the event store is unavailable; retry the batch", retry_after=1) from exc
     response = jsonify(result.to_dict())

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from ..errors import PayloadTooLarge, ValidationError
 from ..services.inference import InferParams
-from ..validation import Fields
+from ..validation import TEXT_ERROR, Fields, storable
 from .assign import ASSIGN_FIELDS, read_unit
 from .common import json_body, requires, services
 from .gate import arrived
@@ -27,6 +27,8 @@ def read_params(f: Fields) -> InferParams:
     for i, s in enumerate(stop):
         if not isinstance(s, str) or not s or len(s) > 100:
             raise ValidationError(f"stop[{i}]", "must be a non-empty string of at most 100 characters")
+        if not storable(s):
+            raise ValidationError(f"stop[{i}]", TEXT_ERROR)
     return InferParams(
         prompt=prompt,
         max_new_tokens=f.num("max_new_tokens", 64, lo=1, hi=MAX_NEW_TOKENS, integer=True),

@@ -20,7 +20,7 @@ import httpx
 
 from . import _http
 from ._async_pipeline import AsyncEventPipeline
-from ._client import USER_AGENT, check_event_options, infer_payload
+from ._client import USER_AGENT, assign_payload, check_event_options, infer_payload
 from ._events import make_event
 from ._exceptions import ClientClosedError
 from ._models import AssignResult, ClientStats, InferResult
@@ -73,9 +73,7 @@ class AsyncClient:
         self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None,
         *, timeout: float | None = None,
     ) -> AssignResult:
-        body: dict[str, Any] = {"experiment": experiment, "unit_id": unit_id}
-        if attributes is not None:
-            body["attributes"] = dict(attributes)
+        body = assign_payload(experiment, unit_id, attributes)  # ValueError before any request
         return _http.parse_result(AssignResult, await self._request("POST", "/v1/assign", body, timeout))  # type: ignore[no-any-return]
 
     async def infer(

@@ -14,12 +14,12 @@ from urllib.parse import quote
 import httpx
 
 from . import _http
-from ._events import MAX_BATCH, ON_FULL_POLICIES, make_event
+from ._events import MAX_BATCH, ON_FULL_POLICIES, check_json, check_text, make_event
 from ._exceptions import ClientClosedError
 from ._models import AssignResult, ClientStats, InferResult
 from ._pipeline import EventPipeline
 
-__all__ = ["Client", "infer_payload", "check_event_options"]
+__all__ = ["Client", "assign_payload", "infer_payload", "check_event_options"]
 
 USER_AGENT = "abtest-python-client/0.1"
 
@@ -36,15 +36,26 @@ def check_event_options(batch_size: int, flush_interval: float, max_buffer: int,
         raise ValueError(f"on_full must be one of {ON_FULL_POLICIES}, got {on_full!r}")
 
 
+def assign_payload(experiment: str, unit_id: str, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Body of ``POST /v1/assign``, checked before sending: ValueError names the bad argument."""
+    body: dict[str, Any] = {"experiment": check_text("experiment", experiment),
+                            "unit_id": check_text("unit_id", unit_id)}
+    if attributes is not None:
+        body["attributes"] = dict(attributes)
+        check_json("attributes", body["attributes"])
+    return body
+
+
 def infer_payload(
     experiment: str, unit_id: str, prompt: str, attributes: Mapping[str, Any] | None, **params: Any
 ) -> dict[str, Any]:
-    """Body of ``POST /v1/infer``; unset optional parameters are omitted so the
-    server's defaults apply."""
-    body: dict[str, Any] = {"experiment": experiment, "unit_id": unit_id, "prompt": prompt}
-    if attributes is not None:
-        body["attributes"] = dict(attributes)
+    """Body of ``POST /v1/infer``, checked like :func:`assign_payload`; unset
+    optional parameters are omitted so the server's defaults apply."""
+    body = assign_payload(experiment, unit_id, attributes)
+    body["prompt"] = prompt
     body.update({k: v for k, v in params.items() if v is not None})
+    for name in ("prompt", *params):
+        check_json(name, body.get(name))  # NUL / lone surrogates (prompt, stop), NaN (temperature...)
     return body
 
 
@@ -154,10 +165,12 @@ class Client:
         self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None,
         *, timeout: float | None = None,
     ) -> AssignResult:
-        """Which variant serves ``unit_id`` in ``experiment`` (records an exposure)."""
-        body: dict[str, Any] = {"experiment": experiment, "unit_id": unit_id}
-        if attributes is not None:
-            body["attributes"] = dict(attributes)
+        """Which variant serves ``unit_id`` in ``experiment`` (records an exposure).
+
+        Raises ValueError, before any request, for arguments the server would refuse
+        (empty or over-long ids, NUL or lone surrogates, non-finite numbers).
+        """
+        body = assign_payload(experiment, unit_id, attributes)
         return _http.parse_result(AssignResult, self._request("POST", "/v1/assign", body, timeout))  # type: ignore[no-any-return]
 
     def infer(
@@ -169,6 +182,7 @@ class Client:
         """Run ``prompt`` on the variant assigned to ``unit_id``.
 
         Generation parameters left as None are omitted (server defaults).
+        Arguments are checked like ``assign``'s (ValueError before any request).
         Raises :class:`EngineError` (502) / :class:`GatewayTimeoutError` (504)
         with ``request_id`` set when the engine fails or is too slow.
         """

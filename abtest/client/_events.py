@@ -1,7 +1,8 @@
-"""Event construction and batch-acknowledgement rules (no I/O, no threads).
+"""Event construction, argument checks and batch-acknowledgement rules (no I/O, no threads).
 
-Shared by the threaded and the asyncio pipelines so both validate events the
-same way and react identically to every server answer.
+Shared by the threaded and the asyncio clients and pipelines so both validate
+events and call arguments the same way and react identically to every server
+answer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -17,7 +19,8 @@ import httpx
 
 from ._http import event_batch_retryable, parse_retry_after
 
-__all__ = ["MAX_BATCH", "ON_FULL_POLICIES", "make_event", "BatchOutcome", "classify_batch_response"]
+__all__ = ["MAX_BATCH", "ON_FULL_POLICIES", "make_event", "check_text", "check_json", "BatchOutcome",
+           "classify_batch_response"]
 
 # The server's documented per-request limit; larger batches get a 413.
 MAX_BATCH = 1000
@@ -44,14 +47,65 @@ def _timestamp(value: datetime | str | None) -> str:
 
 # The server's column widths: longer values would be rejected there, one by one.
 MAX_LENGTHS = {"unit_id": 200, "name": 100, "request_id": 36, "experiment": 100}
+# The server's limit on the nesting of a request body (it answers 400 beyond it).
+MAX_DEPTH = 32
 
 
-def _non_empty(name: str, value: Any) -> str:
+def _storable(text: str) -> bool:
+    """False for text the server refuses in any string of a request (keys included), because
+    no database column can hold it: NUL characters, lone UTF-16 surrogates.
+
+    Checked before sending, here only (both clients use these checks): a bad event found
+    by the server could only be counted as rejected, and a refused call is a wasted trip.
+    """
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(name: str, value: Any) -> str:
+    """``value`` if it is a non-empty string the server accepts for ``name``, else ValueError."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{name} must be a non-empty string, got {value!r:.80}")
     if len(value) > MAX_LENGTHS[name]:
         raise ValueError(f"{name} must be at most {MAX_LENGTHS[name]} characters, got {len(value)}")
+    if not _storable(value):
+        raise ValueError(f"{name} must not contain NUL characters or lone surrogates, got {value!r:.80}")
     return value
+
+
+def check_json(name: str, value: Any) -> None:
+    """ValueError naming the first place in ``value``, a field of a request body (e.g.
+    ``attributes['tags'][1]``), that holds a string with NUL or a lone surrogate (keys too),
+    a non-finite number, or nesting deeper than the server allows. Iterative, so a cyclic
+    value fails instead of looping."""
+    stack: list[tuple[str, Any, int]] = [(name, value, 2)]  # the body itself is level 1
+    while stack:
+        where, item, depth = stack.pop()
+        if isinstance(item, str):
+            if not _storable(item):
+                raise ValueError(f"{where} must not contain NUL characters or lone surrogates, got {item!r:.80}")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where} must be a finite number, got {item!r:.80}")
+        elif isinstance(item, (Mapping, list, tuple)):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"{where} is nested too deeply (the server allows {MAX_DEPTH} levels in a body)")
+            if isinstance(item, Mapping):
+                for key in item:
+                    if isinstance(key, str) and not _storable(key):
+                        raise ValueError(f"{where} keys must not contain NUL characters or lone surrogates, "
+                                         f"got {key!r:.80}")
+                children = [(f"{where}[{key!r}]", child) for key, child in item.items()]
+            else:
+                children = [(f"{where}[{i}]", child) for i, child in enumerate(item)]
+            stack.extend((w, c, depth + 1) for w, c in reversed(children))
 
 
 def make_event(
@@ -76,18 +130,18 @@ def make_event(
     except OverflowError:
         finite = False
     if not finite:
-        raise ValueError(f"value must be a finite number, got {value!r}")
+        raise ValueError(f"value must be a finite number, got {value!r:.80}")
     event: dict[str, Any] = {
         "event_id": str(uuid.uuid4()),
-        "unit_id": _non_empty("unit_id", unit_id),
-        "name": _non_empty("name", name),
+        "unit_id": check_text("unit_id", unit_id),
+        "name": check_text("name", name),
         "value": float(value),
         "timestamp": _timestamp(timestamp),
     }
     if request_id is not None:
-        event["request_id"] = _non_empty("request_id", request_id)
+        event["request_id"] = check_text("request_id", request_id)
     if experiment is not None:
-        event["experiment"] = _non_empty("experiment", experiment)
+        event["experiment"] = check_text("experiment", experiment)
     return event
 
 

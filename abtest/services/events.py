@@ -29,6 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..db import Database
 from ..errors import PayloadTooLarge, ValidationError
 from ..models import Event
+from ..validation import KEY_ERROR, TEXT_ERROR, storable
 
 __all__ = [
     "MAX_BATCH",
@@ -100,26 +101,11 @@ def _text(event: dict[str, Any], key: str, required: bool) -> str | None:
         raise _Bad(f"{key}: must be at most {LIMITS[key]} characters")
     if not value or value.isspace():
         raise _Bad(f"{key}: must not be empty")
-    if not _storable(value):
-        raise _Bad(f"{key}: must be valid Unicode text without NUL characters")
+    # Checked here, per event, because one such string would otherwise fail the whole batch's
+    # insert, and a batch that fails with a 5xx is retried by clients forever.
+    if not storable(value):
+        raise _Bad(f"{key}: {TEXT_ERROR}")
     return value
-
-
-def _storable(value: str) -> bool:
-    """False for text no database column can hold: NUL characters, lone surrogates.
-
-    Checked here because one such string would otherwise fail the whole batch's insert,
-    and a batch that fails with a 5xx is retried by clients forever.
-    """
-    if "\x00" in value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _value(raw: Any) -> float:
@@ -159,7 +145,10 @@ def _row(event: Any, now: datetime, latest: datetime) -> Row:
     if type(event) is not dict:
         raise _Bad("event: must be a JSON object")
     if not EVENT_FIELDS.issuperset(event):
-        raise _Bad(f"{sorted(set(event) - EVENT_FIELDS)[0]}: unknown field")
+        unknown = sorted(set(event) - EVENT_FIELDS)
+        if not all(storable(key) for key in unknown):  # never echo such a name back
+            raise _Bad(f"event: {KEY_ERROR}")
+        raise _Bad(f"{unknown[0]}: unknown field")
     return (
         _text(event, "event_id", True),
         _text(event, "unit_id", True),
@@ -181,6 +170,8 @@ def validate_events(body: Any, now: datetime | None = None) -> tuple[list[Row], 
         raise ValidationError("body", "must be a JSON object with an 'events' list")
     unknown = sorted(set(body) - {"events"})
     if unknown:
+        if not all(storable(key) for key in unknown):
+            raise ValidationError("body", KEY_ERROR)
         raise ValidationError(unknown[0], "unknown field")
     events = body.get("events")
     if events is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..assignment import TARGETING_OPERATORS
 from ..errors import ValidationError
-from ..validation import Fields
+from ..validation import Fields, check_json
 
 __all__ = [
     "BUILTIN_METRICS",
@@ -46,6 +46,11 @@ MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "target
                   "treatment_paused")
 CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])
 WEIGHT_TOLERANCE = 1e-6
+# Stored in JSON columns, which have no width of their own: the longest string a targeting
+# value may hold, and the longest forced unit id (that of POST /v1/assign's unit_id, so that
+# a longer one, which could never match, is refused rather than stored).
+MAX_TARGETING_TEXT = 200
+MAX_UNIT_ID = 200
 
 
 def parse_variants(raw: Any, is_engine: Callable[[str], bool]) -> list[dict[str, Any]]:
@@ -135,6 +140,7 @@ def parse_targeting(raw: Any) -> list[dict[str, Any]]:
             raise ValidationError(f"targeting[{i}].value", "is required")
         if op in ("in", "not_in") and not isinstance(value, list):
             raise ValidationError(f"targeting[{i}].value", f"must be a list for {op!r}")
+        check_json(value, f"targeting[{i}].value", max_len=MAX_TARGETING_TEXT)
         rules.append({"attribute": r.str("attribute", max_len=100), "op": op, "value": value})
     return rules
 
@@ -143,8 +149,9 @@ def parse_forced(raw: Any, variant_keys: set[str]) -> dict[str, str]:
     forced = Fields({"forced": raw}, ["forced"]).obj("forced")
     if len(forced) > 10_000:
         raise ValidationError("forced", "at most 10000 forced units")
+    check_json(forced, "forced", max_len=MAX_UNIT_ID)  # unit ids (keys) and variants storable
     for unit, key in forced.items():
-        if key not in variant_keys:
+        if not isinstance(key, str) or key not in variant_keys:  # a list or object is unhashable
             raise ValidationError(f"forced.{unit}", f"unknown variant {key!r}")
     return dict(forced)
 

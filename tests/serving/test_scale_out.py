@@ -39,7 +39,7 @@ def test_two_workers_share_a_queue_and_one_dying_loses_nothing(pg_url, redis_url
         assert not served_a & served_b and served_a | served_b == ids  # none twice, none missing
 
         burst = [{"experiment": "e2e", "unit_id": f"k{i}", "prompt": "class A:", "max_new_tokens": 256,
-                  "stop": ["\x00never"]} for i in range(24)]
+                  "stop": ["<never-stop>"]} for i in range(24)]
         results: list = []
         runner = threading.Thread(target=lambda: results.extend(infer_many(app, headers, burst, concurrency=24)))
         before_a = tasks(a, "received")
