@@ -60,6 +60,11 @@ class Settings:
     guardrail_interval_s: float = 300.0
     # When set, an admin API key with this exact value is ensured at start-up (for bootstrapping).
     bootstrap_admin_key: str | None = None
+    # Failed authentications: a client address with this many 401s within the window gets 429
+    # (with Retry-After, before any key lookup) until the window passes; 0 turns the limit off.
+    auth_fail_limit: int = 20
+    # The sliding window of failed authentications, in seconds (0 also turns the limit off).
+    auth_fail_window_s: float = 60.0
     log_level: str = "INFO"
     # "text" for people, "json" for one JSON object per line (request ids as fields).
     log_format: str = "text"

@@ -99,13 +99,23 @@ def requires(scope: str) -> Callable[[F], F]:
 
 
 def authenticate(scope: str) -> Principal:
+    # Failed authentications are limited per client address (abtest.services.ratelimit): an
+    # address over the limit gets 429 here, before any key lookup, whatever key it sends.
+    failures = current_app.extensions.get("abtest.auth_failures")  # set by abtest.api.register
+    client = request.remote_addr or "unknown"
+    if failures is not None:
+        failures.check(client)
     header = request.headers.get("Authorization", "")
     kind, _, key = header.partition(" ")
     if kind.lower() != "bearer" or not key.strip():
+        if failures is not None:
+            failures.failed(client)
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     svc = services()
     principal = svc.keys.resolve(svc.db.session, key.strip())
     if principal is None:
+        if failures is not None:
+            failures.failed(client)
         raise Unauthorized("invalid or revoked API key")
     if not principal.allows(scope):
         raise Forbidden(f"this key's scope {principal.scope!r} does not allow {scope!r} operations")

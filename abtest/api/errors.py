@@ -1,8 +1,16 @@
-"""The one place that turns exceptions into HTTP responses: always JSON, never HTML."""
+"""The one place that turns exceptions into HTTP responses: always JSON, never HTML.
+
+Every request has a request id (:func:`request_id`): the client's ``X-Request-Id`` when it is a
+short safe token (at most 64 of ``A-Z a-z 0-9 . _ -``), else a new uuid4. The response echoes it
+as ``X-Request-Id``; an unhandled exception is logged with it and answered with a generic 500
+whose body carries it (``{"error": {...}, "request_id": "..."}``), never the exception's text.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -14,6 +22,18 @@ log = logging.getLogger(__name__)
 
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
                415: "unsupported_media_type"}
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ENVIRON_KEY = "abtest.request_id"
+
+
+def request_id() -> str:
+    """This request's id: a safe incoming ``X-Request-Id``, else a uuid4 (fixed on first use)."""
+    rid = request.environ.get(_ENVIRON_KEY)
+    if rid is None:
+        incoming = request.headers.get("X-Request-Id", "")
+        rid = incoming if _SAFE_REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
+        request.environ[_ENVIRON_KEY] = rid
+    return rid
 
 
 def error_response(exc: ABTestError) -> Response:
@@ -43,8 +63,11 @@ def init_app(app: Flask) -> None:
             log.warning("database unavailable during %s %s: %s", request.method, request.path,
                         type(exc).__name__)
             return error_response(ServiceUnavailable("the database is unavailable; retry shortly", retry_after=1))
-        log.exception("unhandled error")
-        response = jsonify({"error": {"code": "internal_error", "message": "internal server error",
-                                      "details": None}})
+        rid = request_id()
+        log.exception("unhandled error request_id=%s %s %s", rid, request.method, request.path,
+                      extra={"request_id": rid})
+        response = jsonify({"error": {"code": "internal_error",
+                                      "message": f"internal server error (request id {rid})", "details": None},
+                            "request_id": rid})
         response.status_code = 500
         return response

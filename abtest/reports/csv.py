@@ -3,12 +3,19 @@
 ``export_csv`` streams a raw table of one experiment: the query runs with a server-side cursor
 (``stream_results`` + ``yield_per``) and the generator yields one CSV chunk per batch, so
 memory stays flat however many rows the table holds.
+
+Both are safe to open in a spreadsheet (OWASP "CSV injection"): a text cell that starts with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return, and is not a plain number, gets a leading
+``'`` so that it is shown as text and never evaluated as a formula. Numbers (and text that is a
+plain number, such as ``-0.25``) are written unchanged. Rows end in CRLF (RFC 4180), so a cell
+holding a line break of either kind is always quoted.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,7 +24,7 @@ from sqlalchemy import Engine, or_, select
 from ..errors import ValidationError
 from ..models import Event, Exposure, RequestLog
 
-__all__ = ["RESULT_COLUMNS", "EXPORT_TABLES", "render_csv", "export_csv", "export_statement"]
+__all__ = ["RESULT_COLUMNS", "EXPORT_TABLES", "render_csv", "export_csv", "export_statement", "safe_cell"]
 
 RESULT_COLUMNS = (
     "metric", "role", "direction", "variant", "control_units", "treatment_units",
@@ -28,6 +35,21 @@ RESULT_COLUMNS = (
 )
 EXPORT_TABLES = ("exposures", "requests", "events")
 _BATCH = 2_000
+# Cells starting with one of these may be run as a formula by a spreadsheet.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_LINE_END = "\r\n"  # RFC 4180: with both characters in the terminator, csv quotes a cell holding either
+
+
+def safe_cell(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would take for a formula gets a ``'``.
+
+    Only strings change, and not those that are a plain number (``-0.25``, ``+3``, ``1e-5``):
+    numbers the service writes stay numbers.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def _get(d: Mapping[str, Any] | None, key: str) -> Any:
@@ -63,10 +85,10 @@ def result_rows(report: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 def render_csv(report: Mapping[str, Any]) -> str:
     """The results table as CSV text (empty cells for undefined values, errors explained)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator=_LINE_END)
     writer.writeheader()
     for row in result_rows(report):
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow({k: "" if v is None else safe_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -98,7 +120,7 @@ def export_csv(engine: Engine, table: str, experiment_id: int, experiment_key: s
         with engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
             buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
+            writer = csv.writer(buf, lineterminator=_LINE_END)
             writer.writerow(result.keys())
             for part in result.partitions():
                 for row in part:
@@ -116,4 +138,4 @@ def _cell(value: Any) -> Any:
         return ""
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    return value
+    return safe_cell(value)

@@ -16,13 +16,14 @@ ramping coverage up only enrolls new units and never moves an enrolled one.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from ..assignment import ExperimentConfig, VariantConfig
@@ -88,7 +89,13 @@ def create_experiment(
 
 
 def _place_in_layer(session: Session, exp: Experiment, layer: str, share: float) -> None:
-    """Give ``exp`` the first free range of ``share`` in ``layer`` (mutual exclusion)."""
+    """Give ``exp`` the first free range of ``share`` in ``layer`` (mutual exclusion).
+
+    Reading the taken ranges and inserting the new one must be atomic, or two concurrent
+    creates both see the same free range: :func:`_lock_layer` serializes placements in one
+    layer until the caller's transaction ends.
+    """
+    _lock_layer(session, layer)
     taken = session.execute(
         select(Experiment.layer_start, Experiment.layer_end)
         .where(Experiment.layer == layer, Experiment.status != "stopped")
@@ -102,6 +109,47 @@ def _place_in_layer(session: Session, exp: Experiment, layer: str, share: float)
     if start + share > 1.0 + 1e-12:
         raise Conflict(f"layer {layer!r} has no free range of {share:g}", details={"field": "layer_share"})
     exp.layer, exp.layer_start, exp.layer_end = layer, start, min(1.0, start + share)
+
+
+def layer_lock_key(layer: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` (the same in every process)."""
+    digest = hashlib.blake2b(f"abtest.layer:{layer}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _lock_layer(session: Session, layer: str) -> None:
+    """Hold the placement lock of ``layer`` until this transaction commits or rolls back.
+
+    PostgreSQL: a transaction-scoped advisory lock keyed by the layer name; under READ
+    COMMITTED (the default) the reads after it see every placement committed before it.
+    SQLite: an empty write takes the database's single write lock now (a no-op UPDATE opens a
+    write transaction even though it changes no row), so the reads that follow see the latest
+    commit and no other writer can commit in between; waiting for the lock is bounded by the
+    connection's busy timeout. Should the transaction already hold an older read snapshot,
+    SQLite refuses the write at once (SQLITE_BUSY_SNAPSHOT): that, or a lock wait that timed
+    out, is a 409 the client can retry, never an overlap. So is a PostgreSQL lock wait cut short
+    by ``lock_timeout`` or ``statement_timeout``.
+    """
+    dialect = session.get_bind().dialect.name
+    try:
+        if dialect == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(layer_lock_key(layer))))
+        elif dialect == "sqlite":
+            session.execute(text("UPDATE experiments SET layer = layer WHERE 1 = 0"))
+    except OperationalError as exc:
+        if not _lock_wait_failed(exc):
+            raise
+        raise Conflict(f"layer {layer!r} is being changed by a concurrent request; retry",
+                       details={"field": "layer"}) from exc
+
+
+def _lock_wait_failed(exc: OperationalError) -> bool:
+    """SQLite busy or locked (incl. SQLITE_BUSY_SNAPSHOT); PostgreSQL lock or statement timeout."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate in ("55P03", "57014")  # lock_not_available, query_canceled
+    message = str(exc.orig).lower()
+    return "locked" in message or "busy" in message
 
 
 def update_experiment(
