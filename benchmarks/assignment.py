@@ -72,7 +72,7 @@ def load(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def over_http(database_url: str, requests: int, concurrency: int, workers: int) -> dict[str, Any]:
-    env = {"ABTEST_DATABASE_URL": database_url, "ABTEST_LOG_LEVEL": "WARNING"}
+    env = {"ABTEST_DATABASE_URL": database_url, "ABTEST_LOG_LEVEL": "WARNING", "ABTEST_PRELOAD_ENGINES": "false"}
     with running_server(env=env, workers=workers) as (base_url, admin_key):
         headers = {"Authorization": f"Bearer {admin_key}"}
         key = f"bench-{int(time.time())}"

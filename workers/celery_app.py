@@ -15,8 +15,9 @@ Settings a GPU worker needs, and why:
     visibility_timeout
         how long Redis waits before redelivering an unacknowledged message; it must exceed
         the longest task (the inference timeout plus queueing), or a slow task runs twice.
-    socket timeouts of 1 s
-        an unreachable broker fails a publish fast (the API answers 503 instead of hanging).
+    socket timeouts of 1 s (0.5 s for the API's publishes)
+        an unreachable or hung broker fails a publish fast (the API answers 503 instead of
+        hanging); a healthy Redis answers in milliseconds.
     task time limit
         workers use the threads pool (one engine and one batching scheduler per process), where
         Celery cannot enforce ``task_time_limit`` (it needs a child process to kill). Each task
@@ -60,7 +61,7 @@ def make_celery(settings: Settings, *, publisher: bool = False) -> Celery:
     """The Celery app of a worker, or with ``publisher`` the API's: it only sends tasks (results
     come through :class:`workers.dispatch.ResultListener`), so it has no result backend, which
     would subscribe to every task's channel while sending and hang with a hung broker, and a
-    hung broker fails its publish within a second."""
+    hung broker fails its publish within half a second."""
     if not settings.broker_url:
         raise ValueError("ABTEST_BROKER_URL is not set: Celery mode needs a Redis broker")
     backend = None if publisher else settings.result_backend or settings.broker_url
@@ -89,6 +90,6 @@ def make_celery(settings: Settings, *, publisher: bool = False) -> Celery:
     )
     app.amqp.Connection = QuickReconnect
     if publisher:
-        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "socket_timeout": 1}
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options, "socket_timeout": 0.5}
     app.conf.imports = ("workers.tasks",)
     return app

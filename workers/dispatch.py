@@ -147,7 +147,7 @@ class CeleryDispatcher:
     def __init__(self, settings: Settings) -> None:
         self.celery = make_celery(settings, publisher=True)
         self.listener = ResultListener(settings.result_backend or settings.broker_url or "")
-        self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=1, socket_timeout=1)
+        self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=0.5, socket_timeout=0.5)
         self.max_queue = settings.queue_limit
         self._depth_cache: dict[str, tuple[float, int]] = {}
         pinger = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=0.5, socket_timeout=0.5)
