@@ -8,6 +8,7 @@ cache, the assignment service with its exposure writer, and the blueprints.
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,8 @@ from .services.outcomes import OutcomeLog
 from .services.probe import Probe
 
 __all__ = ["create_app", "Services", "RESERVED_THREADS"]
+
+log = logging.getLogger(__name__)
 
 # Under `abtest serve`, server threads that /v1/infer calls may never take all together: they
 # answer assign, events, health and the 429s of an overloaded engine at once.
@@ -84,7 +87,11 @@ class Services:
         broker = self.broker_health()
         if broker is not None:
             checks["broker"] = broker
-        engines = self.inference.dispatcher.engine_states()
+        try:
+            engines = self.inference.dispatcher.engine_states()
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable engine registry: say so, never 500
+            log.exception("health: the engines cannot be listed")
+            checks["inference"], engines = f"error: {type(exc).__name__} (see the log)", {}
         if engines:
             checks["engines"] = engines
         ready = all(v == "ok" for k, v in checks.items() if k != "engines") and "loading" not in engines.values()

@@ -65,6 +65,7 @@ def _children(pid: int) -> list[int]:
 
 class _Server:
     proc: subprocess.Popen | None = None
+    stop_signal = signal.SIGTERM
 
     def pause(self) -> None:
         assert self.proc is not None
@@ -84,7 +85,7 @@ class _Server:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.resume()
-            self.proc.terminate()
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -94,6 +95,8 @@ class _Server:
 
 
 class PrivatePostgres(_Server):
+    stop_signal = signal.SIGINT  # fast shutdown: ends every connection
+
     def __init__(self) -> None:
         self.root = tempfile.mkdtemp(prefix="abtest-pg-")
         self.data = os.path.join(self.root, "data")
@@ -129,17 +132,6 @@ class PrivatePostgres(_Server):
                 return
             time.sleep(0.1)
         raise RuntimeError("the private PostgreSQL did not become ready")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.resume()
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown: ends every connection
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
 
     def close(self) -> None:
         self.stop()

@@ -9,7 +9,6 @@ acknowledged assignment survives a crash of the process.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,9 +25,6 @@ from ..models import Exposure
 from .experiments import get_experiment, to_config
 
 __all__ = ["ConfigCache", "Assigner", "exposure_upsert", "aggregate_exposures"]
-
-log = logging.getLogger(__name__)
-
 
 class ConfigCache:
     """Experiment configs for ``ttl`` seconds; while the database cannot be asked, a cached

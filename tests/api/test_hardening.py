@@ -111,16 +111,21 @@ def test_report_csv_neutralises_text_and_keeps_negative_numbers() -> None:
     assert float(row["sequential_relative_ci_lower"]) == -0.9 and row["significant"] == "True"
 
 
-def test_report_csv_over_http_keeps_numbers_numeric(client, admin, db_url, make_experiment) -> None:
-    make_experiment("exp-1", start=True)
+def fill(db_url: str, units: int, seed: int) -> None:
+    """Outcomes and conversions of ``units`` units of exp-1, half in each variant."""
     f = Factory(db_url, "exp-1")
     try:
-        populate(f, [(f"u{i}", "control" if i % 2 else "treatment") for i in range(60)], np.random.default_rng(3),
-                 lat_mean={"control": 300, "treatment": 280}, err_p={"control": 0.05, "treatment": 0.05},
-                 conv_p={"control": 0.2, "treatment": 0.2})
+        populate(f, [(f"u{i}", "control" if i % 2 else "treatment") for i in range(units)],
+                 np.random.default_rng(seed), lat_mean={"control": 300, "treatment": 280},
+                 err_p={"control": 0.05, "treatment": 0.05}, conv_p={"control": 0.2, "treatment": 0.2})
         f.flush()
     finally:
         f.close()
+
+
+def test_report_csv_over_http_keeps_numbers_numeric(client, admin, db_url, make_experiment) -> None:
+    make_experiment("exp-1", start=True)
+    fill(db_url, 60, seed=3)
     reply = client.get("/v1/experiments/exp-1/report?format=csv", headers=admin)
     rows = read_csv(reply)
     assert rows and tuple(rows[0]) == RESULT_COLUMNS
@@ -138,14 +143,7 @@ def test_report_csv_over_http_keeps_numbers_numeric(client, admin, db_url, make_
 
 def test_security_headers_on_json_html_and_error_responses(client, admin, db_url, make_experiment) -> None:
     make_experiment("exp-1", start=True)
-    f = Factory(db_url, "exp-1")
-    try:
-        populate(f, [(f"u{i}", "control" if i % 2 else "treatment") for i in range(20)], np.random.default_rng(1),
-                 lat_mean={"control": 300, "treatment": 280}, err_p={"control": 0.05, "treatment": 0.05},
-                 conv_p={"control": 0.2, "treatment": 0.2})
-        f.flush()
-    finally:
-        f.close()
+    fill(db_url, 20, seed=1)
     replies = {
         "json": client.get("/v1/experiments/exp-1/report", headers=admin),
         "html": client.get("/v1/experiments/exp-1/report?format=html", headers=admin),
