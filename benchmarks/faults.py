@@ -19,7 +19,8 @@ loops bounded in count and time. Prints one JSON object:
                 engine, assign, events and healthz meanwhile, and the dead engine's answers.
   overload      200 concurrent /v1/infer from a second process (keep-alive connections opened
                 first): share answered 429/503, their latency, and the longest client wait
-                against the configured timeout.
+                against the configured timeout; then the same burst of GET /healthz, the
+                cheapest call there is, as the floor this machine sets on any answer.
   targets       what the figures are held to.
 """
 
@@ -294,6 +295,8 @@ def burst(args: dict[str, Any]) -> list[tuple[int, float]]:
 
     def one(i: int) -> tuple[int, float]:
         barrier.wait()
+        if args.get("floor"):  # the same burst of the cheapest call there is: what 2 cores allow
+            return timed(clients[i], "GET", "/healthz")
         return timed(clients[i], "POST", "/v1/infer", {"experiment": args["experiment"], "unit_id": f"b{i}",
                                                         "prompt": "x", "max_new_tokens": 32})
 
@@ -305,12 +308,14 @@ def overload(stack: Stack, n: int = 200) -> dict[str, Any]:
     from ._http import run_load_process
 
     stack.experiment("burst", 0.5)
-    results = run_load_process("benchmarks.faults", {"base": stack.base, "headers": stack.headers, "n": n,
-                                                     "experiment": "burst"})["results"]
+    args = {"base": stack.base, "headers": stack.headers, "n": n, "experiment": "burst"}
+    results = run_load_process("benchmarks.faults", args)["results"]
+    floor = run_load_process("benchmarks.faults", {**args, "floor": True})["results"]
     refused = [t for s, t in results if s in (429, 503)]
     return {"concurrent": n, "statuses": {str(s): sum(1 for x, _ in results if x == s) for s in {x for x, _ in results}},
             "share_refused": round(len(refused) / n, 3), "refusal_latency": ms(refused),
             "served_latency": ms([t for s, t in results if s == 200]),
+            "healthz_burst_latency": ms([t for _, t in floor]),
             "longest_client_wait_s": round(max(t for _, t in results), 3), "timeout_s": TIMEOUT_S}
 
 
