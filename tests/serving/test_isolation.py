@@ -141,7 +141,7 @@ def test_a_dead_engine_takes_no_threads_from_the_rest(pg_url, redis_url, healthy
         assert max(healthy[2], assign[2], events[2], health_took) < 1.0  # nobody waited on the dead engine
         statuses = sorted(r[0] for r in results)
         assert statuses == [429] * 16 + [504] * 4
-        assert max(r[2] for r in results if r[0] == 429) < 0.5  # refused at once
+        assert max(r[2] for r in results if r[0] == 429) < 1.0  # refused at once, not after the 2 s timeout
         assert max(r[2] for r in results) < timeout + 1.0  # nobody waits past the timeout + 1 s
         rows = outcome_rows(app.extensions["abtest"])
         assert sorted(r.status for r in rows if r.engine == "v2-int4") == ["timeout"] * 4  # 429s wrote nothing
