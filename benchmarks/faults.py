@@ -18,8 +18,9 @@ loops bounded in count and time. Prints one JSON object:
   dead_engine   the V2 worker killed with 20 calls waiting for it: answer times of the healthy
                 engine, assign, events and healthz meanwhile, and the dead engine's answers.
   overload      200 concurrent /v1/infer from a second process (keep-alive connections opened
-                first): share answered 429/503, their latency, and the longest client wait
-                against the configured timeout; then the same burst of GET /healthz, the
+                first): share answered 429/503, their latency as the client felt it and as
+                the API held it (Server-Timing), the longest client wait against the
+                configured timeout; then the same burst of GET /healthz, the
                 cheapest call there is, as the floor this machine sets on any answer.
   targets       what the figures are held to.
 """
@@ -135,12 +136,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def timed(http: httpx.Client, method: str, path: str, body: Any = None) -> tuple[int, float]:
+    return timed_reply(http, method, path, body)[:2]
+
+
+def timed_reply(http: httpx.Client, method: str, path: str, body: Any = None) -> tuple[int, float, float | None]:
+    """(status, seconds the client waited, seconds the API held the request per Server-Timing)."""
     started = time.monotonic()
     try:
-        status = http.request(method, path, json=body).status_code
+        reply = http.request(method, path, json=body)
     except httpx.HTTPError:
-        status = 0
-    return status, time.monotonic() - started
+        return 0, time.monotonic() - started, None
+    waited = time.monotonic() - started
+    timing = reply.headers.get("Server-Timing", "")
+    held = float(timing.split("dur=")[1]) / 1000 if "dur=" in timing else None
+    return reply.status_code, waited, held
 
 
 # --- kill -9 ----------------------------------------------------------------------------
@@ -285,7 +294,7 @@ def dead_engine(stack: Stack) -> dict[str, Any]:
     return results
 
 
-def burst(args: dict[str, Any]) -> list[tuple[int, float]]:
+def burst(args: dict[str, Any]) -> list[tuple[int, float, float | None]]:
     """The load process: ``n`` keep-alive connections opened first, then one infer each, all at once."""
     n = args["n"]
     clients = [httpx.Client(base_url=args["base"], headers=args["headers"], timeout=TIMEOUT_S + 10) for _ in range(n)]
@@ -293,12 +302,12 @@ def burst(args: dict[str, Any]) -> list[tuple[int, float]]:
         http.get("/healthz")
     barrier = threading.Barrier(n)
 
-    def one(i: int) -> tuple[int, float]:
+    def one(i: int) -> tuple[int, float, float | None]:
         barrier.wait()
         if args.get("floor"):  # the same burst of the cheapest call there is: what 2 cores allow
-            return timed(clients[i], "GET", "/healthz")
-        return timed(clients[i], "POST", "/v1/infer", {"experiment": args["experiment"], "unit_id": f"b{i}",
-                                                        "prompt": "x", "max_new_tokens": 32})
+            return timed_reply(clients[i], "GET", "/healthz")
+        return timed_reply(clients[i], "POST", "/v1/infer", {"experiment": args["experiment"], "unit_id": f"b{i}",
+                                                              "prompt": "x", "max_new_tokens": 32})
 
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(one, range(n)))
@@ -311,12 +320,13 @@ def overload(stack: Stack, n: int = 200) -> dict[str, Any]:
     args = {"base": stack.base, "headers": stack.headers, "n": n, "experiment": "burst"}
     results = run_load_process("benchmarks.faults", args)["results"]
     floor = run_load_process("benchmarks.faults", {**args, "floor": True})["results"]
-    refused = [t for s, t in results if s in (429, 503)]
-    return {"concurrent": n, "statuses": {str(s): sum(1 for x, _ in results if x == s) for s in {x for x, _ in results}},
-            "share_refused": round(len(refused) / n, 3), "refusal_latency": ms(refused),
-            "served_latency": ms([t for s, t in results if s == 200]),
-            "healthz_burst_latency": ms([t for _, t in floor]),
-            "longest_client_wait_s": round(max(t for _, t in results), 3), "timeout_s": TIMEOUT_S}
+    refused = [(t, held) for s, t, held in results if s in (429, 503)]
+    return {"concurrent": n, "statuses": {str(s): sum(1 for x, *_ in results if x == s) for s in {x for x, *_ in results}},
+            "share_refused": round(len(refused) / n, 3), "refusal_latency": ms([t for t, _ in refused]),
+            "refusal_held_by_api": ms([h for _, h in refused if h is not None]),
+            "served_latency": ms([t for s, t, _ in results if s == 200]),
+            "healthz_burst_latency": ms([t for _, t, _ in floor]),
+            "longest_client_wait_s": round(max(t for _, t, _ in results), 3), "timeout_s": TIMEOUT_S}
 
 
 def main() -> None:

@@ -282,3 +282,14 @@ def test_failure_limiter_window_and_memory_bound() -> None:
     for client in ("b", "c", "d"):
         limiter.failed(client)
     assert len(limiter) == 2  # bounded: the client whose last failure is oldest was forgotten
+
+
+def test_every_response_says_how_long_the_api_held_it(client, sdk, make_experiment) -> None:
+    make_experiment("exp-1", start=True)
+    replies = [client.get("/healthz"), client.post("/v1/assign", json={"experiment": "exp-1", "unit_id": "u"},
+                                                   headers=sdk),
+               client.post("/v1/assign", json={"experiment": "nope", "unit_id": "u"}, headers=sdk)]
+    for reply in replies:
+        name, _, duration = reply.headers["Server-Timing"].partition(";dur=")
+        assert name == "app" and 0 <= float(duration) < 5000, reply.headers["Server-Timing"]
+    assert [r.status_code for r in replies] == [200, 200, 404]
