@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .config import Settings
 from .errors import ABTestError
+
+if TYPE_CHECKING:
+    from .db import Database
 
 __all__ = ["cli", "main"]
 
@@ -19,10 +24,16 @@ def _settings() -> Settings:
     return Settings.load()
 
 
-def _database():  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _database(settings: Settings | None = None) -> Iterator[Database]:
+    """The database of the settings, disposed when the command is done with it."""
     from .db import Database
 
-    return Database(_settings().database_url)
+    database = Database((settings or _settings()).database_url)
+    try:
+        yield database
+    finally:
+        database.dispose()
 
 
 def _fail(exc: ABTestError) -> None:
@@ -67,7 +78,7 @@ def worker(engine: str, device: str | None, concurrency: int | None, loglevel: s
             check_device(device)
         except DeviceError as exc:
             raise click.ClickException(f"--device: {exc}") from None
-    from workers.main import run_worker
+    from .wiring import run_worker
 
     run_worker(engine, device=device, concurrency=concurrency, settings=settings, loglevel=loglevel)
 
@@ -102,18 +113,14 @@ def db_downgrade(revision: str) -> None:
 def db_rebuild_rollups(key: str | None) -> None:
     """Recompute the report rollups from the request log (after loading requests in bulk)."""
     from .services.experiments import get_experiment
-    from .services.rollups import rebuild
+    from .reports.rollups import rebuild
 
-    database = _database()
-    try:
-        with database.transaction() as session:
-            try:
-                exp_id = get_experiment(session, key).id if key else None
-            except ABTestError as exc:
-                _fail(exc)
-            rebuild(session.connection(), exp_id)
-    finally:
-        database.dispose()
+    with _database() as database, database.transaction() as session:
+        try:
+            exp_id = get_experiment(session, key).id if key else None
+        except ABTestError as exc:
+            _fail(exc)
+        rebuild(session.connection(), exp_id)
     click.echo(f"rollups rebuilt for {key or 'all experiments'}", err=True)
 
 
@@ -131,9 +138,8 @@ def keys_create(scope: str, name: str) -> None:
     """Create a key and print it, alone, on stdout."""
     from .services.keys import create_key
 
-    database = _database()
     try:
-        with database.transaction() as session:
+        with _database() as database, database.transaction() as session:
             key = create_key(session, name, scope)
     except ABTestError as exc:
         _fail(exc)
@@ -144,7 +150,7 @@ def keys_create(scope: str, name: str) -> None:
 def keys_list() -> None:
     from .services.keys import list_keys
 
-    with _database().session() as session:
+    with _database() as database, database.session() as session:
         for k in list_keys(session):
             state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
             click.echo(f"{k.prefix}…\t{k.scope}\t{k.name}\t{state}")
@@ -157,7 +163,7 @@ def keys_revoke(name: str) -> None:
     from .services.keys import revoke_key
 
     try:
-        with _database().transaction() as session:
+        with _database() as database, database.transaction() as session:
             count = revoke_key(session, name)
     except ABTestError as exc:
         _fail(exc)
@@ -182,17 +188,18 @@ def _print(data: Any) -> None:
 @experiments.command("create")
 @click.option("-f", "--file", "path", type=click.File("r"), required=True, help="experiment JSON")
 def experiments_create(path: Any) -> None:
-    from .app import Services
+    from .container import EngineNames
     from .services import experiments as svc
 
     try:
         payload = json.load(path)
     except json.JSONDecodeError as exc:
         raise click.ClickException(f"{path.name}: not valid JSON ({exc})") from exc
-    services = Services(_settings())
+    settings = _settings()
     try:
-        with services.db.transaction() as session:
-            _print(svc.experiment_view(svc.create_experiment(session, payload, _actor(), services.is_engine)))
+        with _database(settings) as database, database.transaction() as session:
+            exp = svc.create_experiment(session, payload, _actor(), EngineNames(settings))
+            _print(svc.experiment_view(exp))
     except ABTestError as exc:
         _fail(exc)
 
@@ -201,7 +208,7 @@ def experiments_create(path: Any) -> None:
 def experiments_list() -> None:
     from .services import experiments as svc
 
-    with _database().session() as session:
+    with _database() as database, database.session() as session:
         for e in svc.list_experiments(session):
             click.echo(f"{e.key}\t{e.status}\tphase {e.phase}\t{e.name}")
 
@@ -212,7 +219,7 @@ def experiments_show(key: str) -> None:
     from .services import experiments as svc
 
     try:
-        with _database().session() as session:
+        with _database() as database, database.session() as session:
             _print(svc.experiment_view(svc.get_experiment(session, key)))
     except ABTestError as exc:
         _fail(exc)
@@ -225,7 +232,7 @@ def _transition_command(action: str) -> None:
         from .services import experiments as svc
 
         try:
-            with _database().transaction() as session:
+            with _database() as database, database.transaction() as session:
                 exp = svc.transition(session, svc.get_experiment(session, key, for_update=True), action, _actor())
                 click.echo(f"{exp.key}: {exp.status}")
         except ABTestError as exc:

@@ -13,7 +13,7 @@ Tables
     requests        one row per inference request: the outcome log
     events          client-reported events (conversions, values), idempotent by event_id
 
-Report rollups, maintained in the transaction that logs the requests (abtest.services.rollups)
+Report rollups, maintained in the transaction that logs the requests (abtest.reports.rollups)
     unit_outcomes   per (experiment, phase, variant, unit): request counts and latency sum
     latency_buckets per (experiment, phase, variant, sketch bucket): ok requests (the sketch)
     latency_samples ok latencies of a fixed 1-in-32 hash sample of units (quantile CIs)

@@ -26,14 +26,14 @@ class _Server(BaseApplication):
 
 def run_gunicorn(*, host: str, port: int, workers: int, threads: int | None = None) -> None:
     """``threads`` per worker defaults to room for every engine's in-flight limit plus the
-    threads kept for everything else (see ``abtest.app.RESERVED_THREADS``)."""
+    threads kept for everything else (see ``abtest.container.RESERVED_THREADS``)."""
     import os
 
     from engines.spec import load_registry
 
-    from .app import RESERVED_THREADS
     from .config import Settings
-    from .db import Database, upgrade
+    from .container import RESERVED_THREADS
+    from .wiring import ensure_sqlite_schema
 
     settings = Settings.load()
     if threads is None:
@@ -41,11 +41,7 @@ def run_gunicorn(*, host: str, port: int, workers: int, threads: int | None = No
         threads = engines * settings.max_inflight_per_engine + RESERVED_THREADS
     os.environ["ABTEST_SERVER_THREADS"] = str(threads)  # the workers' create_app bounds infer calls by it
     if settings.is_sqlite:
-        database = Database(settings.database_url)
-        empty = database.is_empty()
-        database.dispose()
-        if empty:
-            upgrade(settings.database_url)  # before forking, so workers never race on it
+        ensure_sqlite_schema(settings.database_url)  # before forking, so workers never race on it
     _Server({
         "bind": f"{host}:{port}", "workers": workers, "threads": threads,
         "worker_class": "gthread", "timeout": 120, "graceful_timeout": 30,

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 from scipy.stats import chisquare
 
-from abtest.assignment import ExperimentConfig, VariantConfig, assign
-from abtest.demo import DEMO_EXPERIMENT, running_server
+from abtest.demo import DEMO_EXPERIMENT
+from abtest.evaluator import ExperimentConfig, VariantConfig, assign
+from abtest.testing import running_server
 
 from ._http import percentiles, run_load_process, timed_threads
 

@@ -36,7 +36,7 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from abtest.db import Database, upgrade
-from abtest.demo import running_server
+from abtest.testing import running_server
 from abtest.services.events import EventStore, ingest
 
 from ._http import percentiles, run_load_process, timed_threads

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from scipy.stats import chisquare
 
-from abtest.assignment import ExperimentConfig, VariantConfig, assign, bucket, matches_targeting
+from abtest.evaluator import ExperimentConfig, VariantConfig, assign, bucket, matches_targeting
 
 
 def config(**overrides) -> ExperimentConfig:  # type: ignore[no-untyped-def]
@@ -39,7 +39,7 @@ def test_same_unit_same_variant_in_a_fresh_process() -> None:
     import subprocess
     import sys
 
-    code = ("from abtest.assignment import bucket; "
+    code = ("from abtest.evaluator import bucket; "
             "print(repr(bucket('s4lt:1:variant','user-1')), repr(bucket('x','y')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.split()

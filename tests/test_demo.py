@@ -10,8 +10,9 @@ import sys
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from abtest.demo import DemoConfig, drive, running_server
+from abtest.demo import DemoConfig, drive
 from abtest.models import Event, Exposure, RequestLog
+from abtest.testing import running_server
 from tests.conftest import REDIS_URL, clear_tables
 from tests.serving.harness import WorkerProcess
 

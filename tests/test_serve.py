@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from abtest.demo import running_server
+from abtest.testing import running_server
 from tests.conftest import experiment_payload
 
 

@@ -59,7 +59,7 @@ class QuickReconnect(Connection):
 
 def make_celery(settings: Settings, *, publisher: bool = False) -> Celery:
     """The Celery app of a worker, or with ``publisher`` the API's: it only sends tasks (results
-    come through :class:`workers.dispatch.ResultListener`), so it has no result backend, which
+    come through :class:`workers.celery_dispatch.ResultListener`), so it has no result backend, which
     would subscribe to every task's channel while sending and hang with a hung broker, and a
     hung broker fails its publish within half a second."""
     if not settings.broker_url:

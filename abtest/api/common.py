@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from ..app import Services
+from ..container import Services
 from ..errors import BadRequest, Forbidden, Unauthorized
 from ..services.keys import Principal
 
@@ -17,7 +17,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def services() -> Services:
-    return current_app.extensions["abtest"]
+    """The services container of this app (built by :func:`abtest.app.create_app`)."""
+    found: Services = current_app.extensions["abtest"]
+    return found
 
 
 # Deepest nesting of objects and lists a body may have; the body itself is level 1. No

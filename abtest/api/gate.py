@@ -18,7 +18,7 @@ from .common import services
 
 __all__ = ["init_app", "arrived"]
 
-_ALWAYS_OPEN = frozenset({"health.healthz", "health.openapi", "infer.metrics"})
+_ALWAYS_OPEN = frozenset({"health.healthz", "health.openapi", "prometheus.metrics"})
 
 
 def arrived() -> float:

@@ -1,4 +1,4 @@
-"""POST /v1/infer (sdk scope) and GET /metrics (Prometheus text, no auth)."""
+"""POST /v1/infer (sdk scope): assign the unit and run its variant's engine."""
 
 from __future__ import annotations
 
@@ -46,10 +46,3 @@ def infer() -> Response:
     experiment, unit_id, attributes = read_unit(f)
     params = read_params(f)
     return jsonify(services().inference.infer(experiment, unit_id, attributes, params, arrived=arrived()))
-
-
-@bp.get("/metrics")
-def metrics() -> Response:
-    svc = services()
-    body = svc.inference.render_metrics()
-    return Response(body, mimetype="text/plain; version=0.0.4")

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from ..assignment import Assignment, ExperimentConfig
 from ..errors import (ABTestError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout,
                       ValidationError)
-from ..metrics import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
-from .assign import Assigner
+from ..evaluator import Assignment, ExperimentConfig
+from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
+from .assigner import Assigner
 from .outcomes import OutcomeLog
 
 __all__ = ["InferenceService", "InferParams", "Dispatcher"]

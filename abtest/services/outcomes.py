@@ -4,7 +4,7 @@ A request handler calls :meth:`OutcomeLog.write` (an inference outcome, with the
 implies) or :meth:`OutcomeLog.write_exposure` (an assignment), which queues the entry, then takes
 the commit lock and, unless another thread already committed its entry meanwhile, commits
 *everything* queued at that moment in one transaction (``INSERT ... ON CONFLICT (request_id) DO
-NOTHING`` plus the report rollups of the rows that were new, :mod:`abtest.services.rollups`,
+NOTHING`` plus the report rollups of the rows that were new, :mod:`abtest.reports.rollups`,
 and one exposure upsert). While one thread commits, the others queue up behind the lock and the
 next one commits them all together: under load many requests share one transaction, no extra
 thread sits between a request and its commit, and an answer is only given once its data is
@@ -39,8 +39,8 @@ from typing import Any
 from ..db import Database, is_outage
 from ..errors import BadRequest, ServiceUnavailable
 from ..models import RequestLog
-from .assign import aggregate_exposures, exposure_upsert
-from .rollups import insert_outcomes
+from .assigner import aggregate_exposures, exposure_upsert
+from ..reports.rollups import insert_outcomes
 
 __all__ = ["OutcomeLog", "STATUSES", "Exposure"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from abtest.assignment import assign as pure_assign
+from abtest.evaluator import assign as pure_assign
 from abtest.models import Exposure
 from abtest.services.experiments import get_experiment, to_config
 

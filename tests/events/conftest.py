@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy import create_engine, select
 
-from abtest.demo import running_server
 from abtest.models import Event
+from abtest.testing import running_server
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from abtest.demo import _free_port, _wait_healthy
+from abtest.testing import free_port, wait_healthy
 from tests.conftest import clear_tables, experiment_payload
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 def test_kill_9_of_the_api_loses_no_acknowledged_exposure(pg_url, tmp_path) -> None:
     clear_tables(pg_url)
-    port, admin = _free_port(), "abt_kill_" + secrets.token_urlsafe(16)
+    port, admin = free_port(), "abt_kill_" + secrets.token_urlsafe(16)
     env = {**os.environ, "ABTEST_DATABASE_URL": pg_url, "ABTEST_BOOTSTRAP_ADMIN_KEY": admin,
            "ABTEST_PRELOAD_ENGINES": "false", "ABTEST_GUARDRAIL_INTERVAL_S": "0", "ABTEST_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "abtest", "serve", "--port", str(port), "--workers", "2",
@@ -37,7 +37,7 @@ def test_kill_9_of_the_api_loses_no_acknowledged_exposure(pg_url, tmp_path) -> N
     acked: list[str] = []
     stop = threading.Event()
     try:
-        _wait_healthy(base, proc)
+        wait_healthy(base, proc)
         headers = {"Authorization": f"Bearer {admin}"}
         with httpx.Client(base_url=base, headers=headers) as http:
             assert http.post("/v1/experiments", json=experiment_payload("durable")).status_code == 201

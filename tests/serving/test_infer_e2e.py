@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from abtest.app import create_app
-from abtest.assignment import assign as pure_assign
+from abtest.evaluator import assign as pure_assign
 from abtest.models import Exposure
 from abtest.services.experiments import get_experiment, to_config
 from abtest.services.keys import create_key

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from abtest.assignment import assign as pure_assign
+from abtest.evaluator import assign as pure_assign
 from abtest.services.experiments import get_experiment, to_config
 from abtest.services.keys import create_key
 from benchmarks._servers import PrivateRedis

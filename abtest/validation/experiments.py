@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..assignment import TARGETING_OPERATORS
+from ..evaluator import TARGETING_OPERATORS
 from ..errors import ValidationError
-from ..validation import Fields, check_json
+from ..reports.catalogue import builtin_directions
+from . import Fields, check_json
 
 __all__ = [
     "BUILTIN_METRICS",
@@ -33,14 +34,9 @@ __all__ = [
     "parse_forced",
 ]
 
-# Built-in metrics computed from the request log; direction is what counts as better.
-BUILTIN_METRICS: dict[str, str] = {
-    "latency_ms": "decrease",
-    "latency_p50_ms": "decrease",
-    "latency_p95_ms": "decrease",
-    "latency_p99_ms": "decrease",
-    "error_rate": "decrease",
-}
+# Built-in metrics computed from the request log (defined in abtest.reports.catalogue): name ->
+# direction, what counts as better.
+BUILTIN_METRICS: dict[str, str] = builtin_directions()
 DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
 MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics",
                   "treatment_paused")

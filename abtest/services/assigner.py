@@ -1,4 +1,4 @@
-"""Assignment as a service: cached experiment configs and durable exposure logging.
+"""The assigner: cached experiment configs and durable exposure logging around the evaluator.
 
 ``Assigner.assign`` answers from an in-process cache of :class:`ExperimentConfig` snapshots
 (refreshed after ``cache_ttl_s``; writes in this process invalidate at once) and records an
@@ -19,8 +19,8 @@ from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..assignment import Assignment, ExperimentConfig, assign
 from ..db import Database, is_outage
+from ..evaluator import Assignment, ExperimentConfig, assign
 from ..models import Exposure
 from .experiments import get_experiment, to_config
 

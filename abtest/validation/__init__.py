@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 __all__ = ["Fields", "SLUG_RE", "TEXT_ERROR", "KEY_ERROR", "storable", "check_json"]
 

@@ -1,13 +1,10 @@
-"""Dispatchers: how the API hands a request to an engine and gets a Future of the reply.
+"""CeleryDispatcher: ABTEST_BROKER_URL set, engines run in ``abtest worker`` processes.
 
-    InProcessDispatcher   embedded mode (no broker): submit_generation straight to the
-                          batching scheduler of an engine loaded in this process.
-    CeleryDispatcher      ABTEST_BROKER_URL set: send_task to the engine's queue; one listener
-                          thread per process receives every result from the Redis result
-                          backend (Celery's own AsyncResult.get is not safe across threads).
-
-Past the dispatch point both modes run the same ``workers.runner.submit_generation``
-(``run_generation`` in a Celery task is that plus a wait).
+``submit`` sends the task to the engine's queue; one :class:`ResultListener` thread per
+process receives every result from the Redis result backend (Celery's own
+``AsyncResult.get`` is not safe across threads). The workers run the same
+``workers.runner.submit_generation`` as the embedded mode (``run_generation`` in a Celery task
+is that plus a wait).
 """
 
 from __future__ import annotations
@@ -26,39 +23,11 @@ from abtest.errors import RateLimited, ServiceUnavailable
 from abtest.services.probe import Probe
 
 from .celery_app import TASK_NAME, make_celery, queue_name
-from .host import EngineHost
-from .runner import submit_generation
 
-__all__ = ["InProcessDispatcher", "CeleryDispatcher", "make_dispatcher"]
+__all__ = ["CeleryDispatcher", "ResultListener"]
 
 log = logging.getLogger(__name__)
 RESULT_PREFIX = "celery-task-meta-"
-
-
-class InProcessDispatcher:
-    mode = "embedded"
-
-    def __init__(self, host: EngineHost) -> None:
-        self.host = host
-
-    def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future:
-        deadline = time.time() + timeout
-        return submit_generation(self.host, engine, {**payload, "request_id": request_id}, deadline)
-
-    def queue_depths(self) -> dict[str, int]:
-        return {name: self.host.queue_depth(name) for name in self.host.specs}
-
-    def health(self) -> str:
-        return "ok"
-
-    def engine_states(self) -> dict[str, str]:
-        return self.host.states()
-
-    def start_loading(self) -> None:
-        self.host.start_loading()
-
-    def close(self) -> None:
-        self.host.close()
 
 
 class ResultListener:
@@ -207,11 +176,3 @@ class CeleryDispatcher:
     def close(self) -> None:
         self.probe.close()
         self.listener.close()
-
-
-def make_dispatcher(settings: Settings):  # type: ignore[no-untyped-def]
-    from engines.spec import load_registry
-
-    if settings.broker_url:
-        return CeleryDispatcher(settings)
-    return InProcessDispatcher(EngineHost(load_registry(settings.engine_registry, settings.checkpoint_dir)))

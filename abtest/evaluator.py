@@ -1,4 +1,4 @@
-"""Deterministic assignment of units to variants. Pure: no Flask, SQLAlchemy or torch.
+"""The pure assignment evaluator: which variant a unit gets. No Flask, SQLAlchemy or torch.
 
 Hashing
     Every decision uses ``bucket(namespace, unit_id)``: the first 8 bytes of
