@@ -7,7 +7,7 @@ test``, trust auth), migrates it, and for each size: truncates the log tables, f
 COPY (psycopg3 ``cursor.copy``) -- ``rows`` requests over ``rows / 20`` units (two variants,
 clustered latencies, 2% errors, 1% rejected, 5% shadow copies), one exposure per unit and about
 0.15 purchase events per unit -- computes the report rollups from the log
-(:func:`abtest.services.rollups.rebuild`, what the live write path maintains as it goes), runs
+(:func:`abtest.reports.rollups.rebuild`, what the live write path maintains as it goes), runs
 ``VACUUM ANALYZE``, then times ``build_report`` (the function behind ``GET /report`` in JSON;
 best and median of ``--repeat`` runs) and the Python heap peak during one build (tracemalloc).
 The database is dropped at the end. Prints one JSON object: per size rows, units, events, fill
@@ -34,7 +34,7 @@ from sqlalchemy import create_engine, text
 from abtest.db import Database, upgrade
 from abtest.reports import ReportOptions, build_report
 from abtest.services.experiments import create_experiment, transition
-from abtest.services.rollups import rebuild
+from abtest.reports.rollups import rebuild
 
 SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNITS_PER_ROW = 1 / 20

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from abtest.models import Exposure
-from abtest.services.rollups import insert_outcomes
+from abtest.reports.rollups import insert_outcomes
 from abtest.services.experiments import get_experiment
 from abtest.services.monitor import GuardrailMonitor, redis_round_lock
 from tests.conftest import REDIS_URL, unavailable

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from abtest.models import LatencyBucket, LatencySample, ShadowOutcome, UnitOutcome
 from abtest.services.experiments import get_experiment
-from abtest.services.rollups import in_sample, insert_outcomes, rebuild
+from abtest.reports.rollups import in_sample, insert_outcomes, rebuild
 from abtest.stats import LatencySketch
 
 T0 = datetime(2026, 11, 20, tzinfo=timezone.utc)

@@ -60,7 +60,7 @@ def report(key: str) -> Response:
     if fmt == "csv":
         return Response(render_csv(body), mimetype="text/csv", headers={
             "Content-Disposition": f'attachment; filename="{key}-report.csv"'})
-    return jsonify(body)
+    return jsonify(body.to_json())
 
 
 @bp.get("/<key>/export")

@@ -7,8 +7,14 @@ JSON, HTML and CSV renderings (no Flask here; ``abtest.api.reports`` serves them
     with db.session() as session:
         report = build_report(session, "v2-vs-v1", ReportOptions(cap=0.99))
 
-Modules: ``queries`` (SQL only), ``metrics`` (rows to statistics), ``build`` (the report dict),
+        body = report.to_json()  # the JSON of GET /report
+
+Modules: ``catalogue`` (the built-in metrics), ``statuses`` (which request statuses count how),
+``rollups`` (the tables the queries read, kept as requests are logged), ``queries`` (SQL and
+ORM only), ``metrics`` (rows to statistics), ``specs`` (the metrics of an experiment),
+``model`` (the typed report and its JSON), ``blocks`` and ``build`` (the report),
 ``html``/``svg`` (the page), ``csv`` (results and raw exports), ``cli`` (``abtest report``).
+The decision policy is :mod:`abtest.stats.decision`.
 The names below load lazily so that the CLI can mount ``abtest report`` without scipy.
 """
 
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ReportOptions", "build_report", "metric_specs"]
+__all__ = ["Report", "ReportOptions", "build_report", "metric_specs"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,10 @@
-"""The experiment report as a plain dict (the JSON body of ``GET /v1/experiments/<key>/report``).
+"""The experiment report: a :class:`~abtest.reports.model.Report` (its ``to_json()`` is the JSON body of
+``GET /v1/experiments/<key>/report``).
 
 ``build_report(session, key, options)`` runs the queries of :mod:`abtest.reports.queries`
 (sufficient statistics only) and feeds :mod:`abtest.stats`. Definitions the report commits to:
 
-* Metrics: the built-ins ``latency_ms`` (mean of ok requests, ratio metric), ``latency_p50_ms``,
+* Metrics: the built-ins of :mod:`abtest.reports.catalogue`: ``latency_ms`` (mean of ok requests, ratio metric), ``latency_p50_ms``,
   ``latency_p95_ms``, ``latency_p99_ms`` (cluster-aware quantiles), ``error_rate`` (ratio), then
   the experiment's event metrics in their configured order.
 * ``p_value`` is the fixed-horizon Welch (or quantile normal) test of the absolute difference;
@@ -31,29 +32,42 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import stats as S
-from ..models import AuditEntry, Experiment
-from ..services.experiment_spec import BUILTIN_METRICS
-from ..services.experiments import get_experiment
+from . import blocks as B
 from . import queries as Q
 from .metrics import (
     QUANTILE_LEVELS,
     MetricSpec,
-    by_day,
-    indicator_stats,
-    clean,
     comparison_view,
     estimate_view,
+    indicator_stats,
     mean_stats,
     quantile_estimates,
     ratio_stats,
     total,
 )
+from .catalogue import ratio_metrics
+from .model import (
+    GuardrailResult,
+    MetricResult,
+    MultipleTesting,
+    Options,
+    OverallRecommendation,
+    PowerPlan,
+    QuantileMethod,
+    Report,
+    TimeSeries,
+    TreatmentRecommendation,
+    clean,
+)
+from .specs import metric_specs
 
-__all__ = ["ReportOptions", "build_report", "metric_specs"]
+__all__ = ["ReportOptions", "Report", "build_report", "metric_specs"]
+
+BREACH_ACTION = "guardrail_breach"
+_BASIS = "sequential (always-valid) CIs: absolute; relative for guardrails with a margin"
 
 
 @dataclass(frozen=True)
@@ -72,25 +86,28 @@ class ReportOptions:
     now: datetime | None = field(default=None, compare=False)
 
 
-def metric_specs(exp: Experiment) -> list[MetricSpec]:
-    """Built-ins first (with any configured role/margin), then the configured event metrics."""
-    configured = {m.name: m for m in exp.metrics}
-    specs = []
-    for name, direction in BUILTIN_METRICS.items():
-        m = configured.get(name)
-        shape = "quantile" if name in QUANTILE_LEVELS else "ratio"
-        specs.append(MetricSpec(name, shape, "builtin", m.role if m else "secondary",
-                                (m.direction if m else direction) == "increase", m.margin if m else 0.0))
-    for m in exp.metrics:
-        if m.kind != "builtin":
-            specs.append(MetricSpec(m.name, "mean", m.kind, m.role, m.direction == "increase", m.margin,
-                                    m.event_name, m.attribution_window_s))
-    return specs
+@dataclass
+class _Data:
+    """What the queries gave: statistics per metric, variant and day (ratio and mean metrics),
+    quantile estimates per metric and variant, and the descriptive extras."""
+
+    daily: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    quantiles: dict[str, dict[str, S.QuantileEstimate]] = field(default_factory=dict)
+    quantile_method: QuantileMethod | None = None
+    cap_value: float | None = None
+    requests_by_variant: dict[str, dict[str, int]] = field(default_factory=dict)
+    histogram: Any = None
+    shadow: tuple[Any, ...] = ()
+
+    def stats_of(self, spec: MetricSpec, variant: str) -> Any:
+        if spec.shape == "quantile":
+            return self.quantiles[spec.name][variant]
+        return total(self.daily[spec.name].get(variant), spec.shape == "ratio")
 
 
-def build_report(session: Session, key: str, options: ReportOptions = ReportOptions()) -> dict[str, Any]:
+def build_report(session: Session, key: str, options: ReportOptions = ReportOptions()) -> Report:
     """The whole report; raises NotFound for an unknown experiment key."""
-    exp = get_experiment(session, key)
+    exp = Q.experiment(session, key)
     conn = session.connection()
     scope = Q.Scope(exp.id, exp.phase, conn.dialect.name)
     now = options.now or datetime.now(timezone.utc)
@@ -104,69 +121,61 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
     exposed: dict[str, int] = {}
     for cell in exposed_days:
         exposed[cell["variant"]] = exposed.get(cell["variant"], 0) + int(cell["units"])
-    srm = _srm(keys, arms, exposed)
+    srm = B.srm_result(keys, arms, exposed)
     data = _collect(conn, scope, exp.key, specs, keys, options, exposed_days)
 
-    metrics_out = []
-    analyses: dict[tuple[str, str], S.MetricAnalysis] = {}
-    for spec in specs:
-        view, per_treatment = _metric(spec, data, control, treatments, options)
-        metrics_out.append(view)
-        analyses.update({(spec.name, t): a for t, a in per_treatment.items()})
-    adjustment = _adjust(metrics_out, options.alpha)
-
+    analyses = {(s.name, t): _analyze(s, data, control, t, options) for s in specs for t in treatments}
+    adjusted, family = _holm(analyses, options.alpha)
+    metrics = tuple(_metric(s, data, keys, treatments, analyses, adjusted, options) for s in specs)
     days_elapsed = _days(exp.started_at, now)
     recs = [_recommend(t, specs, data, analyses, srm, control, days_elapsed, options) for t in treatments]
-    report = {
-        "experiment": _experiment_block(session, exp),
-        "generated_at": now.isoformat(),
-        "options": {"alpha": options.alpha, "cap": options.cap, "cap_value_ms": data.get("cap_value"),
-                    "quantiles": data.get("quantile_method"),
-                    "mde": options.mde, "n_star": options.n_star,
-                    "multiple_testing": {"method": "holm", "family": adjustment},
-                    "recommendation_basis": "sequential (always-valid) CIs: absolute; relative for guardrails with a margin"},
-        "srm": _srm_block(srm, keys, exposed, arms),
-        "variants": _variant_block(arms, exposed, data.get("requests_by_variant", {})),
-        "metrics": metrics_out,
-        "recommendation": _overall(recs),
-        "recommendations": recs,
-        "timeseries": _timeseries(specs, data, control, treatments, options) if options.metrics is None else None,
-        "latency_histogram": data.get("histogram"),
-        "shadow": [{k: clean(v) for k, v in row.items()} for row in data.get("shadow", [])],
-    }
-    return report
+    top = S.headline([(t, rec) for t, (rec, _) in zip(treatments, recs)])
+    return Report(
+        experiment=B.experiment_info(exp, Q.last_audit_entry(session, exp.id, BREACH_ACTION)),
+        generated_at=now.isoformat(),
+        options=Options(options.alpha, options.cap, data.cap_value, data.quantile_method, options.mde,
+                        options.n_star, MultipleTesting("holm", family), _BASIS),
+        srm=B.srm_block(srm, keys, exposed, arms),
+        variants=B.variant_summaries(arms, exposed, data.requests_by_variant),
+        metrics=metrics,
+        recommendation=OverallRecommendation(top.action, top.variant, top.reasons),
+        recommendations=tuple(view for _, view in recs),
+        timeseries=_timeseries(specs, data, control, treatments, options) if options.metrics is None else None,
+        latency_histogram=data.histogram,
+        shadow=data.shadow,
+    )
 
 
 # --- data collection ---------------------------------------------------------------------
 
 def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], keys: Sequence[str],
-             options: ReportOptions, exposed_days: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+             options: ReportOptions, exposed_days: Sequence[Mapping[str, Any]]) -> _Data:
     """Run each query once: the unit rollup (or the capped log scan), the sketches and the
     quantile CIs, event sums per metric, then the histogram and shadow extras."""
     Q.tune_session(conn)
-    data: dict[str, Any] = {}
+    data = _Data()
     shapes = {s.shape for s in specs}
     sketches = Q.sketches(conn, scope) if "quantile" in shapes or options.cap or options.histogram else {}
     if shapes & {"ratio", "quantile"}:
         pooled = sum(sketches.values(), S.LatencySketch())
-        cap_value = pooled.quantile(options.cap) if options.cap and pooled.count else None
-        data["cap_value"] = cap_value
-        rows = Q.request_rows(conn, scope, cap_value) if cap_value is not None else Q.unit_rows(conn, scope)
-        data["ratio"] = {m: ratio_stats(rows, m) for m in ("latency_ms", "error_rate")}
-        data["requests_by_variant"] = _request_counts(rows)
+        data.cap_value = pooled.quantile(options.cap) if options.cap and pooled.count else None
+        rows = (Q.request_rows(conn, scope, data.cap_value) if data.cap_value is not None
+                else Q.unit_rows(conn, scope))
+        data.daily.update({m.name: ratio_stats(rows, m.name) for m in ratio_metrics()})
+        data.requests_by_variant = _request_counts(rows)
         if "quantile" in shapes:
-            data["quantiles"], data["quantile_method"] = _quantiles(conn, scope, keys, sketches, rows, options)
+            data.quantiles, data.quantile_method = _quantiles(conn, scope, keys, sketches, rows, options)
     events: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
     for s in specs:
         if s.shape == "mean":
             source = (s.event_name or s.name, s.window_s)
             if source not in events:
                 events[source] = Q.event_rows(conn, scope, key, *source, exposed_days)
-            data[f"mean:{s.name}"] = mean_stats(events[source][s.kind])
+            data.daily[s.name] = mean_stats(events[source][s.kind])
     if options.histogram and options.metrics is None:
-        data["histogram"] = _histogram(sketches)
+        data.histogram = B.histogram(sketches)
     if options.metrics is None:
-        data["shadow"] = Q.shadow_rows(conn, scope)
+        data.shadow = B.shadow_summaries(Q.shadow_rows(conn, scope))
     return data
 
 
@@ -183,7 +192,8 @@ def _request_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, in
 
 
 def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], sketches: Mapping[str, S.LatencySketch],
-               rows: Sequence[Mapping[str, Any]], options: ReportOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+               rows: Sequence[Mapping[str, Any]],
+               options: ReportOptions) -> tuple[dict[str, dict[str, S.QuantileEstimate]], QuantileMethod]:
     """Quantile steps 1-4: estimates from the sketches, the unit step (exact or sampled), ranks,
     the values at those ranks, estimates. Also returns how step 2 was computed."""
     levels = list(QUANTILE_LEVELS.values())
@@ -193,12 +203,13 @@ def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], sketches: Mapping
     for r in rows:
         ok_units[r["variant"]] = ok_units.get(r["variant"], 0) + int(r["ok_units"])
     indicators: dict[str, dict[str, Any]] = {}
-    method = {"estimates": "sketch", "relative_accuracy": S.SKETCH_ACCURACY, "unit_step": "exact"}
+    method = QuantileMethod("sketch", S.SKETCH_ACCURACY, "exact")
     if thresholds and sum(n for n, _ in points.values()) > options.exact_quantile_rows:
         sample = Q.indicator_rows(conn, scope, thresholds, sampled=True)
         if all(sample.get(v, {}).get("units", 0) >= options.min_sample_units for v in thresholds):
             indicators = {v: {**row, "scale_to": ok_units.get(v, row["units"])} for v, row in sample.items()}
-            method.update(unit_step="sample", sampled_units={v: row["units"] for v, row in sample.items()})
+            method = QuantileMethod("sketch", S.SKETCH_ACCURACY, "sample",
+                                    {v: row["units"] for v, row in sample.items()})
     if thresholds and not indicators:
         indicators = Q.indicator_rows(conn, scope, thresholds, sampled=False)
     ranks: dict[str, list[S.QuantileRanks]] = {}
@@ -209,60 +220,36 @@ def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], sketches: Mapping
         ranks[v] = [S.quantile_ranks(q, n, indicator_stats(indicators[v], j), options.alpha)
                     for j, q in enumerate(levels)]
         bounds[v] = sketches[v].values_at_ranks(r for rk in ranks[v] for r in (rk.rank_lower, rk.rank_upper))
-    estimates = quantile_estimates(points, indicators, bounds, ranks, keys, options.alpha)
-    return {"estimates": estimates, "points": points}, method
-
-
-def _histogram(sketches: Mapping[str, S.LatencySketch]) -> dict[str, Any] | None:
-    """Latency distribution per variant over [0, 1.05 x the largest variant p99), for the page."""
-    p99s = [sk.quantile(0.99) for sk in sketches.values() if sk.count]
-    if not p99s or max(p99s) <= 0:
-        return None
-    upper = max(p99s) * 1.05
-    bins = 40
-    counts = {v: sk.histogram(upper, bins) for v, sk in sketches.items() if sk.count}
-    return {"bin_width_ms": upper / bins, "upper_ms": upper, "counts": counts,
-            "note": "last bin: requests at or above upper_ms"}
+    return quantile_estimates(points, indicators, bounds, ranks, keys, options.alpha), method
 
 
 # --- per metric --------------------------------------------------------------------------
 
-def _stats_of(spec: MetricSpec, data: Mapping[str, Any], variant: str) -> Any:
-    if spec.shape == "quantile":
-        return data["quantiles"]["estimates"][spec.name][variant]
-    days = (data["ratio"][spec.name] if spec.shape == "ratio" else data[f"mean:{spec.name}"]).get(variant)
-    return total(days, spec.shape == "ratio")
+def _analyze(spec: MetricSpec, data: _Data, control: str, treatment: str,
+             options: ReportOptions) -> S.MetricAnalysis:
+    c, t = data.stats_of(spec, control), data.stats_of(spec, treatment)
+    comparison = (S.compare_quantiles(c, t, options.alpha) if spec.shape == "quantile"
+                  else S.welch_test(c, t, options.alpha))
+    return S.analyze(comparison, spec.higher_is_better, options.n_star)
 
 
-def _compare(spec: MetricSpec, c: Any, t: Any, alpha: float) -> S.Comparison:
-    if spec.shape == "quantile":
-        return S.compare_quantiles(c, t, alpha)
-    return S.welch_test(c, t, alpha)
+def _holm(analyses: Mapping[tuple[str, str], S.MetricAnalysis],
+          alpha: float) -> tuple[dict[tuple[str, str], float | None], int]:
+    """Holm across every metric x treatment comparison: adjusted p-values, and the family size."""
+    raw = [a.comparison.absolute.p_value if a.comparison.absolute else None for a in analyses.values()]
+    adj = S.adjust_p_values([clean(p) if p is not None else None for p in raw], method="holm", alpha=alpha)
+    return dict(zip(analyses, adj.adjusted)), sum(p is not None for p in adj.raw)
 
 
-def _metric(spec: MetricSpec, data: Mapping[str, Any], control: str, treatments: Sequence[str],
-            options: ReportOptions) -> tuple[dict[str, Any], dict[str, S.MetricAnalysis]]:
-    stats = {v: _stats_of(spec, data, v) for v in (control, *treatments)}
-    analyses = {t: S.analyze(_compare(spec, stats[control], stats[t], options.alpha),
-                             spec.higher_is_better, options.n_star) for t in treatments}
-    view = {
-        "name": spec.name, "kind": spec.kind, "shape": spec.shape, "role": spec.role,
-        "direction": "increase" if spec.higher_is_better else "decrease", "margin": spec.margin,
-        "event": spec.event_name, "attribution_window_s": spec.window_s if spec.shape == "mean" else None,
-        "variants": {v: estimate_view(s, options.alpha) for v, s in stats.items()},
-        "comparisons": [comparison_view(t, a) for t, a in analyses.items()],
-    }
-    return view, analyses
-
-
-def _adjust(metrics_out: list[dict[str, Any]], alpha: float) -> int:
-    """Holm across every metric x treatment comparison; fills adjusted_p_value/significant."""
-    comps = [c for m in metrics_out for c in m["comparisons"]]
-    adj = S.adjust_p_values([c["p_value"] for c in comps], method="holm", alpha=alpha)
-    for c, a in zip(comps, adj.adjusted):
-        c["adjusted_p_value"] = a
-        c["significant"] = a is not None and a < alpha
-    return sum(p is not None for p in adj.raw)
+def _metric(spec: MetricSpec, data: _Data, keys: Sequence[str], treatments: Sequence[str],
+            analyses: Mapping[tuple[str, str], S.MetricAnalysis],
+            adjusted: Mapping[tuple[str, str], float | None], options: ReportOptions) -> MetricResult:
+    return MetricResult(
+        spec.name, spec.kind, spec.shape, spec.role, "increase" if spec.higher_is_better else "decrease",
+        spec.margin, spec.event_name, spec.window_s if spec.shape == "mean" else None,
+        {v: estimate_view(data.stats_of(spec, v), options.alpha) for v in keys},
+        tuple(comparison_view(t, analyses[(spec.name, t)], adjusted[(spec.name, t)], options.alpha)
+              for t in treatments))
 
 
 def _days(started: datetime | None, now: datetime) -> float | None:
@@ -272,42 +259,14 @@ def _days(started: datetime | None, now: datetime) -> float | None:
 
 
 def _evidence(spec: MetricSpec, analysis: S.MetricAnalysis, guardrail: bool) -> S.MetricEvidence:
-    """Sequential evidence for the decision rules.
-
-    Without a margin only the sign matters, and the absolute CI decides it: it has the same sign
-    as the relative lift but no delta-method blow-up near a zero baseline (an error rate of 1%
-    vs 20% is unmistakable in absolute terms, yet its relative CI can span zero). A guardrail
-    with a relative margin is judged on the relative CI against that margin.
-    """
-    seq = analysis.sequential
-    margin = spec.guardrail_margin if guardrail else None
-    exact = _constant_difference(spec, analysis, margin)
-    if exact is not None:
-        return exact
-    if margin is not None:
-        error = seq.error or analysis.comparison.relative_error
-        return S.MetricEvidence.from_effect(spec.name, seq.relative, spec.higher_is_better, margin, True, error)
-    return S.MetricEvidence.from_effect(f"{spec.name} difference", seq.absolute, spec.higher_is_better, None,
-                                        False, seq.error)
+    return S.metric_evidence(spec.name, spec.higher_is_better, analysis,
+                             spec.guardrail_margin if guardrail else None)
 
 
-def _constant_difference(spec: MetricSpec, analysis: S.MetricAnalysis,
-                         margin: float | None) -> S.MetricEvidence | None:
-    """Both arms constant (e.g. no errors at all in either): the difference is known exactly.
-
-    No test is possible, yet the evidence is complete: an error rate of 0 against 0 is no harm,
-    so the guardrail holds instead of being "unavailable" forever.
-    """
-    c = analysis.comparison
-    if c.error != S.MSG_ZERO_VARIANCE or margin is not None or c.control_mean is None or c.treatment_mean is None:
-        return None
-    d = c.treatment_mean - c.control_mean
-    return S.MetricEvidence(spec.name, d, d, d, spec.higher_is_better, None, False)
-
-
-def _recommend(treatment: str, specs: Sequence[MetricSpec], data: Mapping[str, Any],
+def _recommend(treatment: str, specs: Sequence[MetricSpec], data: _Data,
                analyses: Mapping[tuple[str, str], S.MetricAnalysis], srm: S.SRMResult, control: str,
-               days_elapsed: float | None, options: ReportOptions) -> dict[str, Any]:
+               days_elapsed: float | None,
+               options: ReportOptions) -> tuple[S.Recommendation, TreatmentRecommendation]:
     primary = next((s for s in specs if s.role == "primary"), None)
     guard_specs = [s for s in specs if s.role == "guardrail"]
     guards = [_evidence(s, analyses[(s.name, treatment)], True) for s in guard_specs]
@@ -317,97 +276,21 @@ def _recommend(treatment: str, specs: Sequence[MetricSpec], data: Mapping[str, A
     else:
         evidence = _evidence(primary, analyses[(primary.name, treatment)], False)
         if primary.shape != "quantile":
-            power = S.power_analysis(_stats_of(primary, data, control), _stats_of(primary, data, treatment),
+            power = S.power_analysis(data.stats_of(primary, control), data.stats_of(primary, treatment),
                                      options.mde, True, options.alpha, days_elapsed=days_elapsed)
     rec = S.recommend(evidence, guards, srm, power)
-    return {
-        "variant": treatment, "action": rec.action, "reasons": list(rec.reasons),
-        "primary_metric": primary.name if primary else None, "primary_status": rec.primary_status,
-        "guardrails": [{"metric": g.name, "status": st} for g, (_, st) in zip(guard_specs, rec.guardrail_statuses)],
-        "power": None if power is None else {
-            "mde_relative": options.mde, "absolute_mde": clean(power.absolute_mde),
-            "required_units_per_variant": power.required_per_variant,
-            "current_units_per_variant": power.current_per_variant,
-            "achieved_power": clean(power.achieved_power), "days_to_go": clean(power.days_to_go),
-            "error": power.error},
-    }
+    return rec, TreatmentRecommendation(
+        treatment, rec.action, rec.reasons, primary.name if primary else None, rec.primary_status,
+        tuple(GuardrailResult(g.name, st) for g, (_, st) in zip(guard_specs, rec.guardrail_statuses)),
+        None if power is None else PowerPlan(
+            options.mde, clean(power.absolute_mde), power.required_per_variant, power.current_per_variant,
+            clean(power.achieved_power), clean(power.days_to_go), power.error))
 
 
-def _overall(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One headline: a shipping treatment if any, else keep running if any, else roll back."""
-    for action in ("ship", "keep running", "roll back"):
-        for rec in recs:
-            if rec["action"] == action:
-                return {"action": action, "variant": rec["variant"], "reasons": rec["reasons"]}
-    return {"action": "keep running", "variant": None, "reasons": ["no treatment variant"]}
-
-
-# --- blocks ------------------------------------------------------------------------------
-
-def _experiment_block(session: Session, exp: Experiment) -> dict[str, Any]:
-    breach = session.scalar(select(AuditEntry).where(
-        AuditEntry.experiment_id == exp.id, AuditEntry.action == "guardrail_breach")
-        .order_by(AuditEntry.id.desc()).limit(1))
-    iso = (lambda d: d.isoformat() if d else None)
-    return {
-        "key": exp.key, "name": exp.name, "hypothesis": exp.hypothesis, "owner": exp.owner,
-        "status": exp.status, "phase": exp.phase, "treatment_paused": exp.treatment_paused,
-        "created_at": iso(exp.created_at), "started_at": iso(exp.started_at),
-        "stopped_at": iso(exp.stopped_at), "updated_at": iso(exp.updated_at),
-        "last_guardrail_breach": None if breach is None else {
-            "at": breach.at.isoformat(), "actor": breach.actor, **breach.changes},
-    }
-
-
-def _srm(keys: Sequence[str], arms: Sequence[Any], exposed: Mapping[str, int]) -> S.SRMResult:
-    """Pearson chi-square of exposed units; a dark launch (one served arm) has nothing to check."""
-    counts = [exposed.get(k, 0) for k in keys]
-    if len(arms) < 2:
-        return S.SRMResult(tuple(counts), tuple(float(c) for c in counts), 0.0, 0, 1.0,
-                           S.DEFAULT_SRM_THRESHOLD, False, "one served variant; sample ratio not checked")
-    return S.srm_test(counts, [max(v.weight, 1e-12) for v in arms])
-
-
-def _srm_block(srm: S.SRMResult, keys: Sequence[str], exposed: Mapping[str, int],
-               arms: Sequence[Any]) -> dict[str, Any]:
-    total_w = sum(v.weight for v in arms) or 1.0
-    return {
-        "flagged": srm.flagged, "p_value": clean(srm.p_value), "chi2": clean(srm.chi2),
-        "threshold": srm.threshold, "message": srm.message,
-        "variants": [{"variant": k, "units": exposed.get(k, 0), "weight": v.weight / total_w,
-                      "expected": clean(e)} for k, v, e in zip(keys, arms, srm.expected)],
-    }
-
-
-def _variant_block(arms: Sequence[Any], exposed: Mapping[str, int],
-                   requests: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:
-    empty = {"units_with_requests": 0, "requests": 0, "rejected": 0, "unavailable": 0}
-    return [{"variant": v.key, "engine": v.engine, "control": v.is_control, "weight": v.weight,
-             "units": exposed.get(v.key, 0), **requests.get(v.key, empty)} for v in arms]
-
-
-def _timeseries(specs: Sequence[MetricSpec], data: Mapping[str, Any], control: str,
-                treatments: Sequence[str], options: ReportOptions) -> dict[str, Any] | None:
-    """Cumulative relative effect by day (units by first activity) with the sequential bounds."""
+def _timeseries(specs: Sequence[MetricSpec], data: _Data, control: str, treatments: Sequence[str],
+                options: ReportOptions) -> TimeSeries | None:
+    """The primary metric's (unless a quantile), else latency_ms's cumulative effect by day."""
     spec = next((s for s in specs if s.role == "primary" and s.shape != "quantile"), None) or next(
         (s for s in specs if s.name == "latency_ms"), None)
-    if spec is None or not treatments:
-        return None
-    source = data["ratio"][spec.name] if spec.shape == "ratio" else data.get(f"mean:{spec.name}", {})
-    days = sorted({d for per in source.values() for d in per})
-    ratio = spec.shape == "ratio"
-    series = {}
-    for t in treatments:
-        points = []
-        for day, c, tr in zip(days, by_day(source.get(control), days, ratio), by_day(source.get(t), days, ratio)):
-            comp = S.welch_test(c, tr, options.alpha)
-            seq = S.sequential_test(comp, options.n_star)
-            rel, srel = comp.relative, seq.relative
-            points.append({"day": day, "units": comp.n_total, "estimate": clean(rel.estimate) if rel else None,
-                           "ci_lower": clean(rel.ci_lower) if rel else None,
-                           "ci_upper": clean(rel.ci_upper) if rel else None,
-                           "seq_lower": clean(srel.ci_lower) if srel else None,
-                           "seq_upper": clean(srel.ci_upper) if srel else None})
-        series[t] = points
-    return {"metric": spec.name, "scale": "relative", "by": "day of first activity (cumulative)",
-            "series": series}
+    source = data.daily.get(spec.name, {}) if spec is not None else {}
+    return B.timeseries(spec, source, control, treatments, options.alpha, options.n_star)

@@ -44,10 +44,11 @@ def report(key: str, fmt: str, output: str | None, cap: float | None, alpha: flo
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
     finally:
         db.dispose()
-    text = {"json": lambda b: json.dumps(b, indent=2) + "\n", "html": render_html, "csv": render_csv}[fmt](body)
+    text = {"json": lambda r: json.dumps(r.to_json(), indent=2) + "\n", "html": render_html,
+            "csv": render_csv}[fmt](body)
     if output:
         with open(output, "w", encoding="utf-8") as fh:
             fh.write(text)
-        click.echo(f"{fmt} report of {key} written to {output}: {body['recommendation']['action']}", err=True)
+        click.echo(f"{fmt} report of {key} written to {output}: {body.recommendation.action}", err=True)
     else:
         sys.stdout.write(text)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, or_, select
 
 from ..errors import ValidationError
 from ..models import Event, Exposure, RequestLog
+from .model import Report
 
 __all__ = ["RESULT_COLUMNS", "EXPORT_TABLES", "render_csv", "export_csv", "export_statement", "safe_cell"]
 
@@ -52,37 +53,37 @@ def safe_cell(value: Any) -> Any:
     return value
 
 
-def _get(d: Mapping[str, Any] | None, key: str) -> Any:
-    return None if d is None else d.get(key)
+def _get(effect: Any, name: str) -> Any:
+    return None if effect is None else getattr(effect, name)
 
 
-def result_rows(report: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def result_rows(report: Report) -> Iterator[dict[str, Any]]:
     """Flatten the report's comparisons (the CSV rows as dicts)."""
-    for m in report["metrics"]:
-        control = next(v for v in report["variants"] if v["control"])["variant"]
-        for c in m["comparisons"]:
-            seq_rel = c["sequential"]["relative"]
+    control = report.control
+    for m in report.metrics:
+        for c in m.comparisons:
+            seq_rel = c.sequential.relative
             yield {
-                "metric": m["name"], "role": m["role"], "direction": m["direction"],
-                "variant": c["variant"], "control_units": m["variants"][control]["units"],
-                "treatment_units": m["variants"][c["variant"]]["units"],
-                "control_estimate": c["control_estimate"], "treatment_estimate": c["treatment_estimate"],
-                "absolute_effect": _get(c["absolute"], "estimate"),
-                "absolute_ci_lower": _get(c["absolute"], "ci_lower"),
-                "absolute_ci_upper": _get(c["absolute"], "ci_upper"),
-                "relative_effect": _get(c["relative"], "estimate"),
-                "relative_ci_lower": _get(c["relative"], "ci_lower"),
-                "relative_ci_upper": _get(c["relative"], "ci_upper"),
-                "p_value": c["p_value"], "adjusted_p_value": c["adjusted_p_value"],
-                "significant": c["significant"],
+                "metric": m.name, "role": m.role, "direction": m.direction,
+                "variant": c.variant, "control_units": m.variants[control].units,
+                "treatment_units": m.variants[c.variant].units,
+                "control_estimate": c.control_estimate, "treatment_estimate": c.treatment_estimate,
+                "absolute_effect": _get(c.absolute, "estimate"),
+                "absolute_ci_lower": _get(c.absolute, "ci_lower"),
+                "absolute_ci_upper": _get(c.absolute, "ci_upper"),
+                "relative_effect": _get(c.relative, "estimate"),
+                "relative_ci_lower": _get(c.relative, "ci_lower"),
+                "relative_ci_upper": _get(c.relative, "ci_upper"),
+                "p_value": c.p_value, "adjusted_p_value": c.adjusted_p_value,
+                "significant": c.significant,
                 "sequential_relative_ci_lower": _get(seq_rel, "ci_lower"),
                 "sequential_relative_ci_upper": _get(seq_rel, "ci_upper"),
-                "sequential_p_value": c["sequential"]["p_value"], "chance_to_win": c["chance_to_win"],
-                "error": c["error"] or c["relative_error"] or "",
+                "sequential_p_value": c.sequential.p_value, "chance_to_win": c.chance_to_win,
+                "error": str(c.error or c.relative_error or ""),
             }
 
 
-def render_csv(report: Mapping[str, Any]) -> str:
+def render_csv(report: Report) -> str:
     """The results table as CSV text (empty cells for undefined values, errors explained)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, lineterminator=_LINE_END)

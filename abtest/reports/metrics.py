@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import stats as S
+from .catalogue import BUILTIN_BY_NAME, quantile_levels
+from .model import ComparisonResult, EffectView, Estimate, ExpectedLoss, QuantileEstimateView, RatioEstimate
+from .model import SequentialView, clean
 
 __all__ = [
     "MetricSpec",
@@ -37,8 +40,9 @@ __all__ = [
     "clean",
 ]
 
-QUANTILE_LEVELS: dict[str, float] = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95,
-                                     "latency_p99_ms": 0.99}
+QUANTILE_LEVELS: dict[str, float] = quantile_levels()
+# The (numerator, denominator) columns of queries.unit_rows per source of a built-in ratio metric.
+_RATIO_COLUMNS = {"latency": ("lat", "ok"), "errors": ("err", "tot")}
 _EMPTY_RATIO = S.RatioStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
 _EMPTY_MEAN = S.MeanStats(0, 0.0, 0.0)
 
@@ -64,8 +68,8 @@ class MetricSpec:
 
 
 def ratio_stats(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, dict[str, S.RatioStats]]:
-    """Per variant and day, the RatioStats of ``latency_ms`` or ``error_rate``."""
-    num, den = ("lat", "ok") if metric == "latency_ms" else ("err", "tot")
+    """Per variant and day, the RatioStats of a built-in ratio metric (``latency_ms``, ``error_rate``)."""
+    num, den = _RATIO_COLUMNS[BUILTIN_BY_NAME[metric].source]
     out: dict[str, dict[str, S.RatioStats]] = {}
     for r in rows:
         out.setdefault(r["variant"], {})[r["day"]] = S.RatioStats(
@@ -134,52 +138,41 @@ def indicator_stats(row: Mapping[str, Any] | None, j: int) -> S.RatioStats:
     return stats.scaled_to(row["scale_to"]) if row.get("scale_to") else stats
 
 
-# --- JSON views --------------------------------------------------------------------------
+# --- report objects ----------------------------------------------------------------------
 
-def clean(x: Any) -> Any:
-    """JSON-safe numbers: NaN and infinities become None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def estimate_view(stats: Any, alpha: float) -> dict[str, Any]:
+def estimate_view(stats: Any, alpha: float) -> Estimate | QuantileEstimateView:
     """A variant's estimate with its CI (t(n-1) for means/ratios, cluster-aware for quantiles)."""
     if isinstance(stats, S.QuantileEstimate):
-        return {"units": stats.n_units, "requests": stats.n_requests, "estimate": clean(stats.estimate),
-                "ci_lower": clean(stats.ci_lower), "ci_upper": clean(stats.ci_upper),
-                "se": clean(stats.se), "error": stats.error}
+        return QuantileEstimateView(stats.n_units, stats.n_requests, clean(stats.estimate), clean(stats.ci_lower),
+                                    clean(stats.ci_upper), clean(stats.se), stats.error)
     est = S.variant_estimate(stats, alpha)
-    view = {"units": est.n, "estimate": clean(est.mean), "ci_lower": clean(est.ci_lower),
-            "ci_upper": clean(est.ci_upper), "se": clean(est.se), "error": est.error}
+    values = (est.n, clean(est.mean), clean(est.ci_lower), clean(est.ci_upper), clean(est.se), est.error)
     if isinstance(stats, S.RatioStats):
-        view["requests"] = int(stats.den_sum)
-    return view
+        return RatioEstimate(*values, requests=int(stats.den_sum))
+    return Estimate(*values)
 
 
-def effect_view(effect: Any) -> dict[str, Any] | None:
+def effect_view(effect: Any) -> EffectView | None:
     if effect is None:
         return None
-    return {"estimate": clean(effect.estimate), "se": clean(effect.se),
-            "ci_lower": clean(effect.ci_lower), "ci_upper": clean(effect.ci_upper),
-            "p_value": clean(effect.p_value)}
+    return EffectView(clean(effect.estimate), clean(effect.se), clean(effect.ci_lower), clean(effect.ci_upper),
+                      clean(effect.p_value))
 
 
-def comparison_view(variant: str, analysis: S.MetricAnalysis) -> dict[str, Any]:
-    """One treatment-vs-control comparison (adjusted p-value filled in later)."""
+def comparison_view(variant: str, analysis: S.MetricAnalysis, adjusted_p_value: float | None,
+                    alpha: float) -> ComparisonResult:
+    """One treatment-vs-control comparison, with its Holm-adjusted p-value."""
     c, seq, bayes = analysis.comparison, analysis.sequential, analysis.bayesian
-    return {
-        "variant": variant,
-        "control_estimate": clean(c.control_mean), "treatment_estimate": clean(c.treatment_mean),
-        "absolute": effect_view(c.absolute), "relative": effect_view(c.relative),
-        "p_value": clean(c.absolute.p_value) if c.absolute else None,
-        "adjusted_p_value": None,
-        "significant": False,
-        "sequential": {"absolute": effect_view(seq.absolute), "relative": effect_view(seq.relative),
-                       "p_value": clean(seq.absolute.p_value) if seq.absolute else None,
-                       "significant": seq.significant, "n_star": seq.n_star},
-        "chance_to_win": clean(bayes.chance_to_win),
-        "expected_loss": {"treatment": clean(bayes.loss_treatment), "control": clean(bayes.loss_control),
-                          "scale": bayes.scale},
-        "error": c.error, "relative_error": c.relative_error,
-    }
+    return ComparisonResult(
+        variant=variant, control_estimate=clean(c.control_mean), treatment_estimate=clean(c.treatment_mean),
+        absolute=effect_view(c.absolute), relative=effect_view(c.relative),
+        p_value=clean(c.absolute.p_value) if c.absolute else None,
+        adjusted_p_value=adjusted_p_value,
+        significant=adjusted_p_value is not None and adjusted_p_value < alpha,
+        sequential=SequentialView(effect_view(seq.absolute), effect_view(seq.relative),
+                                  clean(seq.absolute.p_value) if seq.absolute else None, seq.significant,
+                                  seq.n_star),
+        chance_to_win=clean(bayes.chance_to_win),
+        expected_loss=ExpectedLoss(clean(bayes.loss_treatment), clean(bayes.loss_control), bayes.scale),
+        error=c.error, relative_error=c.relative_error, error_code=S.failure_code(c.error),
+    )

@@ -1,7 +1,7 @@
 """SQL that turns the outcome log and its rollups into sufficient statistics (never raw rows
 into Python).
 
-Request metrics read the rollups of :mod:`abtest.services.rollups`, maintained as requests are
+Request metrics read the rollups of :mod:`abtest.reports.rollups`, maintained as requests are
 logged, so a report's cost grows with units and sketch buckets, not with requests:
 
 * ratio metrics (``latency_ms``, ``error_rate``) from ``unit_outcomes``: one row per unit,
@@ -24,10 +24,9 @@ Which rows count (the experiment's *current phase*, *enrolled* units only)::
     requests  experiment_id = :e AND phase = :p AND in_experiment AND NOT shadow
     latency   status = 'ok' only: a failed request is often fast, and counting it would make a
               crashing engine look quick; failures are measured by error_rate instead
-    errors    error_rate = (error + timeout) / (requests neither 'rejected' nor 'unavailable');
-              'rejected' (e.g. a prompt over the context window) is a product limit, not an
-              engine failure, and 'unavailable' (broker down, engine still loading) is the
-              infrastructure's: each is reported per variant as its own count
+    errors    error_rate = errors / requests in its denominator, the rules of
+              :mod:`abtest.reports.statuses` (error and timeout count as errors; rejected and
+              unavailable are excluded from the denominator and reported per variant)
     shadow    dark-launch copies are excluded from every metric and summarised separately
 
 Attribution of events to an experiment (issue 5, item 2). An event of the metric's name counts
@@ -60,12 +59,18 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
+from sqlalchemy.orm import Session, selectinload
 
+from ..errors import NotFound
+from ..models import AuditEntry, Experiment
 from ..stats import LatencySketch
+from . import statuses as ST
 
 __all__ = [
     "Scope",
+    "experiment",
+    "last_audit_entry",
     "tune_session",
     "exposure_days",
     "unit_rows",
@@ -77,6 +82,7 @@ __all__ = [
 ]
 
 _SERVED = ("experiment_id = :e AND phase = :p AND in_experiment = :yes AND shadow = :no")
+_OK = f"status = '{ST.OK}'"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,22 @@ class Scope:
     @property
     def is_pg(self) -> bool:
         return self.dialect == "postgresql"
+
+
+def experiment(session: Session, key: str) -> Experiment:
+    """The experiment with its variants and metrics; NotFound for an unknown key."""
+    exp = session.scalar(select(Experiment).where(Experiment.key == key).options(
+        selectinload(Experiment.variants), selectinload(Experiment.metrics)))
+    if exp is None:
+        raise NotFound(f"no experiment with key {key!r}", details={"experiment": key})
+    return exp
+
+
+def last_audit_entry(session: Session, experiment_id: int, action: str) -> AuditEntry | None:
+    """The latest audit entry of ``action`` (the report shows the last guardrail breach)."""
+    return session.scalar(select(AuditEntry).where(
+        AuditEntry.experiment_id == experiment_id, AuditEntry.action == action)
+        .order_by(AuditEntry.id.desc()).limit(1))
 
 
 def _day(scope: Scope, expr: str) -> str:
@@ -149,7 +171,7 @@ def unit_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
     sql = f"""
         SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
         FROM (SELECT variant, {_day(scope, 'first_at')} AS day, latency_sum AS lat, {_float('ok')} AS ok,
-                     {_float('errors')} AS err, {_float('requests - rejected - unavailable')} AS tot,
+                     {_float('errors')} AS err, {_float(' - '.join(('requests', *ST.EXCLUDED)))} AS tot,
                      {_float('requests')} AS n_all, {_float('rejected')} AS n_rej,
                      {_float('unavailable')} AS n_unav
               FROM unit_outcomes WHERE experiment_id = :e AND phase = :p) AS u
@@ -164,13 +186,13 @@ def request_rows(conn: Connection, scope: Scope, cap: float) -> list[dict[str, A
     sql = f"""
         SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
         FROM (SELECT variant, unit_id, {_day(scope, 'MIN(started_at)')} AS day,
-                     SUM(CASE WHEN status = 'ok' THEN {lat} ELSE 0 END) AS lat,
-                     SUM(CASE WHEN status = 'ok' THEN 1 ELSE 0 END) AS ok,
-                     SUM(CASE WHEN status IN ('error', 'timeout') THEN 1 ELSE 0 END) AS err,
-                     SUM(CASE WHEN status NOT IN ('rejected', 'unavailable') THEN 1 ELSE 0 END) AS tot,
+                     SUM(CASE WHEN {_OK} THEN {lat} ELSE 0 END) AS lat,
+                     {ST.sql_count_if(_OK)} AS ok,
+                     {ST.sql_count_if(ST.sql_error())} AS err,
+                     {ST.sql_count_if(ST.sql_in_denominator())} AS tot,
                      COUNT(*) AS n_all,
-                     SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) AS n_rej,
-                     SUM(CASE WHEN status = 'unavailable' THEN 1 ELSE 0 END) AS n_unav
+                     {ST.sql_count_if(f"status = '{ST.REJECTED}'")} AS n_rej,
+                     {ST.sql_count_if(f"status = '{ST.UNAVAILABLE}'")} AS n_unav
               FROM requests WHERE {_SERVED}
               GROUP BY variant, unit_id) AS u
         GROUP BY variant, day ORDER BY variant, day"""
@@ -193,7 +215,7 @@ def indicator_rows(conn: Connection, scope: Scope, thresholds: dict[str, list[fl
         inner.append(f"SUM(CASE WHEN latency_ms <= {case} THEN 1 ELSE 0 END) AS s{j}")
         outer.append(f"SUM(s{j}), SUM(s{j} * s{j}), SUM(s{j} * d)")
     source = ("latency_samples WHERE experiment_id = :e AND phase = :p" if sampled
-              else f"requests WHERE {_SERVED} AND status = 'ok'")
+              else f"requests WHERE {_SERVED} AND {_OK}")
     sql = f"""
         SELECT variant, COUNT(*), SUM(d), SUM(d * d){''.join(', ' + o for o in outer)}
         FROM (SELECT variant, unit_id, COUNT(*) AS d{''.join(', ' + i for i in inner)}

@@ -26,16 +26,17 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from ..assignment import ExperimentConfig, VariantConfig
 from ..errors import Conflict, NotFound, ValidationError
+from ..evaluator import ExperimentConfig, VariantConfig
 from ..models import AuditEntry, Experiment, Metric, Variant
 from ..validation import Fields
-from . import experiment_spec as spec
+from ..validation import experiments as spec
 
 __all__ = [
     "create_experiment",
     "update_experiment",
     "transition",
+    "pause_treatment",
     "get_experiment",
     "list_experiments",
     "audit_entries",
@@ -215,6 +216,21 @@ def transition(session: Session, exp: Experiment, action: str, actor: str) -> Ex
     session.flush()
     _audit(session, exp, actor, action, {"status": {"from": before, "to": target}})
     return exp
+
+
+def pause_treatment(session: Session, exp: Experiment, actor: str, reason: str, *,
+                    action: str = "pause_treatment", details: Mapping[str, Any] | None = None) -> bool:
+    """Pause a running experiment's treatment (assignment then sends its traffic to control):
+    flag, version and ``updated_at`` bump and one audit entry ``action`` carrying ``reason`` and
+    ``details``, in the caller's transaction (lock the row first: ``get_experiment(for_update=True)``).
+    False, changing nothing, when it is already paused or not running."""
+    if exp.treatment_paused or exp.status != "running":
+        return False
+    at = now()
+    exp.treatment_paused, exp.updated_at, exp.version = True, at, exp.version + 1
+    session.add(AuditEntry(experiment_id=exp.id, at=at, actor=actor, action=action, changes={
+        "reason": reason, **(details or {}), "treatment_paused": {"from": False, "to": True}}))
+    return True
 
 
 def get_experiment(session: Session, key: str, *, for_update: bool = False) -> Experiment:

@@ -7,9 +7,10 @@ inflating false alarms. A guardrail is breached when the CI lies entirely on the
 beyond the metric's ``margin`` (relative; 0 = any confident harm), the rule of
 :func:`abtest.stats.guardrail_status`.
 
-On a breach, in one transaction: ``experiments.treatment_paused = True`` (assignment then
-sends treatment traffic to control), ``version``/``updated_at`` bump, and an audit entry
-``guardrail_breach`` whose ``reason`` carries the numbers. The report shows the pause and the
+On a breach, :func:`abtest.services.experiments.pause_treatment` in one transaction:
+``treatment_paused = True`` (assignment then sends treatment traffic to control), the
+``version``/``updated_at`` bump, and an audit entry ``guardrail_breach`` whose ``reason``
+carries the numbers. The report shows the pause and the
 reason. A paused, stopped or not-running experiment is not checked again. Scheduling (Celery
 beat or the embedded loop) calls these plain functions; ``check_all_running`` covers every
 running experiment and isolates failures per experiment.
@@ -19,21 +20,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from ..db import Database
-from ..models import AuditEntry, Experiment
-from ..reports.build import ReportOptions, build_report, metric_specs
-from .experiment_spec import DEFAULT_GUARDRAILS
-from .experiments import get_experiment
+from ..models import Experiment
+from ..reports.build import BREACH_ACTION, ReportOptions, build_report
+from ..reports.model import Report
+from ..reports.specs import metric_specs
+from ..validation.experiments import DEFAULT_GUARDRAILS
+from .experiments import get_experiment, pause_treatment
 
 __all__ = ["GuardrailCheck", "check_guardrails", "check_all_running", "ACTION"]
 
 log = logging.getLogger(__name__)
-ACTION = "guardrail_breach"
+ACTION = BREACH_ACTION
 
 
 @dataclass(frozen=True)
@@ -55,19 +58,21 @@ def _guardrail_names(exp: Experiment) -> tuple[str, ...]:
     return names or DEFAULT_GUARDRAILS
 
 
-def _numbers(report: dict[str, Any], metric: str, variant: str) -> dict[str, Any]:
-    """The figures behind a breach; ``basis`` names the CI the rule used (see build._evidence)."""
-    m = next(x for x in report["metrics"] if x["name"] == metric)
-    c = next(x for x in m["comparisons"] if x["variant"] == variant)
-    seq_abs, seq_rel = c["sequential"]["absolute"] or {}, c["sequential"]["relative"] or {}
-    return {"metric": metric, "variant": variant, "margin": m["margin"],
-            "basis": "relative" if m["margin"] > 0 else "absolute",
-            "control": c["control_estimate"], "treatment": c["treatment_estimate"],
-            "absolute": seq_abs.get("estimate"),
-            "absolute_sequential_ci": [seq_abs.get("ci_lower"), seq_abs.get("ci_upper")],
-            "relative": seq_rel.get("estimate"),
-            "relative_sequential_ci": [seq_rel.get("ci_lower"), seq_rel.get("ci_upper")],
-            "sequential_p_value": c["sequential"]["p_value"]}
+def _numbers(report: Report, metric: str, variant: str) -> dict[str, Any]:
+    """The figures behind a breach; ``basis`` names the CI the rule used
+    (see :func:`abtest.stats.metric_evidence`)."""
+    m = report.metric(metric)
+    c = m.comparison(variant)
+    seq_abs, seq_rel = c.sequential.absolute, c.sequential.relative
+    pick = (lambda e, name: getattr(e, name) if e is not None else None)
+    return {"metric": metric, "variant": variant, "margin": m.margin,
+            "basis": "relative" if m.margin > 0 else "absolute",
+            "control": c.control_estimate, "treatment": c.treatment_estimate,
+            "absolute": pick(seq_abs, "estimate"),
+            "absolute_sequential_ci": [pick(seq_abs, "ci_lower"), pick(seq_abs, "ci_upper")],
+            "relative": pick(seq_rel, "estimate"),
+            "relative_sequential_ci": [pick(seq_rel, "ci_lower"), pick(seq_rel, "ci_upper")],
+            "sequential_p_value": c.sequential.p_value}
 
 
 def _reason(breaches: list[dict[str, Any]]) -> str:
@@ -96,32 +101,28 @@ def check_guardrails(db: Database, experiment_key: str, actor: str = "guardrail-
         names = _guardrail_names(exp)
         report = build_report(session, experiment_key, ReportOptions(metrics=names, now=now))
     statuses, breaches = [], []
-    for rec in report["recommendations"]:
-        for g in rec["guardrails"]:
-            statuses.append({"variant": rec["variant"], **g})
-            if g["status"] == "breached":
-                breaches.append(_numbers(report, g["metric"], rec["variant"]))
+    for rec in report.recommendations:
+        for g in rec.guardrails:
+            statuses.append({"variant": rec.variant, "metric": g.metric, "status": g.status})
+            if g.status == "breached":
+                breaches.append(_numbers(report, g.metric, rec.variant))
     if not breaches:
         return GuardrailCheck(experiment_key, True, tuple(statuses))
     reason = _reason(breaches)
-    paused = _pause(db, experiment_key, actor, reason, breaches, report["experiment"]["phase"])
+    paused = _pause(db, experiment_key, actor, reason, breaches, report.experiment.phase)
     return GuardrailCheck(experiment_key, True, tuple(statuses), tuple(breaches), paused, reason)
 
 
 def _pause(db: Database, key: str, actor: str, reason: str, breaches: list[dict[str, Any]],
            phase: int) -> bool:
-    """Set the pause flag and write the audit entry in one transaction (row locked)."""
+    """Pause through the experiments service, in one transaction (row locked)."""
     with db.transaction() as session:
         exp = get_experiment(session, key, for_update=True)
-        if exp.treatment_paused or exp.status != "running":
-            return False  # someone else acted in the meantime
-        at = datetime.now(timezone.utc)
-        exp.treatment_paused, exp.updated_at, exp.version = True, at, exp.version + 1
-        session.add(AuditEntry(experiment_id=exp.id, at=at, actor=actor, action=ACTION, changes={
-            "reason": reason, "phase": phase, "breaches": breaches,
-            "treatment_paused": {"from": False, "to": True}}))
-    log.warning("experiment %s: %s; treatment paused", key, reason)
-    return True
+        paused = pause_treatment(session, exp, actor, reason, action=ACTION,
+                                 details={"phase": phase, "breaches": breaches})
+    if paused:
+        log.warning("experiment %s: %s; treatment paused", key, reason)
+    return paused  # False: someone else acted in the meantime
 
 
 def check_all_running(db: Database, actor: str = "guardrail-monitor") -> list[GuardrailCheck]:

@@ -52,15 +52,21 @@ from ._common import (
     MSG_ZERO_DENOMINATOR,
     MSG_ZERO_VARIANCE,
     Effect,
+    Failure,
+    failure_code,
 )
 from .analysis import MetricAnalysis, analyze
 from .bayesian import BayesianResult, bayesian_test, gaussian_chance_and_loss
 from .capping import DEFAULT_CAP_LEVEL, apply_cap, choose_cap, percentile_cont, percentile_cont_ranks
 from .decision import (
     Action,
+    Headline,
     MetricEvidence,
     Recommendation,
+    constant_difference,
     guardrail_status,
+    headline,
+    metric_evidence,
     primary_status,
     recommend,
 )
@@ -116,10 +122,11 @@ __all__ = [
     "PowerResult", "power_analysis", "achieved_power", "required_units_per_variant",
     # decision
     "Action", "MetricEvidence", "Recommendation", "recommend", "guardrail_status",
+    "Headline", "headline", "metric_evidence", "constant_difference",
     "primary_status",
     # all views of one comparison
     "MetricAnalysis", "analyze",
     # error messages
     "MSG_EMPTY_VARIANT", "MSG_TOO_FEW_UNITS", "MSG_ZERO_VARIANCE", "MSG_ZERO_BASELINE",
-    "MSG_ZERO_DENOMINATOR", "MSG_TOO_FEW_FOR_QUANTILE",
+    "MSG_ZERO_DENOMINATOR", "MSG_TOO_FEW_FOR_QUANTILE", "Failure", "failure_code",
 ]

@@ -9,6 +9,8 @@ Every analysis in :mod:`abtest.stats` follows one contract:
   variance, a zero baseline for a relative lift) are normal states of a young
   experiment; they come back as results whose ``error`` field holds one of the
   human-readable messages below, so a report can show them next to the metric.
+  Each message is a :class:`Failure`: the text (a ``str``, as reports show it) with a
+  stable ``code`` (``"zero_variance"``, ``"empty_variant"``, ...) that code branches on.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "Effect",
+    "Failure",
+    "failure_code",
     "MSG_EMPTY_VARIANT",
     "MSG_TOO_FEW_UNITS",
     "MSG_ZERO_VARIANCE",
@@ -30,13 +34,34 @@ __all__ = [
     "check_probability",
 ]
 
-MSG_EMPTY_VARIANT = "a variant has no units yet"
-MSG_TOO_FEW_UNITS = "a variant has fewer than 2 units; its variance is undefined"
-MSG_ZERO_VARIANCE = "both variants have zero variance; no test is possible"
-MSG_ZERO_BASELINE = "the control mean is zero; a relative lift is undefined"
-MSG_ZERO_DENOMINATOR = "a ratio metric has a zero denominator sum (no requests)"
-MSG_TOO_FEW_FOR_QUANTILE = (
-    "too few requests for a confidence interval at this quantile level"
+
+
+class Failure(str):
+    """An expected analysis failure: its message (this string) and a stable ``code``."""
+
+    code: str
+
+    def __new__(cls, code: str, message: str) -> "Failure":
+        obj = super().__new__(cls, message)
+        obj.code = code
+        return obj
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return Failure, (self.code, str(self))
+
+
+def failure_code(error: str | None) -> str | None:
+    """The code of an analysis failure (None for no error or a message without a code)."""
+    return getattr(error, "code", None)
+
+
+MSG_EMPTY_VARIANT = Failure("empty_variant", "a variant has no units yet")
+MSG_TOO_FEW_UNITS = Failure("too_few_units", "a variant has fewer than 2 units; its variance is undefined")
+MSG_ZERO_VARIANCE = Failure("zero_variance", "both variants have zero variance; no test is possible")
+MSG_ZERO_BASELINE = Failure("zero_baseline", "the control mean is zero; a relative lift is undefined")
+MSG_ZERO_DENOMINATOR = Failure("zero_denominator", "a ratio metric has a zero denominator sum (no requests)")
+MSG_TOO_FEW_FOR_QUANTILE = Failure(
+    "too_few_for_quantile", "too few requests for a confidence interval at this quantile level"
 )
 
 

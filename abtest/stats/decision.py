@@ -35,6 +35,12 @@ Rules, first match wins:
 Rule 7 keeps the control when the experiment reached the units needed for its
 minimum detectable effect without showing an improvement ("no evidence the
 change helps"). ``reasons`` lists one sentence per input that mattered.
+
+Evidence from an analysis (:func:`metric_evidence`): without a margin only the sign matters,
+and the absolute (sequential) CI decides it; a guardrail with a relative margin is judged on the
+relative CI against that margin. Two constant arms (:func:`constant_difference`) give an exact
+difference instead of "unavailable". Over several treatments, :func:`headline` picks the one
+the report leads with.
 """
 
 from __future__ import annotations
@@ -42,13 +48,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from ._common import Effect, check_finite
+from ._common import MSG_ZERO_VARIANCE, Effect, check_finite, failure_code
+from .analysis import MetricAnalysis
 from .power import PowerResult
 from .sequential import SequentialEffect
 from .srm import SRMResult
 
-__all__ = ["Action", "MetricEvidence", "Recommendation", "guardrail_status",
-           "primary_status", "recommend"]
+__all__ = ["Action", "Headline", "MetricEvidence", "Recommendation", "constant_difference",
+           "guardrail_status", "headline", "metric_evidence", "primary_status", "recommend"]
 
 Action = Literal["ship", "keep running", "roll back"]
 
@@ -180,3 +187,56 @@ def recommend(primary: MetricEvidence, guardrails: Sequence[MetricEvidence] = ()
     else:
         action = "roll back" if power is not None and power.enough_units else "keep running"
     return Recommendation(action, tuple(reasons), p_status, g_statuses)
+
+
+def metric_evidence(name: str, higher_is_better: bool, analysis: MetricAnalysis,
+                    margin: float | None) -> MetricEvidence:
+    """Sequential evidence of one metric for the rules above (``margin``: a guardrail's
+    relative margin, None for the primary metric and for guardrails without one).
+
+    Without a margin only the sign matters, and the absolute CI decides it: it has the same sign
+    as the relative lift but no delta-method blow-up near a zero baseline (an error rate of 1%
+    vs 20% is unmistakable in absolute terms, yet its relative CI can span zero).
+    """
+    seq = analysis.sequential
+    exact = constant_difference(name, higher_is_better, analysis, margin)
+    if exact is not None:
+        return exact
+    if margin is not None:
+        error = seq.error or analysis.comparison.relative_error
+        return MetricEvidence.from_effect(name, seq.relative, higher_is_better, margin, True, error)
+    return MetricEvidence.from_effect(f"{name} difference", seq.absolute, higher_is_better, None,
+                                      False, seq.error)
+
+
+def constant_difference(name: str, higher_is_better: bool, analysis: MetricAnalysis,
+                        margin: float | None) -> MetricEvidence | None:
+    """Both arms constant (e.g. no errors at all in either): the difference is known exactly.
+
+    No test is possible, yet the evidence is complete: an error rate of 0 against 0 is no harm,
+    so the guardrail holds instead of being "unavailable" forever.
+    """
+    c = analysis.comparison
+    if (failure_code(c.error) != MSG_ZERO_VARIANCE.code or margin is not None
+            or c.control_mean is None or c.treatment_mean is None):
+        return None
+    d = c.treatment_mean - c.control_mean
+    return MetricEvidence(name, d, d, d, higher_is_better, None, False)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The one recommendation a report leads with (``variant`` None: no treatment)."""
+
+    action: Action
+    variant: str | None
+    reasons: tuple[str, ...]
+
+
+def headline(recs: Sequence[tuple[str, Recommendation]]) -> Headline:
+    """A shipping treatment if any, else keep running if any, else roll back."""
+    for action in ("ship", "keep running", "roll back"):
+        for variant, rec in recs:
+            if rec.action == action:
+                return Headline(rec.action, variant, rec.reasons)
+    return Headline("keep running", None, ("no treatment variant",))

@@ -42,9 +42,19 @@ _LOG_GAMMA = math.log(GAMMA)
 
 
 def bucket_index(values: ArrayLike) -> np.ndarray:
-    """Bucket of each value (int64): ``ceil(log(max(x, MIN_VALUE)) / log(gamma))``."""
+    """Bucket of each value (int64): ``ceil(log(max(x, MIN_VALUE)) / log(gamma))``.
+
+    The log is the C library's (``math.log``, as PostgreSQL's ``ln`` in the rollups' rebuild)
+    wherever it matters: numpy's vectorised log may differ from it by an ulp, which moves a value
+    within ~1e-12 of a bucket boundary into the next bucket; those values are recomputed.
+    """
     x = np.maximum(np.asarray(values, dtype=float), MIN_VALUE)
-    return np.ceil(np.log(x) / _LOG_GAMMA).astype(np.int64)
+    q = np.log(x) / _LOG_GAMMA
+    out = np.ceil(q)
+    near = np.abs(q - np.rint(q)) <= 1e-9 * np.maximum(np.abs(q), 1.0)
+    if near.any():
+        out[near] = [math.ceil(math.log(v) / _LOG_GAMMA) for v in x[near].tolist()]
+    return out.astype(np.int64)
 
 
 def bucket_value(index: ArrayLike) -> np.ndarray:

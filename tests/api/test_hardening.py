@@ -88,19 +88,24 @@ def test_posted_event_unit_id_is_neutralised_in_the_export(client, admin, sdk, m
     assert [(r["unit_id"], r["value"]) for r in rows] == [("'=cmd", "-1.0")]
 
 
-def _report(metric_name: str) -> dict[str, Any]:
-    comparison = {
-        "variant": "treatment", "control_estimate": 0.5, "treatment_estimate": 0.25,
-        "absolute": {"estimate": -0.25, "ci_lower": -0.4, "ci_upper": -0.1},
-        "relative": {"estimate": -0.5, "ci_lower": -0.8, "ci_upper": -0.2},
-        "p_value": 0.001, "adjusted_p_value": 0.002, "significant": True,
-        "sequential": {"relative": {"ci_lower": -0.9, "ci_upper": -0.1}, "p_value": 0.01},
-        "chance_to_win": 0.01, "error": "=1+1", "relative_error": None,
-    }
-    return {"variants": [{"variant": "control", "control": True}, {"variant": "treatment", "control": False}],
-            "metrics": [{"name": metric_name, "role": "primary", "direction": "increase",
-                         "variants": {"control": {"units": 10}, "treatment": {"units": 12}},
-                         "comparisons": [comparison]}]}
+def _report(metric_name: str) -> Any:
+    """A minimal report object: what render_csv reads of one comparison."""
+    from abtest.reports import model as M
+
+    effect = (lambda e, lo, hi: M.EffectView(e, None, lo, hi, None))
+    comparison = M.ComparisonResult(
+        variant="treatment", control_estimate=0.5, treatment_estimate=0.25,
+        absolute=effect(-0.25, -0.4, -0.1), relative=effect(-0.5, -0.8, -0.2),
+        p_value=0.001, adjusted_p_value=0.002, significant=True,
+        sequential=M.SequentialView(None, effect(None, -0.9, -0.1), 0.01, True, 5000.0),
+        chance_to_win=0.01, expected_loss=M.ExpectedLoss(None, None, "relative"), error="=1+1",
+        relative_error=None)
+    estimate = (lambda n: M.Estimate(n, None, None, None, None, None))
+    variants = (M.VariantSummary("control", "v1", True, 0.5, 10, 0, 0, 0, 0),
+                M.VariantSummary("treatment", "v2", False, 0.5, 12, 0, 0, 0, 0))
+    metric = M.MetricResult(metric_name, "binary", "mean", "primary", "increase", 0.0, None, None,
+                            {"control": estimate(10), "treatment": estimate(12)}, (comparison,))
+    return M.Report(None, "", None, None, variants, (metric,), None, (), None, None, ())  # type: ignore[arg-type]
 
 
 def test_report_csv_neutralises_text_and_keeps_negative_numbers() -> None:

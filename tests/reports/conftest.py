@@ -36,10 +36,11 @@ def factory(db_url: str, make_experiment: Callable[..., Any]) -> Iterator[Callab
 
 @pytest.fixture
 def report_of(services: Any) -> Callable[..., dict[str, Any]]:
+    """The report's JSON (``Report.to_json()``, the body of GET /report) as the tests read it."""
     from abtest.reports import ReportOptions, build_report
 
     def build(key: str = "exp-1", **options: Any) -> dict[str, Any]:
         with services.db.session() as session:
-            return build_report(session, key, ReportOptions(**options))
+            return build_report(session, key, ReportOptions(**options)).to_json()
 
     return build

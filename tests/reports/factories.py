@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, insert, select
 
 from abtest.models import Event, Exposure, Experiment
-from abtest.services.rollups import insert_outcomes
+from abtest.reports.rollups import insert_outcomes
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

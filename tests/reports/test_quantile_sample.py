@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from abtest.services.rollups import in_sample
+from abtest.reports.rollups import in_sample
 from abtest.stats import SKETCH_ACCURACY, RatioStats, quantile_ranks
 
 LEVELS = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95}

@@ -142,16 +142,15 @@ def test_dark_launch_without_a_served_treatment(factory, report_of, client, admi
 def test_constant_equal_arms_make_a_guardrail_hold() -> None:
     """0 errors against 0 errors: no test is possible, but nothing got worse."""
     from abtest import stats as S
-    from abtest.reports.build import _constant_difference
+    from abtest.stats.decision import constant_difference
 
     zero = S.MeanStats(n=50, sum=0.0, sum_sq=0.0)
     analysis = S.analyze(S.welch_test(zero, zero), False, 5000)
     assert analysis.comparison.error == S.MSG_ZERO_VARIANCE
+    assert S.failure_code(analysis.comparison.error) == "zero_variance"
 
-    class Spec:
-        name, higher_is_better = "error_rate", False
-
-    evidence = _constant_difference(Spec(), analysis, None)
+    evidence = constant_difference("error_rate", False, analysis, None)
     assert evidence is not None and S.guardrail_status(evidence) == "ok"
     worse = S.analyze(S.welch_test(zero, S.MeanStats(n=50, sum=50.0, sum_sq=50.0)), False, 5000)
-    assert S.guardrail_status(_constant_difference(Spec(), worse, None)) == "breached"
+    evidence = constant_difference("error_rate", False, worse, None)
+    assert evidence is not None and S.guardrail_status(evidence) == "breached"

@@ -19,6 +19,9 @@ Only rows actually inserted count (``INSERT ... ON CONFLICT DO NOTHING RETURNING
 replayed request id changes nothing. Upserts go in key order, so concurrent committers (several
 API processes) wait on each other's row locks instead of deadlocking. :func:`rebuild` recomputes
 every rollup from the log (the migration that introduced them and the report benchmark use it).
+Which statuses count how is :mod:`abtest.reports.statuses`; the SQL forms of the sketch bucket
+and of the unit sample are :data:`BUCKET_SQL` and :data:`SAMPLE_SQL` (tested against
+:func:`abtest.stats.bucket_index` and :func:`in_sample` on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -37,13 +40,20 @@ from sqlalchemy.orm import Session
 from ..models import LatencyBucket, LatencySample, RequestLog, ShadowOutcome, UnitOutcome
 from ..stats import bucket_index
 from ..stats.sketch import GAMMA, MIN_VALUE
+from . import statuses as ST
 
-__all__ = ["SAMPLE_SHIFT", "Deltas", "in_sample", "deltas", "apply", "insert_outcomes", "rebuild"]
+__all__ = ["SAMPLE_SHIFT", "BUCKET_SQL", "SAMPLE_SQL", "SQL_PARAMS", "Deltas", "in_sample", "deltas", "apply",
+           "insert_outcomes", "rebuild"]
 
 SAMPLE_SHIFT = 59  # a unit is sampled when the top 64 - 59 = 5 bits of its hash are 0: 1 in 32
 _SAMPLE_SALT = b"abtest-latency-sample:"
 _UNIT_COUNTERS = ("requests", "ok", "errors", "rejected", "unavailable", "latency_sum")
 _SHADOW_COUNTERS = ("requests", "latency_sum", "errors", "output_matches", "compared")
+# bucket_index() in SQL (PostgreSQL), of a latency column, and in_sample() of a unit id column:
+# the top 64 - SAMPLE_SHIFT (<= 8) bits of the hash are 0. Parameters: SQL_PARAMS.
+BUCKET_SQL = "CEIL(LN(GREATEST({latency}, :floor)) / :log_gamma)"
+SAMPLE_SQL = f"get_byte(sha256(convert_to(:salt || {{unit}}, 'UTF8')), 0) < {2 ** (SAMPLE_SHIFT - 56)}"
+SQL_PARAMS = {"floor": MIN_VALUE, "log_gamma": math.log(GAMMA), "salt": _SAMPLE_SALT.decode()}
 
 
 def in_sample(unit_id: str) -> bool:
@@ -74,7 +84,7 @@ def deltas(rows: Iterable[Mapping[str, Any]]) -> Deltas:
             _add_shadow(out, r, status, latency)
         elif r.get("in_experiment"):
             _add_unit(out, r, status, latency)
-            if status == "ok":
+            if status == ST.OK:
                 ok_latencies.append(((r["experiment_id"], r["phase"], r["variant"]), latency))
                 if in_sample(r["unit_id"]):
                     out.samples.append({k: r[k] for k in ("request_id", "experiment_id", "phase", "variant",
@@ -93,11 +103,11 @@ def _add_unit(out: Deltas, r: Mapping[str, Any], status: str, latency: float) ->
                                 "first_at": r["started_at"], **dict.fromkeys(_UNIT_COUNTERS, 0)}
     row["first_at"] = min(row["first_at"], r["started_at"])
     row["requests"] += 1
-    row["ok"] += status == "ok"
-    row["errors"] += status in ("error", "timeout")
-    row["rejected"] += status == "rejected"
-    row["unavailable"] += status == "unavailable"
-    row["latency_sum"] += latency if status == "ok" else 0.0
+    row["ok"] += status == ST.OK
+    row["errors"] += ST.is_error(status)
+    row["rejected"] += status == ST.REJECTED
+    row["unavailable"] += status == ST.UNAVAILABLE
+    row["latency_sum"] += latency if status == ST.OK else 0.0
 
 
 def _add_shadow(out: Deltas, r: Mapping[str, Any], status: str, latency: float) -> None:
@@ -108,7 +118,7 @@ def _add_shadow(out: Deltas, r: Mapping[str, Any], status: str, latency: float) 
                                   **dict.fromkeys(_SHADOW_COUNTERS, 0)}
     row["requests"] += 1
     row["latency_sum"] += latency
-    row["errors"] += status in ("error", "timeout")
+    row["errors"] += ST.is_error(status)
     row["output_matches"] += r.get("output_match") is True
     row["compared"] += r.get("output_match") is not None
 
@@ -189,31 +199,30 @@ def rebuild(conn: Connection, experiment_id: int | None = None, chunk: int = 100
         apply(conn, deltas(part))
 
 
-
 def _rebuild_sql(conn: Connection, experiment_id: int | None) -> None:
     scope = "experiment_id IS NOT NULL" + ("" if experiment_id is None else " AND experiment_id = :e")
     served = f"{scope} AND in_experiment AND NOT shadow"
-    # in_sample() in SQL: the top 64 - SAMPLE_SHIFT (<= 8) bits of the hash are 0
-    sample = f"get_byte(sha256(convert_to(:salt || unit_id, 'UTF8')), 0) < {2 ** (SAMPLE_SHIFT - 56)}"
-    params = {"e": experiment_id, "floor": MIN_VALUE, "log_gamma": math.log(GAMMA), "salt": _SAMPLE_SALT.decode()}
+    ok = f"status = '{ST.OK}'"
+    params = {"e": experiment_id, **SQL_PARAMS}
     statements = (
         f"""INSERT INTO unit_outcomes (experiment_id, phase, variant, unit_id, first_at, requests, ok, errors,
                                        rejected, unavailable, latency_sum)
             SELECT experiment_id, phase, variant, unit_id, MIN(started_at), COUNT(*),
-                   COUNT(*) FILTER (WHERE status = 'ok'), COUNT(*) FILTER (WHERE status IN ('error', 'timeout')),
-                   COUNT(*) FILTER (WHERE status = 'rejected'), COUNT(*) FILTER (WHERE status = 'unavailable'),
-                   COALESCE(SUM(latency_ms) FILTER (WHERE status = 'ok'), 0)
+                   COUNT(*) FILTER (WHERE {ok}), COUNT(*) FILTER (WHERE {ST.sql_error()}),
+                   COUNT(*) FILTER (WHERE status = '{ST.REJECTED}'),
+                   COUNT(*) FILTER (WHERE status = '{ST.UNAVAILABLE}'),
+                   COALESCE(SUM(latency_ms) FILTER (WHERE {ok}), 0)
             FROM requests WHERE {served} GROUP BY experiment_id, phase, variant, unit_id""",
         f"""INSERT INTO latency_buckets (experiment_id, phase, variant, bucket, count)
-            SELECT experiment_id, phase, variant, CEIL(LN(GREATEST(latency_ms, :floor)) / :log_gamma), COUNT(*)
-            FROM requests WHERE {served} AND status = 'ok' GROUP BY 1, 2, 3, 4""",
+            SELECT experiment_id, phase, variant, {BUCKET_SQL.format(latency="latency_ms")}, COUNT(*)
+            FROM requests WHERE {served} AND {ok} GROUP BY 1, 2, 3, 4""",
         f"""INSERT INTO latency_samples (request_id, experiment_id, phase, variant, unit_id, latency_ms)
             SELECT request_id, experiment_id, phase, variant, unit_id, latency_ms
-            FROM requests WHERE {served} AND status = 'ok' AND {sample}""",
+            FROM requests WHERE {served} AND {ok} AND {SAMPLE_SQL.format(unit="unit_id")}""",
         f"""INSERT INTO shadow_outcomes (experiment_id, phase, variant, requests, latency_sum, errors,
                                          output_matches, compared)
             SELECT experiment_id, phase, variant, COUNT(*), SUM(latency_ms),
-                   COUNT(*) FILTER (WHERE status IN ('error', 'timeout')), COUNT(*) FILTER (WHERE output_match),
+                   COUNT(*) FILTER (WHERE {ST.sql_error()}), COUNT(*) FILTER (WHERE output_match),
                    COUNT(output_match)
             FROM requests WHERE {scope} AND shadow GROUP BY experiment_id, phase, variant""",
     )

@@ -1,0 +1,27 @@
+"""What the report analyses: the experiment's metrics as :class:`MetricSpec` (built-ins first,
+from :mod:`abtest.reports.catalogue`, then the configured event metrics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .catalogue import BUILTINS
+from .metrics import MetricSpec
+
+__all__ = ["metric_specs"]
+
+
+def metric_specs(exp: Any) -> list[MetricSpec]:
+    """Built-ins first (with any configured role/margin), then the configured event metrics.
+    ``exp`` is an :class:`abtest.models.Experiment` (anything with ``metrics`` rows)."""
+    configured = {m.name: m for m in exp.metrics}
+    specs = []
+    for b in BUILTINS:
+        m = configured.get(b.name)
+        specs.append(MetricSpec(b.name, b.shape, "builtin", m.role if m else "secondary",
+                                (m.direction if m else b.direction) == "increase", m.margin if m else 0.0))
+    for m in exp.metrics:
+        if m.kind != "builtin":
+            specs.append(MetricSpec(m.name, "mean", m.kind, m.role, m.direction == "increase", m.margin,
+                                    m.event_name, m.attribution_window_s))
+    return specs
