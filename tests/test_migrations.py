@@ -1,7 +1,13 @@
-"""Migrations: one head; upgrade/downgrade on SQLite and PostgreSQL; models and migrations agree."""
+"""Migrations: one head; upgrade/downgrade on SQLite and PostgreSQL; models and migrations agree.
+
+Migrations are frozen: each holds the SQL it runs and imports no application code, and the
+whole chain replays (upgrade, downgrade to base, upgrade) with data written between steps.
+"""
 
 from __future__ import annotations
 
+import ast
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -9,9 +15,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, func, insert, inspect, select, text
+from sqlalchemy import Engine, create_engine, func, insert, inspect, select, text
 
-from abtest.db import Database, alembic_config, downgrade, upgrade
+from abtest.db import MIGRATIONS_DIR, Database, alembic_config, downgrade, upgrade
 from abtest.models import Base, LatencyBucket, RequestLog, UnitOutcome
 from abtest.services.experiments import create_experiment
 from tests.conftest import PG_SERVER_URL, unavailable
@@ -81,3 +87,142 @@ def test_rollup_migration_fills_the_rollups_from_the_existing_log(empty_url: str
         assert len(units) == 14  # 7 units, each seen in both variants (i % 7 vs i % 2)
         assert session.scalar(select(func.sum(LatencyBucket.count))) == 32
     db.dispose()
+
+
+# ------------------------------------------------------------------ frozen migrations
+VERSION_FILES = sorted((MIGRATIONS_DIR / "versions").glob("*.py"))
+# What a migration may import: alembic, SQLAlchemy and the standard library. Never the
+# application (its models and services change; a migration must not).
+ALLOWED_IMPORTS = {"__future__", "alembic", "sqlalchemy"} | set(sys.stdlib_module_names)
+APPLICATION = {"abtest", "engines", "workers", "benchmarks", "migrations", "tests"}
+
+
+def test_there_are_migration_files() -> None:
+    names = [p.name for p in VERSION_FILES]
+    assert len(names) == len(set(names)) >= 4 and names[0].startswith("0001")
+
+
+@pytest.mark.parametrize("path", VERSION_FILES, ids=lambda p: p.name)
+def test_migration_imports_no_application_code(path) -> None:  # type: ignore[no-untyped-def]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    imported: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path.name}: relative import"
+            imported.append(node.module or "")
+        elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+            called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+            assert called not in {"__import__", "import_module", "create_all", "drop_all"}, (
+                f"{path.name}: {called}() runs code or schema from outside the migration")
+    roots = {name.split(".")[0] for name in imported}
+    assert not roots & APPLICATION, f"{path.name} imports application code: {sorted(roots & APPLICATION)}"
+    assert roots <= ALLOWED_IMPORTS, f"{path.name} imports {sorted(roots - ALLOWED_IMPORTS)}"
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert {"upgrade", "downgrade"} <= defined, path.name
+
+
+def _schema(engine: Engine) -> dict[str, set[str]]:
+    found = inspect(engine)
+    return {t: {c["name"] for c in found.get_columns(t)} for t in found.get_table_names() if t != "alembic_version"}
+
+
+def _model_schema() -> dict[str, set[str]]:
+    return {t.name: {c.name for c in t.columns} for t in Base.metadata.sorted_tables}
+
+
+def _revisions() -> list[tuple[str, str]]:
+    """(revision, its down revision or "base"), oldest first."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [(r.revision, r.down_revision or "base") for r in reversed(list(script.walk_revisions()))]
+
+
+_T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def _write_before_0004(url: str) -> int:
+    """An experiment, a logged request and a unit's rollup, as written at revision 0003."""
+    db = Database(url)
+    spec = {"key": "replayed", "name": "written at 0003",
+            "variants": [{"key": "control", "engine": "v1-fp32", "weight": 0.5, "control": True},
+                         {"key": "treatment", "engine": "v2-int4", "weight": 0.5}]}
+    with db.transaction() as session:
+        exp_id = create_experiment(session, spec, "test", lambda _: True).id
+    db.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # SQL of the 0003 schema (today's models have 0004's columns)
+        conn.execute(text(
+            "INSERT INTO requests (request_id, experiment_id, phase, variant, engine, unit_id, in_experiment,"
+            " shadow, status, started_at, finished_at, latency_ms)"
+            " VALUES ('r-old', :e, 1, 'control', 'e', 'u1', :t, :f, 'ok', :at, :at, 120.0)"),
+            {"e": exp_id, "t": True, "f": False, "at": _T0})
+        conn.execute(text(
+            "INSERT INTO unit_outcomes (experiment_id, phase, variant, unit_id, first_at, requests, ok, errors,"
+            " rejected, latency_sum) VALUES (:e, 1, 'control', 'u1', :at, 3, 2, 1, 0, 240.0)"),
+            {"e": exp_id, "at": _T0})
+    engine.dispose()
+    return exp_id
+
+
+def test_replay_upgrade_downgrade_upgrade_with_data(empty_url: str) -> None:
+    engine = create_engine(empty_url)
+    upgrade(empty_url, "0003")
+    exp_id = _write_before_0004(empty_url)
+
+    upgrade(empty_url)  # 0004 adds its columns to rows that are already there
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT unavailable FROM unit_outcomes WHERE unit_id = 'u1'")).scalar_one() == 0
+        assert conn.execute(text("SELECT engine_ms FROM requests WHERE request_id = 'r-old'")).scalar_one() is None
+    with engine.begin() as conn:  # a row written without the new column gets its server default
+        conn.execute(text(
+            "INSERT INTO unit_outcomes (experiment_id, phase, variant, unit_id, first_at, requests, ok, errors,"
+            " rejected, latency_sum) VALUES (:e, 1, 'treatment', 'u2', :at, 1, 1, 0, 0, 80.0)"),
+            {"e": exp_id, "at": _T0})
+        conn.execute(text("UPDATE requests SET engine_ms = 95.5 WHERE request_id = 'r-old'"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT unavailable FROM unit_outcomes WHERE unit_id = 'u2'")).scalar_one() == 0
+
+    downgrade(empty_url, "0003")  # drops 0004's columns (batch mode on SQLite) and keeps the rows
+    schema = _schema(engine)
+    assert "unavailable" not in schema["unit_outcomes"] and "engine_ms" not in schema["requests"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM unit_outcomes")).scalar_one() == 2
+        assert conn.execute(text("SELECT latency_ms FROM requests WHERE request_id = 'r-old'")).scalar_one() == 120.0
+
+    downgrade(empty_url, "base")
+    assert _schema(engine) == {}
+    upgrade(empty_url)
+    assert _schema(engine) == _model_schema()  # tables and columns, exactly
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    engine.dispose()
+
+    db = Database(empty_url)  # the replayed schema takes today's writes
+    spec = {"key": "after", "name": "written after the replay",
+            "variants": [{"key": "control", "engine": "v1-fp32", "weight": 0.5, "control": True},
+                         {"key": "treatment", "engine": "v2-int4", "weight": 0.5}]}
+    with db.transaction() as session:
+        exp_id = create_experiment(session, spec, "test", lambda _: True).id
+        session.add(UnitOutcome(experiment_id=exp_id, phase=1, variant="control", unit_id="u9", first_at=_T0,
+                                requests=1, ok=0, errors=0, rejected=0, latency_sum=0.0))
+        session.add(RequestLog(request_id="r-new", experiment_id=exp_id, phase=1, variant="control", engine="e",
+                               unit_id="u9", in_experiment=True, shadow=False, status="unavailable",
+                               started_at=_T0, finished_at=_T0, latency_ms=5.0, engine_ms=None))
+    with db.session() as session:
+        assert session.scalars(select(UnitOutcome.unavailable)).all() == [0]
+        assert session.scalar(select(RequestLog.status).where(RequestLog.request_id == "r-new")) == "unavailable"
+    db.dispose()
+
+
+def test_each_revision_downgrades_and_upgrades_again(empty_url: str) -> None:
+    engine = create_engine(empty_url)
+    for revision, down in _revisions():
+        upgrade(empty_url, revision)
+        after_upgrade = _schema(engine)
+        downgrade(empty_url, down)
+        upgrade(empty_url, revision)
+        assert _schema(engine) == after_upgrade, f"{revision} does not replay to the same schema"
+    assert _schema(engine) == _model_schema()
+    engine.dispose()

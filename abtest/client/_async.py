@@ -14,13 +14,22 @@ import random
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Mapping, Sequence
-from urllib.parse import quote
 
 import httpx
 
 from . import _http
 from ._async_pipeline import AsyncEventPipeline
-from ._client import USER_AGENT, assign_payload, check_event_options, infer_payload
+from ._common import (
+    DEFAULTS,
+    HEALTH_CALL,
+    USER_AGENT,
+    Call,
+    ClientOptions,
+    assign_call,
+    infer_call,
+    report_call,
+    retry_delay,
+)
 from ._events import make_event
 from ._exceptions import ClientClosedError
 from ._models import AssignResult, ClientStats, InferResult
@@ -36,45 +45,42 @@ class AsyncClient:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = 10.0,
-        max_retries: int = 3,
-        batch_size: int = 500,
-        flush_interval: float = 1.0,
-        max_buffer: int = 10_000,
-        on_full: str = "block",
-        block_timeout: float = 0.5,
-        close_timeout: float = 10.0,
-        backoff_base: float = 0.1,
-        backoff_max: float = 10.0,
-        max_retry_after: float = 60.0,
+        timeout: float = DEFAULTS.timeout,
+        max_retries: int = DEFAULTS.max_retries,
+        batch_size: int = DEFAULTS.batch_size,
+        flush_interval: float = DEFAULTS.flush_interval,
+        max_buffer: int = DEFAULTS.max_buffer,
+        on_full: str = DEFAULTS.on_full,
+        block_timeout: float = DEFAULTS.block_timeout,
+        close_timeout: float = DEFAULTS.close_timeout,
+        backoff_base: float = DEFAULTS.backoff_base,
+        backoff_max: float = DEFAULTS.backoff_max,
+        max_retry_after: float = DEFAULTS.max_retry_after,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        check_event_options(batch_size, flush_interval, max_buffer, on_full)
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self._options = options = ClientOptions(
+            timeout=timeout, max_retries=max_retries, batch_size=batch_size, flush_interval=flush_interval,
+            max_buffer=max_buffer, on_full=on_full, block_timeout=block_timeout, close_timeout=close_timeout,
+            backoff_base=backoff_base, backoff_max=backoff_max, max_retry_after=max_retry_after,
+        )  # ValueError on invalid options
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.close_timeout = close_timeout
-        self._timeout = timeout
         self._sleep = sleep or asyncio.sleep
-        self._backoff = _http.Backoff(backoff_base, backoff_max, max_retry_after, rng or random.Random())
+        self._backoff = options.make_backoff(rng)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
         self._headers = _http.auth_headers(api_key, USER_AGENT)
         self._closed = False
-        self._pipeline = AsyncEventPipeline(
-            self._post_events, batch_size=batch_size, flush_interval=flush_interval,
-            max_buffer=max_buffer, on_full=on_full, block_timeout=block_timeout,
-            request_timeout=timeout, backoff=self._backoff, sleep=sleep,
-        )
+        self._pipeline = AsyncEventPipeline(self._post_events, **options.pipeline_options(self._backoff, sleep))
 
     async def assign(
         self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None,
         *, timeout: float | None = None,
     ) -> AssignResult:
-        body = assign_payload(experiment, unit_id, attributes)  # ValueError before any request
-        return _http.parse_result(AssignResult, await self._request("POST", "/v1/assign", body, timeout))  # type: ignore[no-any-return]
+        call = assign_call(experiment, unit_id, attributes)  # ValueError before any request
+        return await self._request(call, timeout)  # type: ignore[no-any-return]
 
     async def infer(
         self, experiment: str, unit_id: str, prompt: str, *,
@@ -82,49 +88,43 @@ class AsyncClient:
         temperature: float | None = None, top_p: float | None = None, seed: int | None = None,
         stop: Sequence[str] | None = None, timeout: float | None = None,
     ) -> InferResult:
-        body = infer_payload(
+        call = infer_call(
             experiment, unit_id, prompt, attributes, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, seed=seed, stop=list(stop) if stop else None,
+            temperature=temperature, top_p=top_p, seed=seed, stop=stop,
         )
-        return _http.parse_result(InferResult, await self._request("POST", "/v1/infer", body, timeout))  # type: ignore[no-any-return]
+        return await self._request(call, timeout)  # type: ignore[no-any-return]
 
     async def report(self, experiment: str, *, timeout: float | None = None) -> dict[str, Any]:
-        path = f"/v1/experiments/{quote(experiment, safe='')}/report"
-        return _http.json_body(await self._request("GET", path, None, timeout))
+        return await self._request(report_call(experiment), timeout)  # type: ignore[no-any-return]
 
     async def health(self, *, timeout: float | None = None) -> dict[str, Any]:
-        return _http.json_body(await self._request("GET", "/healthz", None, timeout))
+        return await self._request(HEALTH_CALL, timeout)  # type: ignore[no-any-return]
 
-    async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None
-    ) -> httpx.Response:
+    async def _request(self, call: Call, timeout: float | None) -> Any:
+        """One API call with the safe-retry policy (:func:`retry_delay`); returns its parsed result."""
         if self._closed:
             raise ClientClosedError("client is closed")
-        attempt = 0
+        retries = 0
         while True:
             try:
                 response = await self._http.request(
-                    method, path, json=body, headers=self._headers,
-                    timeout=self._timeout if timeout is None else timeout,
+                    call.method, call.path, json=call.body, headers=self._headers,
+                    timeout=self._options.request_timeout(timeout),
                 )
             except httpx.HTTPError as exc:
-                if attempt < self.max_retries and _http.request_not_sent(exc):
-                    attempt += 1
-                    await self._wait_retry(attempt, None)
-                    continue
-                raise _http.transport_error(exc) from exc
-            if response.is_success:
-                return response
-            error = _http.error_from_response(response)
-            if attempt < self.max_retries and response.status_code in _http.API_RETRY_STATUSES:
-                attempt += 1
-                await self._wait_retry(attempt, error.retry_after)
-                continue
-            raise error
-
-    async def _wait_retry(self, attempt: int, retry_after: float | None) -> None:
-        self._pipeline.count_api_retry()
-        await self._sleep(self._backoff.delay(attempt, retry_after))
+                delay = retry_delay(retries, self.max_retries, exc, self._backoff)
+                if delay is None:
+                    raise _http.transport_error(exc) from exc
+            else:
+                if response.is_success:
+                    return call.parse(response)
+                error = _http.error_from_response(response)
+                delay = retry_delay(retries, self.max_retries, error, self._backoff)
+                if delay is None:
+                    raise error
+            retries += 1
+            self._pipeline.count_api_retry()
+            await self._sleep(delay)
 
     async def track(
         self, unit_id: str, name: str, value: float = 1.0, request_id: str | None = None,

@@ -9,54 +9,32 @@ from functools import partial
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Callable, Mapping, Sequence
-from urllib.parse import quote
 
 import httpx
 
 from . import _http
-from ._events import MAX_BATCH, ON_FULL_POLICIES, check_json, check_text, make_event
+from ._common import (
+    DEFAULTS,
+    HEALTH_CALL,
+    USER_AGENT,
+    Call,
+    ClientOptions,
+    assign_call,
+    assign_payload,
+    check_event_options,
+    infer_call,
+    infer_payload,
+    report_call,
+    retry_delay,
+)
+from ._events import make_event
 from ._exceptions import ClientClosedError
 from ._models import AssignResult, ClientStats, InferResult
 from ._pipeline import EventPipeline
 
-__all__ = ["Client", "assign_payload", "infer_payload", "check_event_options"]
-
-USER_AGENT = "abtest-python-client/0.1"
-
-
-def check_event_options(batch_size: int, flush_interval: float, max_buffer: int, on_full: str) -> None:
-    """Validate the event-pipeline settings shared by both clients."""
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise ValueError(f"batch_size must be in 1..{MAX_BATCH} (the server's limit), got {batch_size}")
-    if flush_interval <= 0:
-        raise ValueError(f"flush_interval must be > 0, got {flush_interval}")
-    if max_buffer < batch_size:
-        raise ValueError(f"max_buffer ({max_buffer}) must be >= batch_size ({batch_size})")
-    if on_full not in ON_FULL_POLICIES:
-        raise ValueError(f"on_full must be one of {ON_FULL_POLICIES}, got {on_full!r}")
-
-
-def assign_payload(experiment: str, unit_id: str, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Body of ``POST /v1/assign``, checked before sending: ValueError names the bad argument."""
-    body: dict[str, Any] = {"experiment": check_text("experiment", experiment),
-                            "unit_id": check_text("unit_id", unit_id)}
-    if attributes is not None:
-        body["attributes"] = dict(attributes)
-        check_json("attributes", body["attributes"])
-    return body
-
-
-def infer_payload(
-    experiment: str, unit_id: str, prompt: str, attributes: Mapping[str, Any] | None, **params: Any
-) -> dict[str, Any]:
-    """Body of ``POST /v1/infer``, checked like :func:`assign_payload`; unset
-    optional parameters are omitted so the server's defaults apply."""
-    body = assign_payload(experiment, unit_id, attributes)
-    body["prompt"] = prompt
-    body.update({k: v for k, v in params.items() if v is not None})
-    for name in ("prompt", *params):
-        check_json(name, body.get(name))  # NUL / lone surrogates (prompt, stop), NaN (temperature...)
-    return body
+# assign_payload, infer_payload, check_event_options and USER_AGENT live in _common
+# (shared with AsyncClient); re-exported here, where they used to be defined.
+__all__ = ["Client", "assign_payload", "infer_payload", "check_event_options", "USER_AGENT"]
 
 
 def _post_events(
@@ -119,31 +97,32 @@ class Client:
         base_url: str,
         api_key: str,
         *,
-        timeout: float = 10.0,
-        max_retries: int = 3,
-        batch_size: int = 500,
-        flush_interval: float = 1.0,
-        max_buffer: int = 10_000,
-        on_full: str = "block",
-        block_timeout: float = 0.5,
-        close_timeout: float = 10.0,
-        backoff_base: float = 0.1,
-        backoff_max: float = 10.0,
-        max_retry_after: float = 60.0,
+        timeout: float = DEFAULTS.timeout,
+        max_retries: int = DEFAULTS.max_retries,
+        batch_size: int = DEFAULTS.batch_size,
+        flush_interval: float = DEFAULTS.flush_interval,
+        max_buffer: int = DEFAULTS.max_buffer,
+        on_full: str = DEFAULTS.on_full,
+        block_timeout: float = DEFAULTS.block_timeout,
+        close_timeout: float = DEFAULTS.close_timeout,
+        backoff_base: float = DEFAULTS.backoff_base,
+        backoff_max: float = DEFAULTS.backoff_max,
+        max_retry_after: float = DEFAULTS.max_retry_after,
         transport: httpx.BaseTransport | None = None,
         http_client: httpx.Client | None = None,
         sleep: Callable[[float], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        check_event_options(batch_size, flush_interval, max_buffer, on_full)
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self._options = options = ClientOptions(
+            timeout=timeout, max_retries=max_retries, batch_size=batch_size, flush_interval=flush_interval,
+            max_buffer=max_buffer, on_full=on_full, block_timeout=block_timeout, close_timeout=close_timeout,
+            backoff_base=backoff_base, backoff_max=backoff_max, max_retry_after=max_retry_after,
+        )  # ValueError on invalid options
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.close_timeout = close_timeout
-        self._timeout = timeout
         self._sleep = sleep or time.sleep
-        self._backoff = _http.Backoff(backoff_base, backoff_max, max_retry_after, rng or random.Random())
+        self._backoff = options.make_backoff(rng)
         self._owns_http = owns_http = http_client is None
         self._http = http_client or httpx.Client(
             base_url=self.base_url, timeout=timeout, transport=transport,
@@ -152,9 +131,7 @@ class Client:
         self._headers = _http.auth_headers(api_key, USER_AGENT)
         self._closed = False
         self._pipeline = EventPipeline(
-            partial(_post_events, self._http, self._headers), batch_size=batch_size, flush_interval=flush_interval,
-            max_buffer=max_buffer, on_full=on_full, block_timeout=block_timeout,
-            request_timeout=timeout, backoff=self._backoff, sleep=sleep,
+            partial(_post_events, self._http, self._headers), **options.pipeline_options(self._backoff, sleep)
         )
         self._finalizer = weakref.finalize(
             self, _shutdown, self._pipeline, self._http, owns_http, close_timeout
@@ -170,8 +147,7 @@ class Client:
         Raises ValueError, before any request, for arguments the server would refuse
         (empty or over-long ids, NUL or lone surrogates, non-finite numbers).
         """
-        body = assign_payload(experiment, unit_id, attributes)
-        return _http.parse_result(AssignResult, self._request("POST", "/v1/assign", body, timeout))  # type: ignore[no-any-return]
+        return self._request(assign_call(experiment, unit_id, attributes), timeout)  # type: ignore[no-any-return]
 
     def infer(
         self, experiment: str, unit_id: str, prompt: str, *,
@@ -186,52 +162,45 @@ class Client:
         Raises :class:`EngineError` (502) / :class:`GatewayTimeoutError` (504)
         with ``request_id`` set when the engine fails or is too slow.
         """
-        body = infer_payload(
+        call = infer_call(
             experiment, unit_id, prompt, attributes, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, seed=seed, stop=list(stop) if stop else None,
+            temperature=temperature, top_p=top_p, seed=seed, stop=stop,
         )
-        return _http.parse_result(InferResult, self._request("POST", "/v1/infer", body, timeout))  # type: ignore[no-any-return]
+        return self._request(call, timeout)  # type: ignore[no-any-return]
 
     def report(self, experiment: str, *, timeout: float | None = None) -> dict[str, Any]:
         """The experiment's report document, as returned by the server."""
-        path = f"/v1/experiments/{quote(experiment, safe='')}/report"
-        return _http.json_body(self._request("GET", path, None, timeout))
+        return self._request(report_call(experiment), timeout)  # type: ignore[no-any-return]
 
     def health(self, *, timeout: float | None = None) -> dict[str, Any]:
         """``GET /healthz``; raises unless the server answers 200."""
-        return _http.json_body(self._request("GET", "/healthz", None, timeout))
+        return self._request(HEALTH_CALL, timeout)  # type: ignore[no-any-return]
 
-    def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, timeout: float | None
-    ) -> httpx.Response:
-        """One API call with the safe-retry policy; returns a 2xx response."""
+    def _request(self, call: Call, timeout: float | None) -> Any:
+        """One API call with the safe-retry policy (:func:`retry_delay`); returns its parsed result."""
         if self._closed:
             raise ClientClosedError("client is closed")
-        attempt = 0
+        retries = 0
         while True:
             try:
                 response = self._http.request(
-                    method, path, json=body, headers=self._headers,
-                    timeout=self._timeout if timeout is None else timeout,
+                    call.method, call.path, json=call.body, headers=self._headers,
+                    timeout=self._options.request_timeout(timeout),
                 )
             except httpx.HTTPError as exc:
-                if attempt < self.max_retries and _http.request_not_sent(exc):
-                    attempt += 1
-                    self._wait_retry(attempt, None)
-                    continue
-                raise _http.transport_error(exc) from exc
-            if response.is_success:
-                return response
-            error = _http.error_from_response(response)
-            if attempt < self.max_retries and response.status_code in _http.API_RETRY_STATUSES:
-                attempt += 1
-                self._wait_retry(attempt, error.retry_after)
-                continue
-            raise error
-
-    def _wait_retry(self, attempt: int, retry_after: float | None) -> None:
-        self._pipeline.count_api_retry()
-        self._sleep(self._backoff.delay(attempt, retry_after))
+                delay = retry_delay(retries, self.max_retries, exc, self._backoff)
+                if delay is None:
+                    raise _http.transport_error(exc) from exc
+            else:
+                if response.is_success:
+                    return call.parse(response)
+                error = _http.error_from_response(response)
+                delay = retry_delay(retries, self.max_retries, error, self._backoff)
+                if delay is None:
+                    raise error
+            retries += 1
+            self._pipeline.count_api_retry()
+            self._sleep(delay)
 
     # ------------------------------------------------------------ events
     def track(
