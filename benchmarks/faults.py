@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,6 +361,7 @@ def main() -> None:
         print(json.dumps(data))
     finally:
         stack.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
