@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
 from typing import Any
 
 from ..db import Database, is_outage
@@ -42,7 +43,7 @@ from ..models import RequestLog
 from .assigner import aggregate_exposures, exposure_upsert
 from ..reports.rollups import insert_outcomes
 
-__all__ = ["OutcomeLog", "STATUSES", "Exposure"]
+__all__ = ["OutcomeLog", "STATUSES", "ExposureItem"]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ log = logging.getLogger(__name__)
 STATUSES = ("ok", "error", "timeout", "rejected", "unavailable")
 _COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
 
-Exposure = tuple  # (experiment_id, phase, unit_id, variant, seen)
-_Entry = tuple  # (row dict or None, exposure or None, Future)
+# An exposure to upsert: (experiment_id, phase, unit_id, variant, seen); not the Exposure model.
+ExposureItem = tuple[int, int, str, str, datetime]
+_Entry = tuple["dict[str, Any] | None", "ExposureItem | None", "Future[None]"]
 
 
 class OutcomeLog:
@@ -68,7 +70,7 @@ class OutcomeLog:
         self._thread = threading.Thread(target=self._run, name="outcome-log", daemon=True)
         self._thread.start()
 
-    def write(self, row: Mapping[str, Any] | None, exposure: Exposure | None = None, timeout: float = 5.0) -> None:
+    def write(self, row: Mapping[str, Any] | None, exposure: ExposureItem | None = None, timeout: float = 5.0) -> None:
         """Queue ``row`` (and ``exposure``) and return once committed; raises if it was not."""
         done = self._enqueue(row, exposure, wake_writer=False)
         deadline = time.monotonic() + timeout
@@ -83,14 +85,14 @@ class OutcomeLog:
                 self._commit_lock.release()
         done.result(0)
 
-    def write_exposure(self, exposure: Exposure, timeout: float = 5.0) -> None:
+    def write_exposure(self, exposure: ExposureItem, timeout: float = 5.0) -> None:
         self.write(None, exposure, timeout)
 
-    def write_nowait(self, row: Mapping[str, Any], exposure: Exposure | None = None) -> Future[None]:
+    def write_nowait(self, row: Mapping[str, Any], exposure: ExposureItem | None = None) -> Future[None]:
         """Queue ``row`` for the background writer (callers that do not wait, e.g. shadows)."""
         return self._enqueue(row, exposure, wake_writer=True)
 
-    def _enqueue(self, row: Mapping[str, Any] | None, exposure: Exposure | None, wake_writer: bool) -> Future[None]:
+    def _enqueue(self, row: Mapping[str, Any] | None, exposure: ExposureItem | None, wake_writer: bool) -> Future[None]:
         done: Future[None] = Future()
         full = None if row is None else {name: row.get(name) for name in _COLUMNS}
         with self._cond:
