@@ -54,6 +54,7 @@ class VariantConfig:
     weight: float
     is_control: bool = False
     shadow: bool = False
+    quality_reference: str | None = None  # an engine that scores this variant's completions
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class ExperimentConfig:
     layer_start: float = 0.0
     layer_end: float = 1.0
     treatment_paused: bool = False
+    quality_sample: float | None = None  # share of served requests scored for output quality
 
     @property
     def control(self) -> VariantConfig:

@@ -112,6 +112,11 @@ class Experiment(Base):
     layer_end: Mapped[float] = mapped_column(Float, default=1.0)
     # Guardrail breaches pause the treatment: its traffic goes to control until resumed.
     treatment_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the experiment is for: "superiority" (the treatment must win on the primary metric)
+    # or "non_inferiority" (it must not lose by more than the primary metric's margin).
+    decision: Mapped[str] = mapped_column(String(24), default="superiority", server_default="superiority")
+    # Share of served requests whose completions are scored for output quality (None: none).
+    quality_sample: Mapped[float | None] = mapped_column(Float)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -137,6 +142,8 @@ class Variant(Base):
     weight: Mapped[float] = mapped_column(Float)
     is_control: Mapped[bool] = mapped_column(Boolean, default=False)
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    # An engine that scores this variant's completions (e.g. its full-precision original).
+    quality_reference: Mapped[str | None] = mapped_column(String(100))
     position: Mapped[int] = mapped_column(Integer)
 
     experiment: Mapped[Experiment] = relationship(back_populates="variants")
@@ -150,11 +157,12 @@ class Metric(Base):
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
     event_name: Mapped[str | None] = mapped_column(String(100))  # None for built-ins
-    kind: Mapped[str] = mapped_column(String(16))  # binary | count | sum | builtin
+    kind: Mapped[str] = mapped_column(String(16))  # binary | count | sum | cost_per_event | builtin
     role: Mapped[str] = mapped_column(String(16))  # primary | secondary | guardrail
     direction: Mapped[str] = mapped_column(String(16))  # increase | decrease
     attribution_window_s: Mapped[int] = mapped_column(Integer, default=86_400)
-    margin: Mapped[float] = mapped_column(Float, default=0.0)  # guardrails: tolerated relative harm
+    margin: Mapped[float] = mapped_column(Float, default=0.0)  # tolerated relative harm (see validation)
+    test: Mapped[str | None] = mapped_column(String(16))  # None | "equivalence" (two one-sided tests)
     position: Mapped[int] = mapped_column(Integer)
 
     experiment: Mapped[Experiment] = relationship(back_populates="metrics")
@@ -212,6 +220,10 @@ class RequestLog(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     batch_size: Mapped[int | None] = mapped_column(Integer)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | length (ok requests)
+    decode_ms: Mapped[float | None] = mapped_column(Float)  # first token to last token
+    compute_ms: Mapped[float | None] = mapped_column(Float)  # its share of the batch's engine time
+    cost: Mapped[float | None] = mapped_column(Float)  # compute_ms x the engine's price; None: no price
     output_match: Mapped[bool | None] = mapped_column(Boolean)  # shadow copies only
 
 

@@ -67,7 +67,7 @@ class _Row:
     """Book-keeping of one request inside a running batch."""
 
     __slots__ = ("index", "req", "ids", "queue_ms", "limit", "gen", "stop", "text_len", "finish",
-                 "t_done", "generator", "text", "greedy")
+                 "t_done", "generator", "text", "greedy", "compute")
 
     def __init__(self, index, req, ids, queue_ms, limit, generator):
         self.index = index
@@ -81,6 +81,7 @@ class _Row:
         self.generator = generator
         self.text: str | None = None
         self.greedy = req.temperature <= 0
+        self.compute = 0.0  # seconds: this row's share of the batch's steps
 
 
 class Engine:
@@ -264,15 +265,22 @@ class Engine:
             logits = runner.forward(ids[:, s:e], positions[:, s:e], s, cache, key_valid, last_only=True)
         tok = self._sample(logits[:, -1], rows)
         t_first = time.perf_counter()
+        for r in rows:
+            r.compute = (t_first - t_start) / B
         ctx = self.spec.context_window
         active = list(range(B))  # indices into `rows` of the rows still generating
         crow = list(range(B))  # cache row of each active row
         pad_c = pad_t.to(dev)  # left padding of each cache row
         CB = B  # rows in the cache (finished rows linger until the batch halves)
         slot = P
+        t_step = t_first
         while True:
             toks = tok.tolist()
             now = time.perf_counter()
+            if now > t_step:  # the decode step just done: shared by the rows that ran in it
+                for b in active:
+                    rows[b].compute += (now - t_step) / len(active)
+            t_step = now
             still = []
             for j, b in enumerate(active):
                 r = rows[b]
@@ -328,6 +336,7 @@ class Engine:
                 batch_size=B,
                 finish_reason=r.finish or "length",
                 request_id=r.req.request_id,
+                compute_ms=r.compute * 1e3,
             ))
         return results
 

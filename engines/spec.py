@@ -45,6 +45,10 @@ class EngineSpec:
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
     num_threads: int | None = None  # torch CPU threads for this engine (None: leave as is)
     description: str = ""  # free text shown by `engines list`
+    # What an hour of this engine's machine costs (any currency, the same for every engine of an
+    # experiment); cost per request = compute_ms / 3.6e6 x cost_per_hour. None: no price, and
+    # the report shows cost as unavailable rather than zero.
+    cost_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         problems = validate_fields(dataclasses.asdict(self))
@@ -90,6 +94,10 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
     nt = d.get("num_threads")
     if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 1):
         p.append(f"field 'num_threads' must be a positive integer or null, got {nt!r}")
+    price = d.get("cost_per_hour")
+    if price is not None and (not isinstance(price, (int, float)) or isinstance(price, bool)
+                              or not price >= 0 or price == float("inf")):
+        p.append(f"field 'cost_per_hour' must be a finite number >= 0 or null, got {price!r}")
     return p
 
 

@@ -38,6 +38,9 @@ class GenerationResult:
     batch_size: int  # how many requests ran together in the batch
     finish_reason: str  # "stop" | "length"
     request_id: str | None = None
+    # This request's share of the engine time of the steps it ran in: each step's time divided
+    # by the rows generating in that step, summed (prefill shared by the batch's rows).
+    compute_ms: float | None = None
 
 
 class EngineError(Exception):

@@ -15,7 +15,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, func, insert, inspect, select, text
+from sqlalchemy import Engine, create_engine, func, inspect, select, text
 
 from abtest.db import MIGRATIONS_DIR, Database, alembic_config, downgrade, upgrade
 from abtest.models import Base, LatencyBucket, RequestLog, UnitOutcome
@@ -63,20 +63,15 @@ def test_upgrade_downgrade_roundtrip_and_no_autogenerate_diff(empty_url: str) ->
 
 def test_rollup_migration_fills_the_rollups_from_the_existing_log(empty_url: str) -> None:
     upgrade(empty_url, "0002")
-    db = Database(empty_url)
-    spec = {"key": "old", "name": "logged before 0003",
-            "variants": [{"key": "control", "engine": "v1-fp32", "weight": 0.5, "control": True},
-                         {"key": "treatment", "engine": "v2-int4", "weight": 0.5}]}
-    with db.transaction() as session:
-        exp_id = create_experiment(session, spec, "test", lambda _: True).id
+    exp_id = _old_experiment(empty_url, "old")
     now = datetime(2026, 11, 1, tzinfo=timezone.utc)
     rows = [{"request_id": f"r{i}", "experiment_id": exp_id, "phase": 1, "variant": ("control", "treatment")[i % 2],
              "engine": "e", "unit_id": f"u{i % 7}", "in_experiment": True, "shadow": False,
              "status": "ok" if i % 5 else "error", "started_at": now + timedelta(minutes=i), "finished_at": now,
              "latency_ms": 100.0 + i} for i in range(40)]
-    with db.transaction() as session:
-        session.execute(insert(RequestLog), rows)
-    db.dispose()
+    columns = ", ".join(rows[0])
+    with create_engine(empty_url).begin() as conn:  # SQL of the 0002 schema
+        conn.execute(text(f"INSERT INTO requests ({columns}) VALUES ({', '.join(':' + c for c in rows[0])})"), rows)
     upgrade(empty_url)
     db = Database(empty_url)
     with db.session() as session:
@@ -141,15 +136,29 @@ def _revisions() -> list[tuple[str, str]]:
 _T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
 
+def _old_experiment(url: str, key: str) -> int:
+    """An experiment with two variants, in SQL of the 0001 schema (today's models have later
+    columns, so the service layer cannot write into an older schema)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO experiments (key, name, hypothesis, owner, status, coverage, salt, phase, targeting,"
+            " forced, layer_start, layer_end, treatment_paused, version, created_at, updated_at)"
+            " VALUES (:k, :k, '', '', 'draft', 1.0, 'salt', 1, '[]', '{}', 0.0, 1.0, :f, 1, :at, :at)"),
+            {"k": key, "f": False, "at": _T0})
+        exp_id = conn.execute(text("SELECT id FROM experiments WHERE key = :k"), {"k": key}).scalar_one()
+        for i, (variant, engine_name) in enumerate((("control", "v1-fp32"), ("treatment", "v2-int4"))):
+            conn.execute(text(
+                "INSERT INTO variants (experiment_id, key, engine, weight, is_control, shadow, position)"
+                " VALUES (:e, :v, :n, 0.5, :c, :f, :i)"),
+                {"e": exp_id, "v": variant, "n": engine_name, "c": i == 0, "f": False, "i": i})
+    engine.dispose()
+    return int(exp_id)
+
+
 def _write_before_0004(url: str) -> int:
     """An experiment, a logged request and a unit's rollup, as written at revision 0003."""
-    db = Database(url)
-    spec = {"key": "replayed", "name": "written at 0003",
-            "variants": [{"key": "control", "engine": "v1-fp32", "weight": 0.5, "control": True},
-                         {"key": "treatment", "engine": "v2-int4", "weight": 0.5}]}
-    with db.transaction() as session:
-        exp_id = create_experiment(session, spec, "test", lambda _: True).id
-    db.dispose()
+    exp_id = _old_experiment(url, "replayed")
     engine = create_engine(url)
     with engine.begin() as conn:  # SQL of the 0003 schema (today's models have 0004's columns)
         conn.execute(text(

@@ -70,9 +70,13 @@ def create_experiment(
         targeting=spec.parse_targeting(f.list("targeting", [])),
         forced=spec.parse_forced(f.obj("forced", {}), keys),
         created_at=now(), updated_at=now(), version=1, treatment_paused=False,
+        decision=f.choice("decision", list(spec.DECISIONS), "superiority"),
+        quality_sample=_quality_sample(f),
     )
+    metrics = spec.parse_metrics(f.list("metrics", []))
+    spec.parse_policy(exp.decision, metrics, exp.quality_sample, variants)
     exp.variants = [Variant(position=i, **v) for i, v in enumerate(variants)]
-    exp.metrics = [Metric(position=i, **m) for i, m in enumerate(spec.parse_metrics(f.list("metrics", [])))]
+    exp.metrics = [Metric(position=i, **m) for i, m in enumerate(metrics)]
     if f.has("layer"):
         _place_in_layer(session, exp, f.str("layer", slug=True, max_len=100),
                         float(f.num("layer_share", 1.0, lo=0.0, hi=1.0)))
@@ -87,6 +91,17 @@ def create_experiment(
         raise Conflict(f"an experiment with key {key!r} already exists", details={"field": "key"}) from exc
     _audit(session, exp, actor, "create", {"experiment": experiment_view(exp)})
     return exp
+
+
+def _quality_sample(f: Fields) -> float | None:
+    """``quality_sample``: a share in (0, 1], or null for no scoring."""
+    if not f.has("quality_sample") or f._get("quality_sample", None) is None:
+        return None
+    share = float(f.num("quality_sample", lo=0.0, hi=1.0))
+    if share <= 0.0:
+        raise ValidationError("quality_sample", "must be in (0, 1]: the share of requests to score "
+                              "(null or absent: none)")
+    return share
 
 
 def _place_in_layer(session: Session, exp: Experiment, layer: str, share: float) -> None:
@@ -176,10 +191,19 @@ def update_experiment(
     if f.has("forced") or f.has("variants"):
         raw = f.obj("forced") if f.has("forced") else exp.forced
         exp.forced = spec.parse_forced(raw, {v.key for v in exp.variants})
+    if f.has("decision"):
+        exp.decision = f.choice("decision", list(spec.DECISIONS))
+    if f.has("quality_sample"):
+        exp.quality_sample = _quality_sample(f)
+    metrics = spec.parse_metrics(f.list("metrics")) if f.has("metrics") else [
+        {c: getattr(m, c) for c in ("name", "event_name", "kind", "role", "direction", "margin", "test")}
+        for m in exp.metrics]
+    spec.parse_policy(exp.decision, metrics, exp.quality_sample,
+                      [{"shadow": v.shadow, "quality_reference": v.quality_reference} for v in exp.variants])
     if f.has("metrics"):
         exp.metrics.clear()
         session.flush()
-        exp.metrics.extend(Metric(position=i, **m) for i, m in enumerate(spec.parse_metrics(f.list("metrics"))))
+        exp.metrics.extend(Metric(position=i, **m) for i, m in enumerate(metrics))
     exp.updated_at, exp.version = now(), exp.version + 1
     session.flush()
     after = experiment_view(exp)
@@ -191,7 +215,9 @@ def update_experiment(
 def _replace_variants(session: Session, exp: Experiment, variants: list[dict[str, Any]]) -> None:
     old = [(v.key, v.engine, v.weight, v.is_control, v.shadow) for v in exp.variants]
     new = [(v["key"], v["engine"], v["weight"], v["is_control"], v["shadow"]) for v in variants]
-    if old == new:
+    if old == new:  # the allocation is the same: a quality reference changes in place, same phase
+        for row, v in zip(exp.variants, variants):
+            row.quality_reference = v["quality_reference"]
         return
     exp.variants.clear()
     session.flush()
@@ -269,8 +295,11 @@ def experiment_view(exp: Experiment) -> dict[str, Any]:
     return {
         "key": exp.key, "name": exp.name, "hypothesis": exp.hypothesis, "owner": exp.owner,
         "status": exp.status, "coverage": exp.coverage, "phase": exp.phase,
+        "decision": exp.decision, "quality_sample": exp.quality_sample,
         "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight,
-                      "control": v.is_control, "shadow": v.shadow} for v in exp.variants],
+                      "control": v.is_control, "shadow": v.shadow,
+                      **({"quality_reference": v.quality_reference} if v.quality_reference else {})}
+                     for v in exp.variants],
         "targeting": exp.targeting, "forced": exp.forced,
         "layer": exp.layer, "layer_range": [exp.layer_start, exp.layer_end] if exp.layer else None,
         "metrics": [spec.metric_view(vars(m)) for m in exp.metrics],
@@ -288,8 +317,9 @@ def to_config(exp: Experiment) -> ExperimentConfig:
     return ExperimentConfig(
         id=exp.id, key=exp.key, status=exp.status, salt=exp.salt, phase=exp.phase,
         coverage=exp.coverage,
-        variants=tuple(VariantConfig(v.key, v.engine, v.weight, v.is_control, v.shadow) for v in exp.variants),
+        variants=tuple(VariantConfig(v.key, v.engine, v.weight, v.is_control, v.shadow, v.quality_reference)
+                       for v in exp.variants),
         targeting=tuple(exp.targeting or ()), forced=dict(exp.forced or {}),
         layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
-        treatment_paused=exp.treatment_paused,
+        treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample,
     )

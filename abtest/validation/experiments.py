@@ -9,8 +9,28 @@ Payload (POST /v1/experiments; PATCH takes the mutable subset)::
      "targeting": [{"attribute": "country", "op": "in", "value": ["US", "CA"]}],
      "forced": {"qa-user-1": "treatment"},
      "layer": "homepage", "layer_share": 0.5,
+     "decision": "non_inferiority", "quality_sample": 0.05,
      "metrics": [{"name": "conversion", "event": "purchase", "kind": "binary",
-                  "role": "primary", "direction": "increase", "attribution_window_hours": 24}]}
+                  "role": "primary", "direction": "increase", "attribution_window_hours": 24,
+                  "margin": 0.02}]}
+
+Decision policies and margins (relative: 0.02 = "at most 2 % worse"):
+
+* ``"decision": "superiority"`` (default): the treatment ships when the primary metric improves.
+  The primary metric takes no margin.
+* ``"decision": "non_inferiority"``: the treatment ships when the primary metric is shown to be
+  no worse than its ``margin``, which is required and > 0.
+* A guardrail may have a margin (harm tolerated; 0 = any confident harm breaches). With
+  ``"test": "equivalence"`` (two one-sided tests) it must show the difference lies within
+  +/- margin, which then must be > 0.
+* Secondary metrics are descriptive and take no margin.
+
+Metric kinds: built-ins (no event), ``binary`` / ``count`` / ``sum`` of an event, and
+``cost_per_event`` (the unit's cost of inference over its number of ``event`` events).
+
+Quality sampling: ``quality_sample`` in (0, 1] is the share of served requests whose
+completions are scored off the request path; a variant's ``quality_reference`` names a
+registered engine (not its own) that scores that variant's completions.
 """
 
 from __future__ import annotations
@@ -32,6 +52,9 @@ __all__ = [
     "parse_metrics",
     "parse_targeting",
     "parse_forced",
+    "parse_policy",
+    "DECISIONS",
+    "METRIC_KINDS",
 ]
 
 # Built-in metrics computed from the request log (defined in abtest.reports.catalogue): name ->
@@ -39,7 +62,9 @@ __all__ = [
 BUILTIN_METRICS: dict[str, str] = builtin_directions()
 DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
 MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics",
-                  "treatment_paused")
+                  "decision", "quality_sample", "treatment_paused")
+DECISIONS = ("superiority", "non_inferiority")
+METRIC_KINDS = ("binary", "count", "sum", "cost_per_event")
 CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])
 WEIGHT_TOLERANCE = 1e-6
 # Stored in JSON columns, which have no width of their own: the longest string a targeting
@@ -57,7 +82,7 @@ def parse_variants(raw: Any, is_engine: Callable[[str], bool]) -> list[dict[str,
     variants, seen = [], set()
     for i, item in enumerate(items):
         path = f"variants[{i}]"
-        v = Fields(item, ["key", "engine", "weight", "control", "shadow"], path)
+        v = Fields(item, ["key", "engine", "weight", "control", "shadow", "quality_reference"], path)
         key = v.str("key", slug=True, max_len=100)
         if key in seen:
             raise ValidationError(f"{path}.key", f"duplicate variant key {key!r}")
@@ -65,10 +90,17 @@ def parse_variants(raw: Any, is_engine: Callable[[str], bool]) -> list[dict[str,
         engine = v.str("engine", max_len=100)
         if not is_engine(engine):
             raise ValidationError(f"{path}.engine", f"unknown engine {engine!r}")
+        reference = v.str("quality_reference", None, max_len=100) if v.has("quality_reference") else None
+        if reference is not None and not is_engine(reference):
+            raise ValidationError(f"{path}.quality_reference", f"unknown engine {reference!r}")
+        if reference is not None and reference == engine:
+            raise ValidationError(f"{path}.quality_reference",
+                                  f"is the variant's own engine {engine!r}: a reference must be another engine")
         variants.append({
             "key": key, "engine": engine,
             "weight": float(v.num("weight", lo=0.0, hi=1.0)),
             "is_control": v.bool("control", False), "shadow": v.bool("shadow", False),
+            "quality_reference": reference,
         })
     _check_roles(variants)
     total = sum(v["weight"] for v in variants)
@@ -94,7 +126,7 @@ def parse_metrics(raw: Any) -> list[dict[str, Any]]:
     for i, item in enumerate(items):
         path = f"metrics[{i}]"
         m = Fields(item, ["name", "event", "kind", "role", "direction",
-                          "attribution_window_hours", "margin"], path)
+                          "attribution_window_hours", "margin", "test"], path)
         name = m.str("name", slug=True, max_len=100)
         if name in seen:
             raise ValidationError(f"{path}.name", f"duplicate metric {name!r}")
@@ -102,15 +134,17 @@ def parse_metrics(raw: Any) -> list[dict[str, Any]]:
         builtin = name in BUILTIN_METRICS
         if builtin and m.has("event"):
             raise ValidationError(f"{path}.event", f"{name!r} is a built-in metric and takes no event")
+        kind = "builtin" if builtin else m.choice("kind", list(METRIC_KINDS), "binary")
         metrics.append({
             "name": name,
-            "event_name": None if builtin else m.str("event", max_len=100),
-            "kind": "builtin" if builtin else m.choice("kind", ["binary", "count", "sum"], "binary"),
+            "event_name": None if builtin else m.str("event", max_len=100),  # cost_per_event too
+            "kind": kind,
             "role": m.choice("role", ["primary", "secondary", "guardrail"], "secondary"),
             "direction": m.choice("direction", ["increase", "decrease"],
-                                  BUILTIN_METRICS.get(name, "increase")),
+                                  BUILTIN_METRICS.get(name, "decrease" if kind == "cost_per_event" else "increase")),
             "attribution_window_s": int(round(m.num("attribution_window_hours", 24, lo=0.0, hi=24 * 365) * 3600)),
             "margin": float(m.num("margin", 0.0, lo=0.0, hi=10.0)),
+            "test": m.choice("test", ["equivalence"]) if m.has("test") else None,
         })
     if sum(m["role"] == "primary" for m in metrics) > 1:
         raise ValidationError("metrics", "at most one metric can be primary")
@@ -122,7 +156,41 @@ def parse_metrics(raw: Any) -> list[dict[str, Any]]:
 
 def _default_guardrail(name: str) -> dict[str, Any]:
     return {"name": name, "event_name": None, "kind": "builtin", "role": "guardrail",
-            "direction": BUILTIN_METRICS[name], "attribution_window_s": 86_400, "margin": 0.0}
+            "direction": BUILTIN_METRICS[name], "attribution_window_s": 86_400, "margin": 0.0, "test": None}
+
+
+def parse_policy(decision: str, metrics: list[dict[str, Any]], quality_sample: float | None,
+                 variants: list[dict[str, Any]]) -> None:
+    """Cross-field rules of the decision policy, margins and quality sampling (422 naming the field).
+
+    ``metrics`` and ``variants`` are parsed (:func:`parse_metrics`, :func:`parse_variants`, or the
+    stored rows as dicts) and keep their payload order, so ``metrics[i]`` names the payload's.
+    """
+    primary = next((i for i, m in enumerate(metrics) if m["role"] == "primary"), None)
+    for i, m in enumerate(metrics):
+        path = f"metrics[{i}]"
+        if m["role"] == "secondary" and m["margin"] > 0:
+            raise ValidationError(f"{path}.margin", "a secondary metric is descriptive and takes no margin; "
+                                  "margins belong to guardrails and to the primary metric of a "
+                                  "non-inferiority experiment")
+        if m["role"] == "primary" and m["margin"] > 0 and decision != "non_inferiority":
+            raise ValidationError(f"{path}.margin", 'a margin on the primary metric needs "decision": '
+                                  '"non_inferiority" (a superiority test has no margin)')
+        if m.get("test") == "equivalence":
+            if m["role"] != "guardrail":
+                raise ValidationError(f"{path}.test", "equivalence is a test for guardrails")
+            if not m["margin"] > 0:
+                raise ValidationError(f"{path}.margin", "an equivalence guardrail needs a margin > 0")
+    if decision == "non_inferiority":
+        if primary is None:
+            raise ValidationError("metrics", "a non-inferiority experiment needs a primary metric with a margin")
+        if not metrics[primary]["margin"] > 0:
+            raise ValidationError(f"metrics[{primary}].margin", "a non-inferiority experiment needs a margin > 0 "
+                                  "on its primary metric (relative: 0.02 = at most 2 % worse)")
+    for i, v in enumerate(variants):
+        if v.get("quality_reference") is not None and quality_sample is None and not v["shadow"]:
+            raise ValidationError(f"variants[{i}].quality_reference",
+                                  "needs quality_sample (the share of requests to score) on the experiment")
 
 
 def parse_targeting(raw: Any) -> list[dict[str, Any]]:
@@ -158,4 +226,6 @@ def metric_view(m: Mapping[str, Any]) -> dict[str, Any]:
             "attribution_window_hours": m["attribution_window_s"] / 3600, "margin": m["margin"]}
     if m["event_name"] is not None:
         view["event"] = m["event_name"]
+    if m.get("test") is not None:
+        view["test"] = m["test"]
     return view
