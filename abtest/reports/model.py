@@ -19,7 +19,7 @@ __all__ = [
     "Estimate", "RatioEstimate", "QuantileEstimateView", "EffectView", "SequentialView", "ExpectedLoss",
     "ComparisonResult", "MetricResult", "GuardrailResult", "PowerPlan", "TreatmentRecommendation",
     "OverallRecommendation", "SRMVariant", "SRMBlock", "VariantSummary", "TimePoint", "TimeSeries",
-    "Histogram", "ShadowSummary", "Breach", "ExperimentInfo", "QuantileMethod", "MultipleTesting",
+    "Histogram", "ShadowSummary", "QualityResult", "QualitySection", "Breach", "ExperimentInfo", "QuantileMethod", "MultipleTesting",
     "Options", "Report", "clean",
 ]
 
@@ -124,6 +124,9 @@ class MetricResult:
     attribution_window_s: int | None
     variants: Mapping[str, Estimate | QuantileEstimateView]
     comparisons: tuple[ComparisonResult, ...]
+    # What the reader must know to read the figures, e.g. requests logged before a column existed
+    # and left out ("312 requests logged before token counts were recorded are left out").
+    note: str | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def higher_is_better(self) -> bool:
@@ -237,6 +240,41 @@ class ShadowSummary:
 
 
 @dataclass(frozen=True)
+class QualityResult:
+    """How closely one engine tracks another on the same live prompts, for one variant.
+
+    ``comparison``: ``treatment_vs_control`` (the treatment's engine scores the control's
+    completions) or ``reference`` (the variant's ``quality_reference`` engine scores the
+    variant's own completions). ``method``: ``logprobs`` (teacher-forced: ``agreement`` is top-1
+    agreement, ``kl`` the mean KL(generator || scorer) per token) or ``text`` (the tokenizers
+    differ: ``agreement`` is a text similarity of the scorer's own greedy completion, ``kl`` None).
+    Estimates are per-unit ratio means with their CIs; ``scored`` counts scored requests.
+    """
+
+    comparison: str
+    variant: str
+    generator: str
+    scorer: str
+    method: str
+    scored: int
+    units: int
+    agreement: Estimate | None
+    kl: Estimate | None
+
+
+@dataclass(frozen=True)
+class QualitySection:
+    """Output quality on live traffic: ``sample`` is the experiment's ``quality_sample``;
+    ``skipped`` and ``dropped`` count scoring jobs that did not run (no capacity, failed)."""
+
+    sample: float | None
+    results: tuple[QualityResult, ...]
+    skipped: int
+    dropped: int
+    note: str
+
+
+@dataclass(frozen=True)
 class Breach:
     """The last guardrail breach's audit entry: its ``changes`` (reason, breaches ...) inline."""
 
@@ -304,6 +342,7 @@ class Report:
     timeseries: TimeSeries | None
     latency_histogram: Histogram | None
     shadow: tuple[ShadowSummary, ...]
+    quality: QualitySection | None = None
 
     @property
     def control(self) -> str:
