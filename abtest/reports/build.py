@@ -62,6 +62,7 @@ from .model import (
     TreatmentRecommendation,
     clean,
 )
+from .quality import quality_section
 from .specs import metric_specs
 
 __all__ = ["ReportOptions", "Report", "build_report", "metric_specs"]
@@ -143,6 +144,7 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
         timeseries=_timeseries(specs, data, control, treatments, options) if options.metrics is None else None,
         latency_histogram=data.histogram,
         shadow=data.shadow,
+        quality=quality_section(conn, scope, exp) if options.metrics is None else None,
     )
 
 

@@ -43,7 +43,7 @@ from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
 from .assigner import Assigner
 from .outcomes import OutcomeLog
 
-__all__ = ["InferenceService", "InferParams", "Dispatcher"]
+__all__ = ["InferenceService", "InferParams", "Dispatcher", "QualityHook"]
 
 log = logging.getLogger("abtest.infer")
 
@@ -89,11 +89,21 @@ def _metrics() -> Registry:
     return r
 
 
+class QualityHook(Protocol):
+    """Told about finished requests (off the request path: must return at once, never raise)."""
+
+    def served(self, row: Mapping[str, Any], params: InferParams, text: str, config: ExperimentConfig,
+               assignment: Assignment) -> None: ...
+    def shadowed(self, row: Mapping[str, Any], params: InferParams, control_text: str | None,
+                 shadow_text: str | None, config: ExperimentConfig, assignment: Assignment) -> None: ...
+
+
 class InferenceService:
     def __init__(self, assigner: Assigner, dispatcher: Dispatcher, outcomes: OutcomeLog,
                  timeout_s: float, shadow_workers: int = 16, max_inflight: int = 32,
-                 max_inflight_total: int = 0) -> None:
+                 max_inflight_total: int = 0, quality: QualityHook | None = None) -> None:
         self.assigner, self.dispatcher, self.outcomes, self.timeout_s = assigner, dispatcher, outcomes, timeout_s
+        self.quality = quality
         self.metrics = _metrics()
         self._shadow_pool = ThreadPoolExecutor(max_workers=shadow_workers, thread_name_prefix="shadow")
         self._shadow_slots = threading.BoundedSemaphore(shadow_workers * 4)
@@ -152,8 +162,9 @@ class InferenceService:
             raise
         finally:
             if shadow is not None:
-                self._compare_later(shadow, control_text)
+                self._compare_later(shadow, control_text, params, config, assignment)
         latency = self._finish(row, t0, "ok", None, result)
+        self._tell_quality("served", row, params, result["text"], config, assignment)
         log.info("infer ok request_id=%s", request_id, extra={
             "request_id": request_id, "experiment": experiment, "unit_id": unit_id, "variant": assignment.variant,
             "engine": assignment.engine, "status": "ok", "latency_ms": round(latency, 3),
@@ -163,6 +174,14 @@ class InferenceService:
                 "completion_tokens": result["completion_tokens"], "latency_ms": round(latency, 3),
                 "ttft_ms": round(result["ttft_ms"], 3), "queue_ms": round(result["queue_ms"], 3),
                 "batch_size": result["batch_size"]}
+
+    def _tell_quality(self, what: str, *args: Any) -> None:
+        if self.quality is None:
+            return
+        try:
+            getattr(self.quality, what)(*args)
+        except Exception:  # noqa: BLE001 - scoring must never affect a user's request
+            log.exception("quality hook %s failed", what)
 
     def _call(self, engine: str, request_id: str, params: InferParams, row: dict[str, Any],
               t0: float) -> dict[str, Any]:
@@ -234,7 +253,7 @@ class InferenceService:
                "variant": assignment.variant, "engine": assignment.shadow_engine, "unit_id": unit_id,
                "in_experiment": assignment.in_experiment, "shadow": True,
                "started_at": datetime.now(timezone.utc)}
-        return self._shadow_pool.submit(self._run_shadow, row, params)
+        return self._shadow_pool.submit(self._run_shadow, row, params)  # see _compare_later
 
     def _run_shadow(self, row: dict[str, Any], params: InferParams) -> tuple[dict[str, Any], str | None]:
         t0 = time.perf_counter()
@@ -255,7 +274,8 @@ class InferenceService:
                        completion_tokens=r["completion_tokens"], batch_size=r["batch_size"])
         return row, reply["result"]["text"] if ok else None
 
-    def _compare_later(self, shadow: Future, control_text: str | None) -> None:
+    def _compare_later(self, shadow: Future, control_text: str | None, params: InferParams,
+                       config: ExperimentConfig, assignment: Assignment) -> None:
         def done(f: Future) -> None:
             self._shadow_slots.release()
             try:
@@ -267,6 +287,7 @@ class InferenceService:
             self.outcomes.write_nowait(row)
             self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "",
                              status=f"shadow_{row['status']}")
+            self._tell_quality("shadowed", row, params, control_text, text, config, assignment)
 
         shadow.add_done_callback(done)
 
