@@ -144,6 +144,8 @@ class Variant(Base):
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
     # An engine that scores this variant's completions (e.g. its full-precision original).
     quality_reference: Mapped[str | None] = mapped_column(String(100))
+    # A guardrail on that scoring: the least top-1 agreement with the reference that may ship.
+    quality_min_agreement: Mapped[float | None] = mapped_column(Float)
     position: Mapped[int] = mapped_column(Integer)
 
     experiment: Mapped[Experiment] = relationship(back_populates="variants")

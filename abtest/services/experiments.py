@@ -217,7 +217,7 @@ def _replace_variants(session: Session, exp: Experiment, variants: list[dict[str
     new = [(v["key"], v["engine"], v["weight"], v["is_control"], v["shadow"]) for v in variants]
     if old == new:  # the allocation is the same: a quality reference changes in place, same phase
         for row, v in zip(exp.variants, variants):
-            row.quality_reference = v["quality_reference"]
+            row.quality_reference, row.quality_min_agreement = v["quality_reference"], v["quality_min_agreement"]
         return
     exp.variants.clear()
     session.flush()
@@ -298,7 +298,9 @@ def experiment_view(exp: Experiment) -> dict[str, Any]:
         "decision": exp.decision, "quality_sample": exp.quality_sample,
         "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight,
                       "control": v.is_control, "shadow": v.shadow,
-                      **({"quality_reference": v.quality_reference} if v.quality_reference else {})}
+                      **({"quality_reference": v.quality_reference} if v.quality_reference else {}),
+                      **({"quality_min_agreement": v.quality_min_agreement}
+                         if v.quality_min_agreement is not None else {})}
                      for v in exp.variants],
         "targeting": exp.targeting, "forced": exp.forced,
         "layer": exp.layer, "layer_range": [exp.layer_start, exp.layer_end] if exp.layer else None,

@@ -30,7 +30,9 @@ Metric kinds: built-ins (no event), ``binary`` / ``count`` / ``sum`` of an event
 
 Quality sampling: ``quality_sample`` in (0, 1] is the share of served requests whose
 completions are scored off the request path; a variant's ``quality_reference`` names a
-registered engine (not its own) that scores that variant's completions.
+registered engine (not its own) that scores that variant's completions, and its
+``quality_min_agreement`` in [0, 1] is a guardrail: the least top-1 agreement with the
+reference that may ship (breached when the agreement's CI lies below it).
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def parse_variants(raw: Any, is_engine: Callable[[str], bool]) -> list[dict[str,
     variants, seen = [], set()
     for i, item in enumerate(items):
         path = f"variants[{i}]"
-        v = Fields(item, ["key", "engine", "weight", "control", "shadow", "quality_reference"], path)
+        v = Fields(item, ["key", "engine", "weight", "control", "shadow", "quality_reference",
+                          "quality_min_agreement"], path)
         key = v.str("key", slug=True, max_len=100)
         if key in seen:
             raise ValidationError(f"{path}.key", f"duplicate variant key {key!r}")
@@ -96,11 +99,16 @@ def parse_variants(raw: Any, is_engine: Callable[[str], bool]) -> list[dict[str,
         if reference is not None and reference == engine:
             raise ValidationError(f"{path}.quality_reference",
                                   f"is the variant's own engine {engine!r}: a reference must be another engine")
+        floor = None
+        if v.has("quality_min_agreement") and v._get("quality_min_agreement", None) is not None:
+            if reference is None:
+                raise ValidationError(f"{path}.quality_min_agreement", "needs a quality_reference to agree with")
+            floor = float(v.num("quality_min_agreement", lo=0.0, hi=1.0))
         variants.append({
             "key": key, "engine": engine,
             "weight": float(v.num("weight", lo=0.0, hi=1.0)),
             "is_control": v.bool("control", False), "shadow": v.bool("shadow", False),
-            "quality_reference": reference,
+            "quality_reference": reference, "quality_min_agreement": floor,
         })
     _check_roles(variants)
     total = sum(v["weight"] for v in variants)

@@ -28,6 +28,7 @@ def upgrade() -> None:
                                            server_default="superiority"))
     op.add_column("experiments", sa.Column("quality_sample", sa.Float(), nullable=True))
     op.add_column("variants", sa.Column("quality_reference", sa.String(100), nullable=True))
+    op.add_column("variants", sa.Column("quality_min_agreement", sa.Float(), nullable=True))
     op.add_column("metrics", sa.Column("test", sa.String(16), nullable=True))
     for name, type_ in (("finish_reason", sa.String(16)), ("decode_ms", sa.Float()),
                         ("compute_ms", sa.Float()), ("cost", sa.Float())):
@@ -41,6 +42,7 @@ def downgrade() -> None:
     with op.batch_alter_table("metrics") as batch:
         batch.drop_column("test")
     with op.batch_alter_table("variants") as batch:
+        batch.drop_column("quality_min_agreement")
         batch.drop_column("quality_reference")
     with op.batch_alter_table("experiments") as batch:
         batch.drop_column("quality_sample")
