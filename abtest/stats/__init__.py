@@ -21,8 +21,12 @@ for the whole flow on simulated data)::
     significant                  Comparison.significant (fixed horizon) or
                                  SequentialComparison.significant (monitoring)
     power, days to go            power_analysis(stats_c, stats_t, mde, days_elapsed=...)
+                                 noninferiority_plan(stats_c, stats_t, margin, ...)
+    one-sided tests vs a margin  noninferiority_test(stats_c, stats_t, margin),
+                                 equivalence_test(stats_c, stats_t, margin)   (fixed horizon)
     recommendation               recommend(MetricEvidence.from_effect(...primary...),
-                                           [guardrail evidence], srm=..., power=...)
+                                           [guardrail evidence], srm=..., power=...,
+                                           decision="superiority" | "non_inferiority")
     guardrail auto-stop check    guardrail_status(MetricEvidence.from_effect(
                                      name, seq.relative, False, margin)) == "breached"
 
@@ -39,8 +43,9 @@ and percentile_cont), ``frequentist`` (Welch test, relative lift),
 ``quantiles`` (cluster-aware quantile CIs), ``sketch`` (the mergeable latency
 sketch reports read quantiles from), ``srm``, ``sequential``
 (confidence sequences), ``bayesian`` (chance to win, expected loss),
-``multiple`` (Holm, Benjamini-Hochberg), ``power``, ``decision``
-(recommendation), ``analysis`` (all views of one comparison). Each module's
+``multiple`` (Holm, Benjamini-Hochberg), ``power``, ``noninferiority``
+(one-sided tests against a margin, TOST), ``decision`` (recommendation; ``wording`` puts its
+numbers in plain words), ``analysis`` (all views of one comparison). Each module's
 docstring states its exact definitions and the reference it matches.
 """
 
@@ -59,6 +64,7 @@ from .analysis import MetricAnalysis, analyze
 from .bayesian import BayesianResult, bayesian_test, gaussian_chance_and_loss
 from .capping import DEFAULT_CAP_LEVEL, apply_cap, choose_cap, percentile_cont, percentile_cont_ranks
 from .decision import (
+    DECISIONS,
     Action,
     Headline,
     MetricEvidence,
@@ -72,7 +78,17 @@ from .decision import (
 )
 from .frequentist import Comparison, VariantEstimate, compare_estimates, variant_estimate, welch_test
 from .multiple import AdjustedPValues, adjust_p_values
-from .power import PowerResult, achieved_power, power_analysis, required_units_per_variant
+from .noninferiority import EquivalenceResult, NonInferiorityResult, equivalence_test, noninferiority_test
+from .power import (
+    PowerResult,
+    achieved_power,
+    noninferiority_plan,
+    noninferiority_units_per_variant,
+    power_analysis,
+    required_units_per_variant,
+    sequential_noninferiority_power,
+    sequential_noninferiority_units,
+)
 from .quantiles import (
     QuantileEstimate,
     QuantileRanks,
@@ -120,8 +136,12 @@ __all__ = [
     "AdjustedPValues", "adjust_p_values",
     # power
     "PowerResult", "power_analysis", "achieved_power", "required_units_per_variant",
+    "noninferiority_plan", "noninferiority_units_per_variant", "sequential_noninferiority_power",
+    "sequential_noninferiority_units",
+    # one-sided tests against a margin
+    "NonInferiorityResult", "EquivalenceResult", "noninferiority_test", "equivalence_test",
     # decision
-    "Action", "MetricEvidence", "Recommendation", "recommend", "guardrail_status",
+    "DECISIONS", "Action", "MetricEvidence", "Recommendation", "recommend", "guardrail_status",
     "Headline", "headline", "metric_evidence", "constant_difference",
     "primary_status",
     # all views of one comparison

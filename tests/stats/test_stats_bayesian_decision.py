@@ -90,7 +90,7 @@ SHORT = PowerResult(0.01, 0.05, 0.8, 5000, 1200, 0.3, 7.6)
     (LOSS, [OK_LAT], SRM_OK, None, "roll back"),             # rule 2
     (WIN, [OK_LAT], SRM_BAD, None, "keep running"),          # rule 3: SRM blocks ship
     (WIN, [UNSURE_ERR], SRM_OK, None, "keep running"),       # rule 6
-    (FLAT, [OK_LAT], SRM_OK, REACHED, "roll back"),          # rule 7
+    (FLAT, [OK_LAT], SRM_OK, REACHED, "keep control"),       # rule 7
     (FLAT, [OK_LAT], SRM_OK, SHORT, "keep running"),         # rule 8
     (MetricEvidence("conversion", None, None, None, True, error="a variant has no units yet"),
      [], None, None, "keep running"),                       # rule 4
@@ -103,7 +103,8 @@ def test_rule_table(primary, guards, srm, power, action) -> None:
     if srm is SRM_BAD:
         assert rec.reasons[0].startswith("sample ratio mismatch")
     if power is SHORT:
-        assert any("about 7.6 days more" in r for r in rec.reasons)
+        assert any("about 7.6 days at the current rate" in r for r in rec.reasons) is (
+            rec.action == "keep running")
 
 
 def test_guardrail_directions_and_margins() -> None:
