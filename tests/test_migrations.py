@@ -10,6 +10,7 @@ import ast
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, create_engine, func, inspect, select, text
 
 from abtest.db import MIGRATIONS_DIR, Database, alembic_config, downgrade, upgrade
 from abtest.models import Base, LatencyBucket, RequestLog, UnitOutcome
+from abtest.reports.rollups import in_sample, insert_outcomes, rebuild
 from abtest.services.experiments import create_experiment
 from tests.conftest import PG_SERVER_URL, unavailable
 
@@ -235,3 +237,72 @@ def test_each_revision_downgrades_and_upgrades_again(empty_url: str) -> None:
         assert _schema(engine) == after_upgrade, f"{revision} does not replay to the same schema"
     assert _schema(engine) == _model_schema()
     engine.dispose()
+
+
+def _unit_llm_sums(engine: Engine) -> dict[tuple[str, str], tuple[Any, ...]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT variant, unit_id, ttft_sum, ttft_n, tokens_sum, tokens_n, decode_n, compute_n, cost_n, unpriced"
+            " FROM unit_outcomes"))
+        return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+def test_0005_fills_the_llm_rollups_of_the_existing_log_and_replays(empty_url: str) -> None:
+    """Requests logged before 0005 have a TTFT and token counts: 0005 adds them to the rollups
+    (as a rebuild from the log computes them); its own columns are NULL there and count 0."""
+    upgrade(empty_url, "0002")
+    exp_id = _old_experiment(empty_url, "old")
+    rows = [{"request_id": f"r{i}", "experiment_id": exp_id, "phase": 1, "variant": ("control", "treatment")[i % 2],
+             "engine": "e", "unit_id": f"u{i % 40}", "in_experiment": True, "shadow": False,
+             "status": "ok" if i % 6 else "error", "started_at": _T0 + timedelta(minutes=i), "finished_at": _T0,
+             "latency_ms": 100.0 + i, "ttft_ms": None if i % 7 == 0 else 10.0 + i % 13,
+             "completion_tokens": 5 + i % 11} for i in range(400)]
+    with create_engine(empty_url).begin() as conn:  # SQL of the 0002 schema
+        conn.execute(text(f"INSERT INTO requests ({', '.join(rows[0])}) VALUES ({', '.join(':' + c for c in rows[0])})"),
+                     rows)
+    upgrade(empty_url)  # 0003 fills the rollups, 0005 their TTFT and token sums
+    engine = create_engine(empty_url)
+    ok = [r for r in rows if r["status"] == "ok"]
+    expected: dict[tuple[str, str], list[Any]] = {}
+    for r in ok:
+        e = expected.setdefault((r["variant"], r["unit_id"]), [0.0, 0, 0, 0, 0, 0, 0, 0])
+        if r["ttft_ms"] is not None:
+            e[0] += r["ttft_ms"]
+            e[1] += 1
+        e[2] += r["completion_tokens"]
+        e[3] += 1
+    got = _unit_llm_sums(engine)
+    assert {k: list(v) for k, v in got.items() if k in expected} == expected
+    with engine.connect() as conn:
+        n_ttft = conn.execute(text("SELECT SUM(count) FROM ttft_buckets")).scalar_one()
+        sampled = dict(conn.execute(text("SELECT request_id, ttft_ms FROM latency_samples")).all())
+    assert n_ttft == sum(r["ttft_ms"] is not None for r in ok)
+    by_id = {r["request_id"]: r for r in rows}
+    assert sampled and all(by_id[rid]["ttft_ms"] == ttft for rid, ttft in sampled.items())
+    assert {rid for rid, r in by_id.items() if r["status"] == "ok" and in_sample(r["unit_id"])} == set(sampled)
+    with engine.begin() as conn:  # what the write path maintains from now on is what 0005 filled
+        rebuild(conn)
+    assert _unit_llm_sums(engine) == got
+
+    downgrade(empty_url, "0004")  # drops 0005's columns and table, keeps the rows
+    schema = _schema(engine)
+    assert "ttft_buckets" not in schema and "ttft_sum" not in schema["unit_outcomes"]
+    assert "ttft_ms" not in schema["latency_samples"] and "cost" not in schema["requests"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM requests")).scalar_one() == len(rows)
+        assert conn.execute(text("SELECT SUM(requests) FROM unit_outcomes")).scalar_one() == len(rows)
+    upgrade(empty_url)
+    assert _schema(engine) == _model_schema()
+    assert _unit_llm_sums(engine) == got
+    engine.dispose()
+    db = Database(empty_url)  # today's writes land in the new columns
+    with db.transaction() as session:
+        insert_outcomes(session, [{
+            "request_id": "r-new", "experiment_id": exp_id, "phase": 1, "variant": "control", "engine": "v1-fp32",
+            "unit_id": "u0", "in_experiment": True, "shadow": False, "status": "ok", "started_at": _T0,
+            "finished_at": _T0, "latency_ms": 50.0, "ttft_ms": 4.0, "completion_tokens": 3, "decode_ms": 8.0,
+            "finish_reason": "length", "compute_ms": 30.0, "cost": 1e-5}])
+    with db.session() as session:
+        u = session.get(UnitOutcome, (exp_id, 1, "control", "u0"))
+        assert (u.decode_tokens, u.decode_ms_sum, u.truncated, u.compute_sum, u.cost_n) == (2, 8.0, 1, 30.0, 1)
+    db.dispose()

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats as sps
 from sqlalchemy import select
 
-from abtest.models import LatencyBucket, LatencySample, ShadowOutcome, UnitOutcome
+from abtest.models import LatencyBucket, LatencySample, ShadowOutcome, TtftBucket, UnitOutcome
 from abtest.services.experiments import get_experiment
 from abtest.reports.rollups import in_sample, insert_outcomes, rebuild
 from abtest.stats import LatencySketch
@@ -33,12 +33,54 @@ def random_rows(exp_id: int, rng: np.random.Generator, n: int = 600) -> list[dic
             "shadow": bool(shadow), "status": str(rng.choice(["ok"] * 8 + ["error", "timeout", "rejected"])),
             "started_at": T0 + timedelta(seconds=int(rng.integers(0, 10**6))), "finished_at": T0,
             "latency_ms": float(np.round(rng.lognormal(5.5, 0.7), 3)),
-            "output_match": bool(rng.random() < 0.5) if shadow else None})
+            "output_match": bool(rng.random() < 0.5) if shadow else None, **llm_columns(rng)})
     rows.append({**rows[0], "latency_ms": 1.0})  # a replayed id must count once (the first wins)
     rows.append({"request_id": "no-experiment", "experiment_id": None, "phase": None, "variant": None, "engine": "e",
                  "unit_id": "x", "in_experiment": False, "shadow": False, "status": "ok", "started_at": T0,
-                 "finished_at": T0, "latency_ms": 3.0, "output_match": None})
+                 "finished_at": T0, "latency_ms": 3.0, "output_match": None, **llm_columns(rng)})
     return rows
+
+
+def llm_columns(rng: np.random.Generator) -> dict[str, Any]:
+    """The LLM and cost columns, each NULL now and then (rows logged before it, no price)."""
+    tokens = int(rng.integers(1, 40))
+    compute = float(np.round(rng.uniform(1, 300), 3))
+
+    def maybe(value: Any) -> Any:
+        return None if rng.random() < 0.15 else value
+
+    return {"ttft_ms": maybe(float(np.round(rng.lognormal(3, 0.6), 3))), "completion_tokens": maybe(tokens),
+            "decode_ms": maybe(float(np.round((tokens - 1) * rng.uniform(2, 9), 3))),
+            "finish_reason": maybe(str(rng.choice(["stop", "length"]))), "compute_ms": maybe(compute),
+            "cost": maybe(compute / 3.6e6 * 1.2)}
+
+
+LLM_COUNTERS = ("ttft_sum", "ttft_n", "tokens_sum", "tokens_n", "decode_tokens", "decode_ms_sum", "decode_n",
+                "truncated", "finish_n", "compute_sum", "compute_n", "cost_sum", "cost_n", "unpriced")
+
+
+def llm_counts(u: dict[str, Any], r: dict[str, Any]) -> None:
+    """An ok request's share of the LLM counters, by their definitions."""
+    if r["ttft_ms"] is not None:
+        u["ttft_sum"] += r["ttft_ms"]
+        u["ttft_n"] += 1
+    if r["completion_tokens"] is not None:
+        u["tokens_sum"] += r["completion_tokens"]
+        u["tokens_n"] += 1
+        if r["decode_ms"] is not None:
+            u["decode_tokens"] += r["completion_tokens"] - 1
+            u["decode_ms_sum"] += r["decode_ms"]
+            u["decode_n"] += 1
+    if r["finish_reason"] is not None:
+        u["truncated"] += r["finish_reason"] == "length"
+        u["finish_n"] += 1
+    if r["compute_ms"] is not None:
+        u["compute_sum"] += r["compute_ms"]
+        u["compute_n"] += 1
+        u["unpriced"] += r["cost"] is None
+    if r["cost"] is not None:
+        u["cost_sum"] += r["cost"]
+        u["cost_n"] += 1
 
 
 def expected_rollups(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -46,8 +88,9 @@ def expected_rollups(rows: list[dict[str, Any]]) -> dict[str, Any]:
     unique = list({r["request_id"]: r for r in reversed(rows)}.values())
     units: dict[tuple, dict[str, Any]] = {}
     buckets: dict[tuple, list[float]] = defaultdict(list)
+    ttfts: dict[tuple, list[float]] = defaultdict(list)
     shadows: dict[tuple, Counter] = defaultdict(Counter)
-    samples = set()
+    samples = {}
     for r in unique:
         if r["experiment_id"] is None:
             continue
@@ -63,7 +106,8 @@ def expected_rollups(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not r["in_experiment"]:
             continue
         u = units.setdefault((*key, r["unit_id"]), {"first_at": r["started_at"], "requests": 0, "ok": 0,
-                                                    "errors": 0, "rejected": 0, "latency_sum": 0.0})
+                                                    "errors": 0, "rejected": 0, "latency_sum": 0.0,
+                                                    **dict.fromkeys(LLM_COUNTERS, 0)})
         u["first_at"] = min(u["first_at"], r["started_at"])
         u["requests"] += 1
         u["ok"] += r["status"] == "ok"
@@ -72,31 +116,44 @@ def expected_rollups(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if r["status"] == "ok":
             u["latency_sum"] += r["latency_ms"]
             buckets[key].append(r["latency_ms"])
+            llm_counts(u, r)
+            if r["ttft_ms"] is not None:
+                ttfts[key].append(r["ttft_ms"])
             if in_sample(r["unit_id"]):
-                samples.add(r["request_id"])
+                samples[r["request_id"]] = r["ttft_ms"]
     return {"units": units, "sketches": {k: LatencySketch.from_values(v) for k, v in buckets.items()},
+            "ttft_sketches": {k: LatencySketch.from_values(v) for k, v in ttfts.items()},
             "shadows": {k: dict(v) for k, v in shadows.items()}, "samples": samples}
 
 
 def stored_rollups(session: Any) -> dict[str, Any]:
     units = {(u.experiment_id, u.phase, u.variant, u.unit_id): {
         "first_at": u.first_at, "requests": u.requests, "ok": u.ok, "errors": u.errors, "rejected": u.rejected,
-        "latency_sum": u.latency_sum} for u in session.scalars(select(UnitOutcome))}
+        "latency_sum": u.latency_sum, **{c: getattr(u, c) for c in LLM_COUNTERS}}
+        for u in session.scalars(select(UnitOutcome))}
     pairs: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for b in session.scalars(select(LatencyBucket)):
         pairs[(b.experiment_id, b.phase, b.variant)].append((b.bucket, b.count))
+    ttft_pairs: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
+    for b in session.scalars(select(TtftBucket)):
+        ttft_pairs[(b.experiment_id, b.phase, b.variant)].append((b.bucket, b.count))
     shadows = {(s.experiment_id, s.phase, s.variant): {
         "requests": s.requests, "latency_sum": s.latency_sum, "errors": s.errors,
         "output_matches": s.output_matches, "compared": s.compared} for s in session.scalars(select(ShadowOutcome))}
     return {"units": units, "sketches": {k: LatencySketch.from_counts(v) for k, v in pairs.items()},
-            "shadows": shadows, "samples": set(session.scalars(select(LatencySample.request_id)))}
+            "ttft_sketches": {k: LatencySketch.from_counts(v) for k, v in ttft_pairs.items()},
+            "shadows": shadows, "samples": dict(session.execute(select(LatencySample.request_id,
+                                                                       LatencySample.ttft_ms)).all())}
 
 
 def assert_same(got: dict[str, Any], expected: dict[str, Any]) -> None:
     assert got["units"].keys() == expected["units"].keys()
+    floats = ("latency_sum", "ttft_sum", "decode_ms_sum", "compute_sum", "cost_sum")
     for key, row in expected["units"].items():
-        assert got["units"][key] == {**row, "latency_sum": pytest.approx(row["latency_sum"], rel=1e-9)}, key
+        assert got["units"][key] == {**row, **{c: pytest.approx(row[c], rel=1e-9) for c in floats}}, key
+    assert sum(row["unpriced"] for row in expected["units"].values()) > 0
     assert got["sketches"] == expected["sketches"]
+    assert got["ttft_sketches"] == expected["ttft_sketches"]
     assert got["shadows"].keys() == expected["shadows"].keys()
     for key, row in expected["shadows"].items():
         assert got["shadows"][key] == {**row, "latency_sum": pytest.approx(row["latency_sum"], rel=1e-9)}

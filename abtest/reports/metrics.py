@@ -2,12 +2,17 @@
 
 Three metric shapes, each turned into :mod:`abtest.stats` objects:
 
-``ratio``     request-level metrics randomized by unit (``latency_ms``, ``error_rate``):
+``ratio``     request-level metrics randomized by unit (``latency_ms``, ``error_rate``, the
+              LLM and cost built-ins, ``cost_per_event``):
               :class:`~abtest.stats.RatioStats`, delta-method variance, Welch test.
 ``mean``      unit-level event metrics (``binary``/``count``/``sum``):
               :class:`~abtest.stats.MeanStats` over every exposed unit, Welch test.
-``quantile``  ``latency_pXX_ms``: cluster-aware quantile CIs (Deng et al. 2018) and a
-              normal-approximation comparison.
+``quantile``  ``latency_pXX_ms``, ``ttft_pXX_ms``: cluster-aware quantile CIs (Deng et al.
+              2018) and a normal-approximation comparison.
+
+A variant's statistic that cannot be computed for a reason the data cannot fix by itself (an
+engine without a price) is :class:`Unavailable`: its estimate carries the reason, and so does
+every comparison with it (:func:`compare`), never a zero.
 
 Rows come per (variant, day); the totals are their sums, and the cumulative sums day by day
 give the time series that the HTML report draws with its sequential bounds.
@@ -21,14 +26,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import stats as S
-from .catalogue import BUILTIN_BY_NAME, quantile_levels
+from .catalogue import BUILTIN_BY_NAME, RATIO_SOURCES, quantile_levels
 from .model import ComparisonResult, EffectView, Estimate, ExpectedLoss, QuantileEstimateView, RatioEstimate
 from .model import SequentialView, clean
 
 __all__ = [
     "MetricSpec",
     "QUANTILE_LEVELS",
+    "Unavailable",
+    "unpriced",
+    "compare",
+    "left_out",
+    "left_out_note",
     "ratio_stats",
+    "cost_event_stats",
     "mean_stats",
     "by_day",
     "quantile_estimates",
@@ -42,7 +53,11 @@ __all__ = [
 
 QUANTILE_LEVELS: dict[str, float] = quantile_levels()
 # The (numerator, denominator) columns of queries.unit_rows per source of a built-in ratio metric.
-_RATIO_COLUMNS = {"latency": ("lat", "ok"), "errors": ("err", "tot")}
+_RATIO_COLUMNS = RATIO_SOURCES
+# Per source, the unit_rows column counting the ok requests whose value is recorded (the others
+# are left out of the metric; a cost is also missing, for a reason stated apart, when unpriced).
+_RECORDED = {"ttft": "ttft_n", "tokens": "tokens_n", "decode": "dec_n", "truncation": "finish_n",
+             "compute": "compute_n", "cost": "compute_n"}
 _EMPTY_RATIO = S.RatioStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
 _EMPTY_MEAN = S.MeanStats(0, 0.0, 0.0)
 
@@ -59,6 +74,7 @@ class MetricSpec:
     margin: float
     event_name: str | None = None
     window_s: int = 86_400
+    test: str | None = None  # None | "equivalence" (guardrails: two one-sided tests)
 
     @property
     def guardrail_margin(self) -> float | None:
@@ -67,9 +83,61 @@ class MetricSpec:
         return self.margin if self.margin > 0 else None
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """A variant's statistic that cannot be computed, and why (an :class:`abtest.stats.Failure`)."""
+
+    reason: str
+    n: int = 0
+    requests: int = 0
+
+    @property
+    def mean(self) -> float:
+        return math.nan
+
+    @property
+    def variance(self) -> float:
+        return math.nan
+
+
+def unpriced(engine: str) -> S.Failure:
+    return S.Failure("unpriced_engine", f"engine {engine!r} has no price (cost_per_hour in the engine registry)")
+
+
+def compare(control: Any, treatment: Any, alpha: float) -> S.Comparison:
+    """Welch's test, or a comparison that failed with the reason of an :class:`Unavailable` side."""
+    missing = next((x for x in (control, treatment) if isinstance(x, Unavailable)), None)
+    if missing is None:
+        return S.welch_test(control, treatment, alpha)
+    return S.Comparison(None, None, control.n, treatment.n, alpha, None, None, error=missing.reason)
+
+
+def left_out(rows: Iterable[Mapping[str, Any]], metric: str) -> int:
+    """Ok requests a built-in metric leaves out: those whose value is not recorded (NULL)."""
+    column = _RECORDED.get(BUILTIN_BY_NAME[metric].source)
+    return 0 if column is None else int(sum(r["ok"] - r[column] for r in rows))
+
+
+def left_out_note(n: int, metric: str) -> str | None:
+    """The report's note for ``n`` left-out requests (None when there are none)."""
+    if n <= 0:
+        return None
+    what = BUILTIN_BY_NAME[metric].recorded or "these values"
+    return (f"{n} ok request{'s' if n != 1 else ''} logged before {what} were recorded "
+            f"{'are' if n != 1 else 'is'} left out")
+
+
 def ratio_stats(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str, dict[str, S.RatioStats]]:
-    """Per variant and day, the RatioStats of a built-in ratio metric (``latency_ms``, ``error_rate``)."""
-    num, den = _RATIO_COLUMNS[BUILTIN_BY_NAME[metric].source]
+    """Per variant and day, the RatioStats of a built-in ratio metric (``latency_ms``, ...)."""
+    return _ratios(rows, *_RATIO_COLUMNS[BUILTIN_BY_NAME[metric].source])
+
+
+def cost_event_stats(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, S.RatioStats]]:
+    """Per variant and day, the RatioStats of a ``cost_per_event`` metric (queries.cost_event_rows)."""
+    return _ratios(rows, "m", "d")
+
+
+def _ratios(rows: Iterable[Mapping[str, Any]], num: str, den: str) -> dict[str, dict[str, S.RatioStats]]:
     out: dict[str, dict[str, S.RatioStats]] = {}
     for r in rows:
         out.setdefault(r["variant"], {})[r["day"]] = S.RatioStats(
@@ -111,10 +179,13 @@ def quantile_estimates(points: Mapping[str, tuple[int, list[float]]],
                        indicators: Mapping[str, Mapping[str, Any]],
                        bounds: Mapping[str, Mapping[int, float]],
                        ranks: Mapping[str, list[S.QuantileRanks]],
-                       variants: Sequence[str], alpha: float) -> dict[str, dict[str, S.QuantileEstimate]]:
-    """Step 4 of the quantile recipe: metric name -> variant -> QuantileEstimate."""
-    out: dict[str, dict[str, S.QuantileEstimate]] = {name: {} for name in QUANTILE_LEVELS}
-    for j, (name, level) in enumerate(QUANTILE_LEVELS.items()):
+                       variants: Sequence[str], alpha: float,
+                       levels: Mapping[str, float] | None = None) -> dict[str, dict[str, S.QuantileEstimate]]:
+    """Step 4 of the quantile recipe: metric name -> variant -> QuantileEstimate, for the
+    quantile metrics ``levels`` (name -> level, one source; default all of latency)."""
+    levels = quantile_levels("latency") if levels is None else levels
+    out: dict[str, dict[str, S.QuantileEstimate]] = {name: {} for name in levels}
+    for j, (name, level) in enumerate(levels.items()):
         for v in variants:
             ind = indicator_stats(indicators.get(v), j)
             if v not in points or v not in ranks:
@@ -142,6 +213,8 @@ def indicator_stats(row: Mapping[str, Any] | None, j: int) -> S.RatioStats:
 
 def estimate_view(stats: Any, alpha: float) -> Estimate | QuantileEstimateView:
     """A variant's estimate with its CI (t(n-1) for means/ratios, cluster-aware for quantiles)."""
+    if isinstance(stats, Unavailable):
+        return RatioEstimate(stats.n, None, None, None, None, stats.reason, requests=stats.requests)
     if isinstance(stats, S.QuantileEstimate):
         return QuantileEstimateView(stats.n_units, stats.n_requests, clean(stats.estimate), clean(stats.ci_lower),
                                     clean(stats.ci_upper), clean(stats.se), stats.error)

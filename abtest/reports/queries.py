@@ -4,16 +4,20 @@ into Python).
 Request metrics read the rollups of :mod:`abtest.reports.rollups`, maintained as requests are
 logged, so a report's cost grows with units and sketch buckets, not with requests:
 
-* ratio metrics (``latency_ms``, ``error_rate``) from ``unit_outcomes``: one row per unit,
-  grouped by variant and the day of the unit's first request (a cumulative time series comes
-  for free: the sufficient statistics of disjoint unit cohorts add up);
-* quantiles from the per-variant :class:`~abtest.stats.LatencySketch` in ``latency_buckets``
-  (0.1 % relative accuracy): the point estimate (step 1 of :mod:`abtest.stats.quantiles`) and
+* ratio metrics (``latency_ms``, ``error_rate``, ``ttft_ms``, ``cost_per_request``, ... see
+  :mod:`abtest.reports.catalogue`) from ``unit_outcomes``: one row per unit, grouped by
+  variant and the day of the unit's first request (a cumulative time series comes for free:
+  the sufficient statistics of disjoint unit cohorts add up);
+* quantiles (of latency and of time to first token, one code path) from the per-variant
+  :class:`~abtest.stats.LatencySketch` in ``latency_buckets`` / ``ttft_buckets`` (0.1 %
+  relative accuracy): the point estimate (step 1 of :mod:`abtest.stats.quantiles`) and
   the CI's order statistics (step 3). Step 2, each unit's count of requests at or below the
-  estimate, needs per-request latencies: up to ``ReportOptions.exact_quantile_rows`` ok
+  estimate, needs per-request values: up to ``ReportOptions.exact_quantile_rows`` ok
   requests it is computed exactly from the request log (:func:`indicator_rows`), above that
   from ``latency_samples``, all requests of a fixed 1-in-32 hash sample of units, whose
   per-unit variance is scaled to the full unit count (:meth:`abtest.stats.RatioStats.scaled_to`);
+* ``cost_per_event`` metrics from ``unit_outcomes`` (the unit's cost) joined with the
+  attributed events below (:func:`cost_event_rows`);
 * the shadow summary from ``shadow_outcomes``.
 
 Capping (``cap``) is the one request metric that scans the log (:func:`request_rows`): its
@@ -24,6 +28,8 @@ Which rows count (the experiment's *current phase*, *enrolled* units only)::
     requests  experiment_id = :e AND phase = :p AND in_experiment AND NOT shadow
     latency   status = 'ok' only: a failed request is often fast, and counting it would make a
               crashing engine look quick; failures are measured by error_rate instead
+    LLM/cost  status = 'ok' only, and only requests whose column is recorded (not NULL: rows
+              logged before a column existed, or from an engine that does not report it)
     errors    error_rate = errors / requests in its denominator, the rules of
               :mod:`abtest.reports.statuses` (error and timeout count as errors; rejected and
               unavailable are excluded from the denominator and reported per variant)
@@ -66,6 +72,8 @@ from ..errors import NotFound
 from ..models import AuditEntry, Experiment
 from ..stats import LatencySketch
 from . import statuses as ST
+from .catalogue import RATIO_SOURCES
+from .rollups import OK_SUMS
 
 __all__ = [
     "Scope",
@@ -77,6 +85,8 @@ __all__ = [
     "request_rows",
     "indicator_rows",
     "event_rows",
+    "cost_event_rows",
+    "variant_engines",
     "sketches",
     "shadow_rows",
 ]
@@ -153,69 +163,86 @@ def exposure_days(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
     return _dicts(conn.execute(text(sql), scope.params), ("variant", "day", "units"))
 
 
-_UNIT_SUMS = """SUM(lat), SUM(lat * lat), SUM(ok), SUM(ok * ok), SUM(lat * ok),
-               SUM(err), SUM(err * err), SUM(tot), SUM(tot * tot), SUM(err * tot),
-               SUM(n_all), SUM(n_rej), SUM(n_unav), SUM(CASE WHEN ok > 0 THEN 1 ELSE 0 END)"""
-_UNIT_NAMES = ("variant", "day", "units", "lat", "lat_sq", "ok", "ok_sq", "lat_ok", "err", "err_sq",
-               "tot", "tot_sq", "err_tot", "n_all", "n_rej", "n_unav", "ok_units")
+_PAIRS = tuple(RATIO_SOURCES.values())
+_EXTRAS = ("n_all", "n_rej", "n_unav", "dec_n", "unpriced")
+_UNIT_SUMS = ",\n               ".join(
+    [f"SUM({m}), SUM({m} * {m}), SUM({d}), SUM({d} * {d}), SUM({m} * {d})" for m, d in _PAIRS]
+    + [f"SUM({x})" for x in _EXTRAS]
+    + [f"SUM(CASE WHEN {d} > 0 THEN 1 ELSE 0 END)" for d in ("ok", "ttft_n")])
+_UNIT_NAMES = ("variant", "day", "units", *(n for m, d in _PAIRS for n in (m, f"{m}_sq", d, f"{d}_sq", f"{m}_{d}")),
+               *_EXTRAS, "ok_units", "ttft_units")
+# Per unit, from a row of unit_outcomes' shape: the RATIO_SOURCES pairs and the extras.
+_PER_UNIT = {
+    "lat": "latency_sum", "ok": _float("ok"), "err": _float("errors"),
+    "tot": _float(" - ".join(("requests", *ST.EXCLUDED))), "ttft": _float("ttft_sum"), "ttft_n": _float("ttft_n"),
+    "tokens": _float("tokens_sum"), "tokens_n": _float("tokens_n"), "dec_tokens": _float("decode_tokens"),
+    "dec_s": _float("decode_ms_sum") + " / 1000.0", "trunc": _float("truncated"), "finish_n": _float("finish_n"),
+    "compute": _float("compute_sum"), "compute_n": _float("compute_n"), "cost": _float("cost_sum"),
+    "cost_n": _float("cost_n"), "n_all": _float("requests"), "n_rej": _float("rejected"),
+    "n_unav": _float("unavailable"), "dec_n": _float("decode_n"), "unpriced": _float("unpriced"),
+}
+
+
+def _unit_stats(scope: Scope, units: str) -> str:
+    """Per (variant, day): the sums of :data:`_UNIT_NAMES` over ``units`` (rows of the
+    ``unit_outcomes`` shape: the rollup itself or the same columns computed from the log)."""
+    per_unit = ", ".join(f"{expr} AS {name}" for name, expr in _PER_UNIT.items())
+    return f"""
+        SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
+        FROM (SELECT variant, {_day(scope, 'first_at')} AS day, {per_unit} FROM {units}) AS u
+        GROUP BY variant, day ORDER BY variant, day"""
 
 
 def unit_rows(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
-    """Per (variant, day of the unit's first request): RatioStats sums for latency and errors,
-    from the ``unit_outcomes`` rollup (one row per unit, not per request).
+    """Per (variant, day of the unit's first request): RatioStats sums of every built-in ratio
+    metric, from the ``unit_outcomes`` rollup (one row per unit, not per request).
 
-    ``lat``/``ok`` are the latency numerator and denominator of a unit (ok requests only),
-    ``err``/``tot`` the error-rate pair; ``n_all``, ``n_rej`` and ``n_unav`` count all, rejected
-    and unavailable requests, ``ok_units`` the units with at least one ok request.
+    For each ``(m, d)`` of :data:`~abtest.reports.catalogue.RATIO_SOURCES` (e.g. ``lat``/``ok``,
+    the latency numerator and denominator of a unit, ok requests only; ``err``/``tot`` the
+    error-rate pair): ``m``, ``m_sq``, ``d``, ``d_sq``, ``m_d``. ``n_all``, ``n_rej`` and
+    ``n_unav`` count all, rejected and unavailable requests, ``dec_n`` the ok requests with a
+    decode time, ``unpriced`` ok requests with an engine time but no cost (no price);
+    ``ok_units``/``ttft_units`` the units with at least one ok request / recorded TTFT.
     """
-    sql = f"""
-        SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
-        FROM (SELECT variant, {_day(scope, 'first_at')} AS day, latency_sum AS lat, {_float('ok')} AS ok,
-                     {_float('errors')} AS err, {_float(' - '.join(('requests', *ST.EXCLUDED)))} AS tot,
-                     {_float('requests')} AS n_all, {_float('rejected')} AS n_rej,
-                     {_float('unavailable')} AS n_unav
-              FROM unit_outcomes WHERE experiment_id = :e AND phase = :p) AS u
-        GROUP BY variant, day ORDER BY variant, day"""
-    return _dicts(conn.execute(text(sql), scope.params), _UNIT_NAMES)
+    source = "unit_outcomes WHERE experiment_id = :e AND phase = :p"
+    return _dicts(conn.execute(text(_unit_stats(scope, source)), scope.params), _UNIT_NAMES)
 
 
 def request_rows(conn: Connection, scope: Scope, cap: float) -> list[dict[str, Any]]:
     """:func:`unit_rows` with each ok latency capped at ``cap``, computed from the request log
     (a cap is chosen when the report is built, so no rollup can hold it: one scan of the log)."""
     lat = "CASE WHEN latency_ms > :cap THEN :cap ELSE latency_ms END"
-    sql = f"""
-        SELECT variant, day, COUNT(*) AS units, {_UNIT_SUMS}
-        FROM (SELECT variant, unit_id, {_day(scope, 'MIN(started_at)')} AS day,
-                     SUM(CASE WHEN {_OK} THEN {lat} ELSE 0 END) AS lat,
-                     {ST.sql_count_if(_OK)} AS ok,
-                     {ST.sql_count_if(ST.sql_error())} AS err,
-                     {ST.sql_count_if(ST.sql_in_denominator())} AS tot,
-                     COUNT(*) AS n_all,
-                     {ST.sql_count_if(f"status = '{ST.REJECTED}'")} AS n_rej,
-                     {ST.sql_count_if(f"status = '{ST.UNAVAILABLE}'")} AS n_unav
-              FROM requests WHERE {_SERVED}
-              GROUP BY variant, unit_id) AS u
-        GROUP BY variant, day ORDER BY variant, day"""
-    return _dicts(conn.execute(text(sql), {**scope.params, "cap": cap}), _UNIT_NAMES)
+    sums = "".join(f", SUM(CASE WHEN {_OK} AND {cond} THEN {value} ELSE 0 END) AS {name}"
+                   for name, (cond, value) in OK_SUMS.items())
+    units = f"""(SELECT variant, unit_id, MIN(started_at) AS first_at, COUNT(*) AS requests,
+                        {ST.sql_count_if(_OK)} AS ok, {ST.sql_count_if(ST.sql_error())} AS errors,
+                        {ST.sql_count_if(f"status = '{ST.REJECTED}'")} AS rejected,
+                        {ST.sql_count_if(f"status = '{ST.UNAVAILABLE}'")} AS unavailable,
+                        SUM(CASE WHEN {_OK} THEN {lat} ELSE 0 END) AS latency_sum{sums}
+                 FROM requests WHERE {_SERVED} GROUP BY variant, unit_id) AS log_units"""
+    return _dicts(conn.execute(text(_unit_stats(scope, units)), {**scope.params, "cap": cap}), _UNIT_NAMES)
 
 
 def indicator_rows(conn: Connection, scope: Scope, thresholds: dict[str, list[float]],
-                   sampled: bool) -> dict[str, dict[str, Any]]:
-    """Quantile step 2 per variant: over units with ok requests, ``units``, ``d`` (ok
-    requests), ``d_sq`` and per level ``j`` the sums of ``s_j`` (requests at or below the
-    variant's ``x_hat``), ``s_j**2`` and ``s_j * d``.
+                   sampled: bool, column: str = "latency_ms") -> dict[str, dict[str, Any]]:
+    """Quantile step 2 per variant: over units with ok requests whose ``column`` (a quantile
+    source: ``latency_ms`` or ``ttft_ms``) is recorded, ``units``, ``d`` (those requests),
+    ``d_sq`` and per level ``j`` the sums of ``s_j`` (requests at or below the variant's
+    ``x_hat``), ``s_j**2`` and ``s_j * d``.
 
     ``sampled``: from ``latency_samples`` (the 1-in-32 hash sample of units) instead of the
     request log.
     """
+    if column not in ("latency_ms", "ttft_ms"):
+        raise ValueError(f"no quantile source column {column!r}")
     params: dict[str, Any] = dict(scope.params)
     inner, outer = [], []
     cases = _threshold_cases(thresholds, params)
     for j, case in enumerate(cases):
-        inner.append(f"SUM(CASE WHEN latency_ms <= {case} THEN 1 ELSE 0 END) AS s{j}")
+        inner.append(f"SUM(CASE WHEN {column} <= {case} THEN 1 ELSE 0 END) AS s{j}")
         outer.append(f"SUM(s{j}), SUM(s{j} * s{j}), SUM(s{j} * d)")
     source = ("latency_samples WHERE experiment_id = :e AND phase = :p" if sampled
-              else f"requests WHERE {_SERVED} AND {_OK}")
+              else f"requests WHERE {_SERVED} AND {_OK}") + f" AND {column} IS NOT NULL"
     sql = f"""
         SELECT variant, COUNT(*), SUM(d), SUM(d * d){''.join(', ' + o for o in outer)}
         FROM (SELECT variant, unit_id, COUNT(*) AS d{''.join(', ' + i for i in inner)}
@@ -257,26 +284,9 @@ def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: 
     the same event over the same window. The SQL sums only units with attributed events; the
     unit counts come from ``exposed`` (:func:`exposure_days`), every other unit adding 0.
     """
-    other_exp = "(ev.experiment_key IS NULL OR ev.experiment_key = :key)"
     sums = "".join(f", SUM({y}), SUM(({y}) * ({y}))" for y in _KINDS.values())
     sql = f"""
-        WITH attributed AS (
-            SELECT r.unit_id AS unit_id, r.variant AS variant, ev.value AS value
-            FROM events ev JOIN requests r ON r.request_id = ev.request_id
-            WHERE ev.name = :name AND ev.request_id IS NOT NULL AND {other_exp}
-              AND r.experiment_id = :e AND r.phase = :p
-              AND r.in_experiment = :yes AND r.shadow = :no
-              AND {_seconds(scope, 'r.started_at', 'ev.timestamp')} BETWEEN 0 AND :w
-            UNION ALL
-            SELECT x.unit_id, x.variant, ev.value
-            FROM exposures x JOIN events ev ON ev.unit_id = x.unit_id AND ev.name = :name
-            LEFT JOIN requests r2 ON r2.request_id = ev.request_id AND r2.experiment_id = :e
-            WHERE x.experiment_id = :e AND x.phase = :p AND {other_exp} AND r2.request_id IS NULL
-              AND {_seconds(scope, 'x.first_seen', 'ev.timestamp')} BETWEEN 0 AND :w
-        ), per_unit AS (
-            SELECT unit_id, variant, COUNT(*) AS n_ev, SUM(value) AS v
-            FROM attributed GROUP BY unit_id, variant
-        )
+        WITH {_attributed(scope)}
         SELECT x.variant, {_day(scope, 'x.first_seen')} AS day{sums}
         FROM per_unit a JOIN exposures x ON x.experiment_id = :e AND x.phase = :p
                                         AND x.unit_id = a.unit_id AND x.variant = a.variant
@@ -293,10 +303,65 @@ def event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: 
     return out
 
 
-def sketches(conn: Connection, scope: Scope) -> dict[str, LatencySketch]:
-    """The latency sketch of each variant's ok requests, from ``latency_buckets``."""
+def _attributed(scope: Scope) -> str:
+    """The CTEs ``attributed`` (the module docstring's attribution rule: one row per attributed
+    event, with its unit, variant and value) and ``per_unit`` (their count ``n_ev`` and sum ``v``
+    per unit and variant). Parameters: the scope's, ``key``, ``name`` and ``w``."""
+    other_exp = "(ev.experiment_key IS NULL OR ev.experiment_key = :key)"
+    return f"""attributed AS (
+            SELECT r.unit_id AS unit_id, r.variant AS variant, ev.value AS value
+            FROM events ev JOIN requests r ON r.request_id = ev.request_id
+            WHERE ev.name = :name AND ev.request_id IS NOT NULL AND {other_exp}
+              AND r.experiment_id = :e AND r.phase = :p
+              AND r.in_experiment = :yes AND r.shadow = :no
+              AND {_seconds(scope, 'r.started_at', 'ev.timestamp')} BETWEEN 0 AND :w
+            UNION ALL
+            SELECT x.unit_id, x.variant, ev.value
+            FROM exposures x JOIN events ev ON ev.unit_id = x.unit_id AND ev.name = :name
+            LEFT JOIN requests r2 ON r2.request_id = ev.request_id AND r2.experiment_id = :e
+            WHERE x.experiment_id = :e AND x.phase = :p AND {other_exp} AND r2.request_id IS NULL
+              AND {_seconds(scope, 'x.first_seen', 'ev.timestamp')} BETWEEN 0 AND :w
+        ), per_unit AS (
+            SELECT unit_id, variant, COUNT(*) AS n_ev, SUM(value) AS v
+            FROM attributed GROUP BY unit_id, variant
+        )"""
+
+
+def cost_event_rows(conn: Connection, scope: Scope, experiment_key: str, event_name: str,
+                    window_s: int) -> list[dict[str, Any]]:
+    """A ``cost_per_event`` metric's RatioStats sums per (variant, day of first exposure):
+    ``units`` and the sums of ``m`` (the unit's cost: its ok requests with a recorded cost,
+    0 when it has none, e.g. no request), ``d`` (its attributed events, the rule of the
+    module docstring, 0 when none), ``m_sq``, ``d_sq``, ``m_d``. Every exposed unit counts."""
+    sql = f"""
+        WITH {_attributed(scope)}
+        SELECT x.variant, {_day(scope, 'x.first_seen')} AS day, COUNT(*),
+               SUM(m), SUM(m * m), SUM(d), SUM(d * d), SUM(m * d)
+        FROM (SELECT x.variant, x.first_seen, COALESCE(u.cost_sum, 0) AS m,
+                     {_float('COALESCE(a.n_ev, 0)')} AS d
+              FROM exposures x
+              LEFT JOIN unit_outcomes u ON u.experiment_id = x.experiment_id AND u.phase = x.phase
+                                       AND u.unit_id = x.unit_id AND u.variant = x.variant
+              LEFT JOIN per_unit a ON a.unit_id = x.unit_id AND a.variant = x.variant
+              WHERE x.experiment_id = :e AND x.phase = :p) AS x
+        GROUP BY 1, 2 ORDER BY 1, 2"""
+    params = {**scope.params, "key": experiment_key, "name": event_name, "w": window_s}
+    return _dicts(conn.execute(text(sql), params), ("variant", "day", "units", "m", "m_sq", "d", "d_sq", "m_d"))
+
+
+def variant_engines(conn: Connection, scope: Scope) -> dict[str, str]:
+    """Variant key -> its engine (what a report names when an engine has no price)."""
+    rows = conn.execute(text("SELECT key, engine FROM variants WHERE experiment_id = :e"), scope.params)
+    return {key: engine for key, engine in rows}
+
+
+def sketches(conn: Connection, scope: Scope, table: str = "latency_buckets") -> dict[str, LatencySketch]:
+    """The sketch of each variant's ok requests, from ``latency_buckets`` (latency) or
+    ``ttft_buckets`` (time to first token)."""
+    if table not in ("latency_buckets", "ttft_buckets"):
+        raise ValueError(f"no sketch table {table!r}")
     rows = conn.execute(text(
-        "SELECT variant, bucket, count FROM latency_buckets WHERE experiment_id = :e AND phase = :p "
+        f"SELECT variant, bucket, count FROM {table} WHERE experiment_id = :e AND phase = :p "
         "ORDER BY variant, bucket"), scope.params)
     pairs: dict[str, list[tuple[int, int]]] = {}
     for variant, bucket, count in rows:

@@ -52,7 +52,10 @@ class Factory:
     def request(self, unit: str, variant: str, latency_ms: float, status: str = "ok", *,
                 at: datetime = T0, shadow: bool = False, in_experiment: bool = True,
                 phase: int | None = None, output_match: bool | None = None,
-                request_id: str | None = None) -> str:
+                request_id: str | None = None, **llm: Any) -> str:
+        """``llm``: the row's LLM and cost columns (``ttft_ms``, ``completion_tokens``,
+        ``decode_ms``, ``finish_reason``, ``compute_ms``, ``cost``); NULL when not given, as
+        in rows logged before they were recorded."""
         rid = request_id or str(uuid.uuid4())
         self.log.requests.append({
             "request_id": rid, "experiment_id": self.experiment_id, "phase": self.phase if phase is None else phase,
@@ -60,8 +63,9 @@ class Factory:
             "unit_id": unit, "in_experiment": in_experiment, "shadow": shadow, "status": status,
             "error_code": None if status == "ok" else status, "started_at": at,
             "finished_at": at + timedelta(milliseconds=latency_ms), "latency_ms": float(latency_ms),
-            "queue_ms": None, "ttft_ms": None, "prompt_tokens": 10, "completion_tokens": 20,
-            "batch_size": 1, "output_match": output_match})
+            "queue_ms": None, "ttft_ms": None, "prompt_tokens": 10, "completion_tokens": None,
+            "batch_size": 1, "output_match": output_match, "finish_reason": None, "decode_ms": None,
+            "compute_ms": None, "cost": None, **llm})
         return rid
 
     def event(self, unit: str, name: str, at: datetime, value: float = 1.0, *,

@@ -58,9 +58,12 @@ def test_guardrails_pause_through_the_experiments_service() -> None:
 def test_the_catalogue_is_what_the_validator_and_the_report_read() -> None:
     assert BUILTIN_METRICS == {m.name: m.direction for m in catalogue.BUILTINS}
     parsed = parse_metrics([{"name": m.name} for m in catalogue.BUILTINS])
-    assert [(m["name"], m["kind"], m["direction"]) for m in parsed][:5] == [
+    assert [(m["name"], m["kind"], m["direction"]) for m in parsed] == [
         (m.name, "builtin", m.direction) for m in catalogue.BUILTINS]
-    assert catalogue.quantile_levels() == {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
+    assert catalogue.quantile_levels("latency") == {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95,
+                                                    "latency_p99_ms": 0.99}
+    assert catalogue.quantile_levels("ttft") == {"ttft_p50_ms": 0.5, "ttft_p95_ms": 0.95}
+    assert [m for m, d in BUILTIN_METRICS.items() if d == "increase"] == ["tokens_per_s"]
 
 
 def test_the_report_is_typed_and_frozen(factory, services) -> None:  # type: ignore[no-untyped-def]
@@ -79,7 +82,7 @@ def test_the_report_is_typed_and_frozen(factory, services) -> None:  # type: ign
     with pytest.raises(dataclasses.FrozenInstanceError):
         report.generated_at = "x"  # type: ignore[misc]
     names = [m.name for m in report.metrics]
-    assert names[:5] == [m.name for m in catalogue.BUILTINS]
+    assert names[:len(catalogue.BUILTINS)] == [m.name for m in catalogue.BUILTINS]
     errors = report.metric("error_rate").comparison("treatment")
     assert errors.error_code == "zero_variance" and errors.error == "both variants have zero variance; no test is possible"
     assert "error_code" not in report.to_json()["metrics"][names.index("error_rate")]["comparisons"][0]
