@@ -180,7 +180,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             text=text, prompt_tokens=len(r.ids), completion_tokens=len(r.gen), queue_ms=r.queue_ms,
             ttft_ms=(lv.t_first - lv.t_admit) * 1e3, decode_ms=(r.t_done - lv.t_first) * 1e3,
             total_ms=r.queue_ms + (r.t_done - lv.t_admit) * 1e3, batch_size=max(1, lv.max_batch),
-            finish_reason=r.finish or "length", request_id=r.req.request_id,
+            finish_reason=r.finish or "length", request_id=r.req.request_id, token_ids=tuple(r.gen),
         )
         self.requests_run += 1
         lv.pending.future.set_result(res)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "GenerationRequest",
@@ -12,6 +14,7 @@ __all__ = [
     "PromptTooLong",
     "Overloaded",
     "EngineClosed",
+    "ScoreResult",
 ]
 
 
@@ -41,6 +44,10 @@ class GenerationResult:
     # This request's share of the engine time of the steps it ran in: each step's time divided
     # by the rows generating in that step, summed (prefill shared by the batch's rows).
     compute_ms: float | None = None
+    # The completion's token ids as generated (the end-of-text token included when it was
+    # chosen): what a quality reference scores, since decoding then re-encoding the text can
+    # tokenize it differently.
+    token_ids: tuple[int, ...] = ()
 
 
 class EngineError(Exception):
@@ -73,3 +80,37 @@ class Overloaded(EngineError):
 
 class EngineClosed(EngineError):
     code = "engine_closed"
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A completion scored teacher-forced after its prompt (``Engine.score``).
+
+    ``token_ids``: the completion as this engine's tokenizer encodes it; ``logprobs``: for each of
+    those positions the engine's log-softmax over its vocabulary, row-major float32 bytes
+    (``len(token_ids) x vocab_size``); ``tokenizer``: a fingerprint of the tokenizer (two engines
+    with the same fingerprint encode every text to the same ids). ``truncated``: the completion
+    was cut to fit the context window.
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: bytes
+    vocab_size: int
+    tokenizer: str
+    prompt_tokens: int
+    truncated: bool = False
+    prompt_ids: tuple[int, ...] = ()  # the prompt as encoded (another engine can score the same ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the log-probabilities base64-encoded), as a dispatched reply carries it."""
+        return {"token_ids": list(self.token_ids), "logprobs": base64.b64encode(self.logprobs).decode("ascii"),
+                "vocab_size": self.vocab_size, "tokenizer": self.tokenizer,
+                "prompt_tokens": self.prompt_tokens, "truncated": self.truncated,
+                "prompt_ids": list(self.prompt_ids)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ScoreResult":
+        return cls(token_ids=tuple(int(t) for t in d["token_ids"]), logprobs=base64.b64decode(d["logprobs"]),
+                   vocab_size=int(d["vocab_size"]), tokenizer=str(d["tokenizer"]),
+                   prompt_tokens=int(d["prompt_tokens"]), truncated=bool(d.get("truncated", False)),
+                   prompt_ids=tuple(int(t) for t in d.get("prompt_ids") or ()))

@@ -10,7 +10,7 @@ def test_list_builtins(tmp_path):
     r = CliRunner().invoke(engines, ["list", "--root", str(tmp_path)])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.output.strip().splitlines()]
-    assert {x["name"] for x in rows} == {"v1-fp32", "v2-int4"}
+    assert {x["name"] for x in rows} == {"v1-fp32", "v2-int4", "v2-fp32"}
     assert all(x["checkpoint_present"] is False for x in rows)
 
 

@@ -9,11 +9,14 @@ from engines.spec import EngineSpec, builtin_specs, load_registry
 
 def test_builtins(tmp_path):
     specs = builtin_specs(tmp_path)
-    assert set(specs) == {"v1-fp32", "v2-int4"}
-    v1, v2 = specs["v1-fp32"], specs["v2-int4"]
+    assert set(specs) == {"v1-fp32", "v2-int4", "v2-fp32"}
+    v1, v2, ref = specs["v1-fp32"], specs["v2-int4"], specs["v2-fp32"]
     assert (v1.precision, v1.attention, v1.context_window) == ("fp32", "dense", 2048)
     assert (v2.precision, v2.attention, v2.context_window, v2.sliding_window, v2.group_size) == (
         "int4", "hybrid", 8192, 1024, 64)
+    assert (ref.precision, ref.attention, ref.context_window, ref.sliding_window, ref.group_size) == (
+        "fp32", "hybrid", 8192, 1024, None)
+    assert ref.checkpoint == str(tmp_path / "v2-fp32") and ref.cost_per_hour == v2.cost_per_hour
     assert v1.checkpoint == str(tmp_path / "v1-fp32")
     assert (v1.max_batch_size, v1.max_wait_ms, v1.max_queue) == (256, 50.0, 1024)
 
