@@ -14,10 +14,15 @@ Tables
     events          client-reported events (conversions, values), idempotent by event_id
 
 Report rollups, maintained in the transaction that logs the requests (abtest.reports.rollups)
-    unit_outcomes   per (experiment, phase, variant, unit): request counts and latency sum
+    unit_outcomes   per (experiment, phase, variant, unit): request counts, latency sum and the
+                    sums and counts of the LLM and cost metrics
     latency_buckets per (experiment, phase, variant, sketch bucket): ok requests (the sketch)
-    latency_samples ok latencies of a fixed 1-in-32 hash sample of units (quantile CIs)
+    ttft_buckets    the same sketch of ok requests' time to first token
+    latency_samples ok latencies (and TTFTs) of a fixed 1-in-32 hash sample of units (quantile CIs)
     shadow_outcomes per (experiment, phase, variant): the dark-launch summary
+
+Output quality, written off the request path (abtest.services.quality)
+    quality_scores  one row per scoring job: a completion scored by another engine, or why not
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ __all__ = [
     "Event",
     "UnitOutcome",
     "LatencyBucket",
+    "TtftBucket",
     "LatencySample",
     "ShadowOutcome",
+    "QualityScore",
 ]
 
 
@@ -263,10 +270,36 @@ class UnitOutcome(Base):
     rejected: Mapped[int] = mapped_column(Integer)
     unavailable: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # infrastructure
     latency_sum: Mapped[float] = mapped_column(Float)  # over ok requests
+    # Over ok requests whose column is recorded (not NULL): sums and their request counts.
+    ttft_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    ttft_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tokens_sum: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # completion tokens
+    tokens_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    decode_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # tokens after the first
+    decode_ms_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    decode_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    truncated: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # finish_reason = length
+    finish_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    compute_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # compute_ms
+    compute_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cost_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    cost_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    unpriced: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # compute_ms but no cost
 
 
 class LatencyBucket(Base):
     __tablename__ = "latency_buckets"
+
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(100), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # abtest.stats.sketch index
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class TtftBucket(Base):
+    __tablename__ = "ttft_buckets"
 
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"),
                                                primary_key=True)
@@ -286,6 +319,7 @@ class LatencySample(Base):
     variant: Mapped[str] = mapped_column(String(100))
     unit_id: Mapped[str] = mapped_column(String(200))
     latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)  # None when the request has none
 
 
 class ShadowOutcome(Base):
@@ -300,3 +334,30 @@ class ShadowOutcome(Base):
     errors: Mapped[int] = mapped_column(Integer)
     output_matches: Mapped[int] = mapped_column(Integer)
     compared: Mapped[int] = mapped_column(Integer)
+
+
+class QualityScore(Base):
+    """One scoring job's outcome. ``status`` ok | failed | dropped (the scoring queue was full).
+    ``method`` logprobs: ``tokens`` scored, ``agree`` of them the scorer's greedy choice,
+    ``kl_sum`` the summed KL(generator || scorer); text: ``similarity`` in [0, 1]."""
+
+    __tablename__ = "quality_scores"
+    __table_args__ = (Index("ix_quality_scores_experiment", "experiment_id", "phase", "comparison", "variant"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36))
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    phase: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(100))  # whose quality the row measures
+    unit_id: Mapped[str] = mapped_column(String(200))
+    comparison: Mapped[str] = mapped_column(String(24))  # treatment_vs_control | reference
+    generator: Mapped[str] = mapped_column(String(100))  # the engine that wrote the completion
+    scorer: Mapped[str] = mapped_column(String(100))  # the engine that scored it
+    method: Mapped[str | None] = mapped_column(String(16))  # logprobs | text (None unless ok)
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    agree: Mapped[int | None] = mapped_column(Integer)
+    kl_sum: Mapped[float | None] = mapped_column(Float)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime]

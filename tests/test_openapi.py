@@ -25,3 +25,14 @@ def test_openapi_matches_routes(client, app) -> None:
             assert op["responses"] and op["summary"]
             for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', str(op).replace("'", '"')):
                 assert ref in doc["components"]["schemas"], (path, ref)
+
+
+def test_report_options_are_documented_with_types_ranges_and_defaults(client) -> None:
+    doc = client.get("/openapi.json").get_json()
+    params = {p["name"]: p for p in doc["paths"]["/v1/experiments/{key}/report"]["get"]["parameters"]}
+    assert set(params) == {"key", "format", "alpha", "cap", "mde", "phase"}
+    assert params["format"]["schema"] == {"type": "string", "enum": ["json", "html", "csv", "text"], "default": "json"}
+    assert params["alpha"]["schema"]["default"] == 0.05 and params["alpha"]["schema"]["maximum"] == 0.5
+    assert params["mde"]["schema"]["default"] == 0.05 and params["cap"]["schema"]["minimum"] == 0.5
+    assert params["phase"]["schema"] == {"type": "integer", "minimum": 1}
+    assert all(p["in"] == "query" and p["description"] for n, p in params.items() if n != "key")

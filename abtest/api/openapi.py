@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["openapi_document", "OPERATIONS"]
+__all__ = ["openapi_document", "OPERATIONS", "QUERY_PARAMETERS"]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _STR, _NUM, _BOOL, _INT = {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "integer"}
@@ -53,8 +53,40 @@ SCHEMAS: dict[str, Any] = {
                                            "items": {"$ref": "#/components/schemas/Event"}}),
     "EventBatchResult": _obj(["accepted", "duplicates", "rejected"], accepted=_INT, duplicates=_INT,
                              rejected={"type": "array", "items": _obj(["index", "error"], index=_INT, error=_STR)}),
-    "Report": {"type": "object", "description": "JSON report; ?format=html|csv returns text"},
+    "Report": {"type": "object", "description": "JSON report, keys in a documented order: recommendation, "
+               "headline, experiment, generated_at, options, srm, variants, metrics, recommendations, "
+               "timeseries, latency_histogram, shadow, quality; ?format=html|csv|text returns text"},
     "CsvText": {"type": "string"},
+}
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+# Query parameters per operation (the report's options: ?alpha=0.1&phase=1&format=csv ...).
+QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("get", "/v1/experiments/{key}/report"): [
+        _query("format", {"type": "string", "enum": ["json", "html", "csv", "text"], "default": "json"},
+               "json: the report (recommendation and headline first); html: a self-contained page; "
+               "csv: the results table, one row per metric and treatment; text: the console summary"),
+        _query("alpha", {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
+                         "maximum": 0.5, "default": 0.05},
+               "significance level of every CI and test (95% CIs at the default)"),
+        _query("cap", {"type": "number", "exclusiveMinimum": True, "minimum": 0.5, "exclusiveMaximum": True,
+                       "maximum": 1},
+               "winsorize request latency at this pooled quantile level (e.g. 0.99) before latency_ms is "
+               "computed; default: no capping"),
+        _query("mde", {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
+                       "maximum": 10, "default": 0.05},
+               "relative minimum detectable effect of the primary metric's power plan (0.05 = 5 %)"),
+        _query("phase", {"type": "integer", "minimum": 1},
+               "read this phase's results (1 = the first); default: the current phase; a phase the "
+               "experiment never had is a 404"),
+    ],
+    ("get", "/v1/experiments/{key}/export"): [
+        {**_query("table", {"type": "string", "enum": ["exposures", "requests", "events"]},
+                  "which raw table to stream as CSV"), "required": True},
+    ],
 }
 
 # (method, path, summary, scope or None, request schema or None, success status, response schema)
@@ -75,7 +107,7 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("get", "/metrics", "Prometheus metrics of this process", None, None, 200, "PrometheusText"),
     ("post", "/v1/events", "Ingest a batch of events (idempotent by event_id)", "sdk", "EventBatch", 202,
      "EventBatchResult"),
-    ("get", "/v1/experiments/{key}/report", "Results: JSON, or ?format=html|csv", "admin", None, 200, "Report"),
+    ("get", "/v1/experiments/{key}/report", "Results: JSON, or ?format=html|csv|text", "admin", None, 200, "Report"),
     ("get", "/v1/experiments/{key}/export", "Raw CSV of ?table=exposures|requests|events", "admin", None, 200,
      "CsvText"),
 ]
@@ -94,6 +126,8 @@ def _operation(method: str, path: str, summary: str, scope: str | None, body: st
     }
     if "{key}" in path:
         op["parameters"] = [{"name": "key", "in": "path", "required": True, "schema": _STR}]
+    if (method, path) in QUERY_PARAMETERS:
+        op["parameters"] = op.get("parameters", []) + QUERY_PARAMETERS[(method, path)]
     if body is not None:
         op["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}

@@ -1,5 +1,11 @@
 """CSV renderings: the report's results (one row per metric x comparison) and raw exports.
 
+The results table carries every figure the verdict rests on, so that it can be reproduced from
+the file alone: the decision policy and the metric's margin, both variants' counts (rates), the
+fixed-horizon and the always-valid (sequential) CIs on both scales, which of them the verdict
+used (``verdict_interval``: ``absolute`` or ``relative``, empty for metrics outside the verdict),
+the metric's status in the verdict (``primary_status`` or guardrail status) and the action.
+
 ``export_csv`` streams a raw table of one experiment: the query runs with a server-side cursor
 (``stream_results`` + ``yield_per``) and the generator yields one CSV chunk per batch, so
 memory stays flat however many rows the table holds.
@@ -23,9 +29,10 @@ from sqlalchemy import Engine, or_, select
 
 from ..errors import ValidationError
 from ..models import Event, Exposure, RequestLog
+from .headline import decision_interval
 from .model import Report
 
-__all__ = ["RESULT_COLUMNS", "EXPORT_TABLES", "render_csv", "export_csv", "export_statement", "safe_cell"]
+__all__ = ["RESULT_COLUMNS", "TEXT_COLUMNS", "EXPORT_TABLES", "render_csv", "export_csv", "export_statement", "safe_cell"]
 
 RESULT_COLUMNS = (
     "metric", "role", "direction", "variant", "control_units", "treatment_units",
@@ -33,7 +40,13 @@ RESULT_COLUMNS = (
     "absolute_ci_upper", "relative_effect", "relative_ci_lower", "relative_ci_upper", "p_value",
     "adjusted_p_value", "significant", "sequential_relative_ci_lower", "sequential_relative_ci_upper",
     "sequential_p_value", "chance_to_win", "error",
+    "decision", "margin", "counted", "control_numerator", "control_denominator", "treatment_numerator",
+    "treatment_denominator", "count_of", "sequential_absolute_ci_lower", "sequential_absolute_ci_upper",
+    "verdict_interval", "status", "action",
 )
+# The columns that hold text (every other column is a number, a boolean or empty).
+TEXT_COLUMNS = ("metric", "role", "direction", "variant", "significant", "error", "decision", "counted",
+                "count_of", "verdict_interval", "status", "action")
 EXPORT_TABLES = ("exposures", "requests", "events")
 _BATCH = 2_000
 # Cells starting with one of these may be run as a formula by a spreadsheet.
@@ -57,12 +70,27 @@ def _get(effect: Any, name: str) -> Any:
     return None if effect is None else getattr(effect, name)
 
 
+def _status(report: Report, metric: str, role: str, variant: str) -> tuple[str | None, str | None]:
+    """The metric's status in the treatment's verdict, and the treatment's action."""
+    rec = next((r for r in report.recommendations if r.variant == variant), None)
+    if rec is None:
+        return None, None
+    if role == "primary" and rec.primary_metric == metric:
+        return rec.primary_status, rec.action
+    return next((g.status for g in rec.guardrails if g.metric == metric), None), rec.action
+
+
 def result_rows(report: Report) -> Iterator[dict[str, Any]]:
     """Flatten the report's comparisons (the CSV rows as dicts)."""
     control = report.control
+    decision = report.options.decision if report.options is not None else None
     for m in report.metrics:
         for c in m.comparisons:
-            seq_rel = c.sequential.relative
+            seq_rel, seq_abs = c.sequential.relative, c.sequential.absolute
+            ccount = getattr(m.variants[control], "count", None)
+            tcount = getattr(m.variants[c.variant], "count", None)
+            interval = decision_interval(report, m, c) if report.options is not None else None
+            status, action = _status(report, m.name, m.role, c.variant)
             yield {
                 "metric": m.name, "role": m.role, "direction": m.direction,
                 "variant": c.variant, "control_units": m.variants[control].units,
@@ -80,6 +108,14 @@ def result_rows(report: Report) -> Iterator[dict[str, Any]]:
                 "sequential_relative_ci_upper": _get(seq_rel, "ci_upper"),
                 "sequential_p_value": c.sequential.p_value, "chance_to_win": c.chance_to_win,
                 "error": str(c.error or c.relative_error or ""),
+                "decision": decision, "margin": m.margin,
+                "counted": _get(ccount or tcount, "counted"), "control_numerator": _get(ccount, "numerator"),
+                "control_denominator": _get(ccount, "denominator"),
+                "treatment_numerator": _get(tcount, "numerator"),
+                "treatment_denominator": _get(tcount, "denominator"), "count_of": _get(ccount or tcount, "of"),
+                "sequential_absolute_ci_lower": _get(seq_abs, "ci_lower"),
+                "sequential_absolute_ci_upper": _get(seq_abs, "ci_upper"),
+                "verdict_interval": _get(interval, "scale"), "status": status, "action": action,
             }
 
 

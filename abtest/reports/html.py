@@ -1,10 +1,13 @@
 """The report as one self-contained HTML page (inline CSS and SVG; no scripts, no CDN).
 
-Reading order for a product team: the recommendation and its reasons, the SRM banner (only
+Reading order for a product team: the headline (the answer in one sentence), the
+recommendation and its reasons, the SRM banner (only
 when the split is off) and a guardrail-pause banner, the forest plot of every metric's
-relative effect, the results table, latency distributions, the cumulative effect over time
-with its sequential bounds, the shadow (dark-launch) summary, and the definitions.
-Stable ids and classes (``#recommendation``, ``#srm-banner``, ``#forest-plot``,
+relative effect, the results table (values with their counts, the fixed-horizon CI, and the
+always-valid interval the verdict used, labelled absolute or relative), latency distributions, the cumulative effect over time
+with its sequential bounds, the shadow (dark-launch) summary, output quality, and the definitions.
+Times read "2026-12-01 19:42 UTC" (the JSON keeps ISO 8601).
+Stable ids and classes (``#headline``, ``#recommendation``, ``#srm-banner``, ``#forest-plot``,
 ``tr.metric-row[data-metric]`` ...) let tests and scripts find each part.
 """
 
@@ -14,18 +17,21 @@ from dataclasses import asdict
 from html import escape
 from typing import Any
 
-from .model import ComparisonResult, MetricResult, Report
-from .svg import forest_plot, histogram_plot, timeseries_plot
+from .headline import decision_interval, format_interval
+from .model import ComparisonResult, Estimate, MetricResult, Report
+from .svg import forest_plot, histogram_plot, timeseries_plot, variant_colors
+from .text import count_text, human_time, value_text
 
 __all__ = ["render_html"]
 
 _CSS = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;color:#202124;margin:0;background:#f6f7f9}
-main{max-width:980px;margin:0 auto;padding:24px}
+main{max-width:1200px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px}
 .meta{color:#5f6368}.card{background:#fff;border:1px solid #dadce0;border-radius:8px;padding:16px;margin:12px 0}
 .rec{border-left:8px solid #5f6368}.rec.ship{border-left-color:#1e8e3e}.rec.roll-back{border-left-color:#c5221f}
-.rec.keep-running{border-left-color:#f9ab00}.rec .action{font-size:22px;font-weight:700;text-transform:uppercase}
+.rec.keep-running{border-left-color:#f9ab00}.rec.keep-control{border-left-color:#1f5fa8}
+.headline{font-size:17px;font-weight:600;margin:0 0 10px}.rec .action{font-size:22px;font-weight:700;text-transform:uppercase}
 .banner{border-radius:8px;padding:12px 16px;margin:12px 0;font-weight:600}
 .banner.srm{background:#fce8e6;color:#a50e0e;border:1px solid #f5b7b1}
 .banner.paused{background:#fef7e0;color:#7a4f01;border:1px solid #f6d67a}
@@ -34,9 +40,10 @@ table{border-collapse:collapse;width:100%;background:#fff}th,td{padding:6px 8px;
 th:first-child,td:first-child,td.l,th.l{text-align:left}th{background:#f1f3f4;font-weight:600}
 td.sig-good{color:#1e8e3e;font-weight:600}td.sig-bad{color:#c5221f;font-weight:600}
 .err{color:#80868b;font-style:italic;text-align:left}
+td .meta{font-size:12px}td.verdict{background:#f8fafd}th.verdict{background:#e8f0fe}#metrics-table{font-size:13px}#metrics-table td:first-child{min-width:190px}#metrics-table td.ci,#metrics-table .count{white-space:nowrap}.scroll{overflow-x:auto}
 svg text{font:12px sans-serif;fill:#3c4043}svg .tick{font-size:11px;fill:#5f6368}svg .axis-title{font-size:12px}
 svg .grid{stroke:#eceff1}svg .zero{stroke:#202124;stroke-width:1.2}svg .na{fill:#80868b;font-style:italic}
-svg .legend{font-weight:600}dl{color:#3c4043}dt{font-weight:600;margin-top:6px}
+svg .legend-label{font-size:12px}dl{color:#3c4043}dt{font-weight:600;margin-top:6px}
 """
 
 
@@ -60,11 +67,13 @@ def _share(x: float | None) -> str:
 
 def _header(report: Report) -> str:
     e = report.experiment
-    dates = f"started {e.started_at or '–'}" + (f", stopped {e.stopped_at}" if e.stopped_at else "")
+    dates = f"started {human_time(e.started_at)}" + (f", stopped {human_time(e.stopped_at)}" if e.stopped_at else "")
+    shown = report.options.phase or e.phase
+    phase = f"phase {shown}" + (f" (an earlier phase; the current one is {e.phase})" if shown != e.phase else "")
     return (f'<header><h1 id="title">{escape(e.name)}</h1>'
             f'<div class="meta">experiment <code>{escape(e.key)}</code> · status <b id="status">'
-            f'{escape(e.status)}</b> · phase {e.phase} · {escape(dates)} · generated '
-            f'{escape(report.generated_at)}</div>'
+            f'{escape(e.status)}</b> · <span id="phase">{escape(phase)}</span> · {escape(dates)} · generated '
+            f'{escape(human_time(report.generated_at))}</div>'
             + (f'<p class="meta">{escape(e.hypothesis)}</p>' if e.hypothesis else "") + "</header>")
 
 
@@ -73,11 +82,14 @@ def _recommendation(report: Report) -> str:
     cls = rec.action.replace(" ", "-")
     reasons = "".join(f"<li>{escape(r)}</li>" for r in rec.reasons)
     variant = f' <span class="meta">for <b>{escape(rec.variant)}</b></span>' if rec.variant else ""
+    policy = "non-inferiority" if report.options.decision == "non_inferiority" else "superiority"
     return (f'<section id="recommendation" class="card rec {cls}" data-action="{escape(rec.action)}">'
+            f'<p id="headline" class="headline">{escape(report.headline)}</p>'
             f'<div>Recommendation{variant}</div><div class="action">{escape(rec.action)}</div>'
-            f'<ul class="reasons">{reasons}</ul><div class="meta">Decided on always-valid (sequential) CIs of '
-            f'the absolute difference, which has the sign of the relative lift; the relative CIs below also '
-            f'carry the uncertainty of the control mean and can be wider.</div></section>')
+            f'<ul class="reasons">{reasons}</ul><div class="meta">Decision policy: {policy}. Decided on '
+            f'always-valid (sequential) intervals, valid however often this page is read: the column '
+            f'"interval the verdict used" of the results table shows each one, absolute or relative as '
+            f'the verdict read it.</div></section>')
 
 
 def _banners(report: Report) -> str:
@@ -112,7 +124,8 @@ def _forest_rows(report: Report) -> list[dict[str, Any]]:
     """The forest plot's rows (the input format of :func:`abtest.reports.svg.forest_plot`)."""
     rows = []
     multi = len(report.variants) > 2
-    for m in report.metrics:
+    order = {"primary": 0, "guardrail": 1, "secondary": 2}  # what the verdict rests on comes first
+    for m in sorted(report.metrics, key=lambda m: order.get(m.role, 3)):
         for c in m.comparisons:
             rel, seq = c.relative, c.sequential.relative
             rows.append({
@@ -124,34 +137,69 @@ def _forest_rows(report: Report) -> list[dict[str, Any]]:
     return rows
 
 
-def _metric_row(m: MetricResult, c: ComparisonResult, control: str) -> str:
+def _value_cell(m: MetricResult, variant: str) -> str:
+    est = m.variants.get(variant)
+    if est is None:
+        return "<td>–</td>"
+    count = count_text(est)
+    return (f'<td>{escape(value_text(m, est.estimate))}'
+            + (f'<div class="meta count">{escape(count)}</div>' if count else "") + "</td>")
+
+
+def _status(report: Report, m: MetricResult, variant: str) -> str | None:
+    rec = report.treatment_recommendation(variant)
+    if rec is None:
+        return None
+    if m.role == "primary" and rec.primary_metric == m.name:
+        return rec.primary_status
+    return next((g.status for g in rec.guardrails if g.metric == m.name), None)
+
+
+def _verdict_cell(report: Report, m: MetricResult, c: ComparisonResult) -> str:
+    interval = decision_interval(report, m, c)
+    status = _status(report, m, c.variant)
+    if interval is None:
+        text = "not in the verdict" if m.role == "secondary" else "undefined"
+        return f'<td class="verdict meta">{text}</td>'
+    return (f'<td class="verdict ci" data-scale="{interval.scale}">{escape(format_interval(interval, m))}'
+            f'<div class="meta">{escape(interval.label)}'
+            + (f' · <b>{escape(status.replace("_", "-"))}</b>' if status else "") + '</div></td>')
+
+
+def _metric_row(report: Report, m: MetricResult, c: ComparisonResult) -> str:
     rel, seq = c.relative, c.sequential.relative
     estimate = rel.estimate if rel else None
     good = (estimate or 0) > 0 if m.higher_is_better else (estimate or 0) < 0
     cls = ("sig-good" if good else "sig-bad") if c.significant else ""
+    margin = f", margin {m.margin:.0%}" if m.margin > 0 else ""
     cells = (f'<td class="l">{escape(m.name)}<div class="meta">{escape(m.role)}, '
-             f'{escape(m.direction)} is better</div></td><td>{escape(c.variant)}</td>'
-             f'<td>{_num(m.variants[control].estimate)}</td>'
-             f'<td>{_num(m.variants[c.variant].estimate)}</td>')
+             f'{escape(m.direction)} is better{margin}</div>'
+             + (f'<div class="meta">{escape(m.note)}</div>' if m.note else "")
+             + f'</td><td>{escape(c.variant)}</td>'
+             f'{_value_cell(m, report.control)}{_value_cell(m, c.variant)}')
     if c.error:
         return (f'<tr class="metric-row" data-metric="{escape(m.name)}">{cells}'
-                f'<td colspan="6" class="err">{escape(c.error)}</td></tr>')
+                f'<td colspan="7" class="err">{escape(c.error)}</td></tr>')
     return (f'<tr class="metric-row" data-metric="{escape(m.name)}">{cells}'
             f'<td class="{cls}">{_pct(estimate)}</td>'
-            f'<td>[{_pct(rel and rel.ci_lower)}, {_pct(rel and rel.ci_upper)}]</td>'
-            f'<td>[{_pct(seq and seq.ci_lower)}, {_pct(seq and seq.ci_upper)}]</td>'
+            f'<td class="ci">{_pct(rel and rel.ci_lower)} to {_pct(rel and rel.ci_upper)}</td>'
+            f'<td class="ci">{_pct(seq and seq.ci_lower)} to {_pct(seq and seq.ci_upper)}</td>'
+            f'{_verdict_cell(report, m, c)}'
             f'<td>{_p(c.p_value)} / {_p(c.adjusted_p_value)}</td>'
             f'<td>{_p(c.sequential.p_value)}</td>'
             f'<td>{_share(c.chance_to_win)}</td></tr>')
 
 
 def _metric_rows(report: Report) -> str:
-    control = report.control
-    out = [_metric_row(m, c, control) for m in report.metrics for c in m.comparisons]
+    out = [_metric_row(report, m, c) for m in report.metrics for c in m.comparisons]
     head = ('<tr><th class="l">metric</th><th>variant</th><th>control</th><th>treatment</th><th>relative</th>'
-            '<th>95% CI</th><th>sequential CI</th><th>p / Holm p</th><th>sequential p</th>'
+            '<th title="fixed-horizon, relative">95% CI</th>'
+            '<th title="always-valid (sequential), relative">always-valid CI</th>'
+            '<th class="verdict" title="the always-valid interval the recommendation read, absolute or '
+            'relative">interval the verdict used</th><th>p / Holm p</th><th>always-valid p</th>'
             '<th>chance to win</th></tr>')
-    return '<h2>Results</h2><table id="metrics-table">' + head + "".join(out) + "</table>"
+    return ('<h2>Results</h2><div class="scroll"><table id="metrics-table">' + head + "".join(out)
+            + "</table></div>")
 
 
 def _shadow(report: Report) -> str:
@@ -165,6 +213,29 @@ def _shadow(report: Report) -> str:
     return ('<h2>Shadow traffic (dark launch, not in the metrics)</h2><table id="shadow-table"><tr>'
             '<th>variant</th><th>requests</th><th>mean latency (ms)</th><th>error rate</th>'
             '<th>output match</th></tr>' + rows + "</table>")
+
+
+def _with_ci(e: Estimate | None) -> str:
+    if e is None or e.estimate is None:
+        return "–"
+    return f"{e.estimate:.3g} ({_num(e.ci_lower, 3)} to {_num(e.ci_upper, 3)})"
+
+
+def _quality(report: Report) -> str:
+    q = report.quality
+    if q is None or not q.results:
+        return ""
+    rows = "".join(
+        f'<tr><td class="l">{escape(r.comparison.replace("_", " "))}</td><td>{escape(r.variant)}</td>'
+        f'<td class="l">{escape(r.scorer)} scores {escape(r.generator)}</td><td>{escape(r.method)}</td>'
+        f'<td>{_with_ci(r.agreement)}</td><td>{_with_ci(r.kl)}</td><td>{r.scored}</td><td>{r.units}</td></tr>'
+        for r in q.results)
+    sample = f"sample {q.sample:.0%} of requests · " if q.sample else ""
+    return ('<h2>Output quality on live traffic</h2><table id="quality-table"><tr><th class="l">comparison</th>'
+            '<th>variant</th><th class="l">engines</th><th>method</th><th>agreement (95% CI)</th>'
+            '<th>mean KL (95% CI)</th><th>scored</th><th>units</th></tr>' + rows + '</table>'
+            f'<p class="meta">{escape(sample)}{q.skipped} scoring jobs skipped, {q.dropped} dropped. '
+            f'{escape(q.note)}</p>')
 
 
 def _histogram_input(report: Report) -> dict[str, Any] | None:
@@ -191,18 +262,23 @@ def _definitions(report: Report) -> str:
             f'<dt>Confidence</dt><dd>95% CIs (alpha {o.alpha:g}); p-values are Holm-adjusted across all '
             f'{o.multiple_testing.family} comparisons. Sequential CIs stay valid however often this '
             f'page is checked (N* = {o.n_star:g}); the recommendation uses them.</dd>'
-            f'<dt>Data</dt><dd>Current phase and enrolled units only; shadow copies excluded; {cap}.</dd></dl>')
+            f'<dt>Data</dt><dd>Phase {o.phase or report.experiment.phase} and enrolled units only; shadow '
+            f'copies excluded; {cap}.</dd>'
+            f'<dt>Counts</dt><dd>Rates show their integers: conversions of exposed units, errors of '
+            f'requests, truncated completions of ok requests.</dd></dl>')
 
 
 def render_html(report: Report) -> str:
     """The whole page as a string."""
+    colors = variant_colors([v.variant for v in report.variants])
     parts = [
         _header(report), _recommendation(report), _banners(report),
         '<h2>Effects</h2><div class="card">', forest_plot(_forest_rows(report)), "</div>",
         _metric_rows(report), _variants(report),
-        '<h2>Latency distributions</h2><div class="card">', histogram_plot(_histogram_input(report)),
+        '<h2>Latency distributions</h2><div class="card">', histogram_plot(_histogram_input(report), colors=colors),
         "</div>", '<h2>Cumulative effect over time</h2><div class="card">',
-        timeseries_plot(_timeseries_input(report)), "</div>", _shadow(report), _definitions(report),
+        timeseries_plot(_timeseries_input(report), colors=colors), "</div>", _shadow(report), _quality(report),
+        _definitions(report),
     ]
     title = escape(f'{report.experiment.name} — abtest report')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

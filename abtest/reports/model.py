@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 __all__ = [
-    "Estimate", "RatioEstimate", "QuantileEstimateView", "EffectView", "SequentialView", "ExpectedLoss",
+    "Count", "Estimate", "RatioEstimate", "QuantileEstimateView", "EffectView", "SequentialView", "ExpectedLoss",
     "ComparisonResult", "MetricResult", "GuardrailResult", "PowerPlan", "TreatmentRecommendation",
-    "OverallRecommendation", "SRMVariant", "SRMBlock", "VariantSummary", "TimePoint", "TimeSeries",
+    "OverallRecommendation", "PrimaryBasis", "SRMVariant", "SRMBlock", "VariantSummary", "TimePoint", "TimeSeries",
     "Histogram", "ShadowSummary", "QualityResult", "QualitySection", "Breach", "ExperimentInfo", "QuantileMethod", "MultipleTesting",
     "Options", "Report", "clean",
 ]
@@ -34,8 +34,19 @@ def clean(x: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Count:
+    """The integers behind a rate: ``numerator`` ``counted`` of ``denominator`` ``of``
+    (e.g. 25 conversions of 109 units, 3 errors of 412 requests, 2 truncated of 380 ok requests)."""
+
+    counted: str  # conversions | errors | truncated
+    numerator: int
+    denominator: int
+    of: str  # units | requests | ok requests
+
+
+@dataclass(frozen=True)
 class Estimate:
-    """A variant's estimate with its CI (t(n-1) for means)."""
+    """A variant's estimate with its CI (t(n-1) for means); ``count`` for rates only."""
 
     units: int
     estimate: float | None
@@ -43,6 +54,7 @@ class Estimate:
     ci_upper: float | None
     se: float | None
     error: str | None
+    count: Count | None = field(default=None, metadata={"omit_none": True})
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,12 @@ class GuardrailResult:
 
 @dataclass(frozen=True)
 class PowerPlan:
+    """The primary metric's sample-size plan. ``kind`` ``superiority``: sized to detect
+    ``mde_relative`` (``absolute_mde`` in metric units); ``non_inferiority``: sized to show
+    non-inferiority at the margin ``mde_relative`` (``absolute_mde`` in metric units) when the
+    true difference is 0, ``required_units_per_variant`` for the always-valid interval the
+    verdict uses and ``fixed_horizon_units_per_variant`` for one fixed-horizon look."""
+
     mde_relative: float
     absolute_mde: float | None
     required_units_per_variant: int | None
@@ -151,17 +169,40 @@ class PowerPlan:
     achieved_power: float | None
     days_to_go: float | None
     error: str | None
+    kind: str = "superiority"
+    fixed_horizon_units_per_variant: int | None = None
+
+
+@dataclass(frozen=True)
+class PrimaryBasis:
+    """The primary evidence a verdict used: the ``decision`` policy, the interval's ``scale``
+    (``absolute`` difference or ``relative`` lift) and kind (``always-valid``, or ``exact`` for
+    two constant arms), its ``estimate``, ``lower`` and ``upper`` ends at ``level``, and the
+    relative ``margin`` (non-inferiority; None under superiority)."""
+
+    decision: str
+    metric: str
+    scale: str
+    interval: str
+    level: float
+    estimate: float | None
+    lower: float | None
+    upper: float | None
+    margin: float | None
 
 
 @dataclass(frozen=True)
 class TreatmentRecommendation:
+    """``basis`` is the primary evidence the action rests on (None: no primary metric)."""
+
     variant: str
-    action: str
+    action: str  # ship | keep running | keep control | roll back
     reasons: tuple[str, ...]
     primary_metric: str | None
     primary_status: str
     guardrails: tuple[GuardrailResult, ...]
     power: PowerPlan | None
+    basis: PrimaryBasis | None = None
 
 
 @dataclass(frozen=True)
@@ -327,17 +368,26 @@ class Options:
     n_star: float
     multiple_testing: MultipleTesting
     recommendation_basis: str
+    # The experiment's decision policy (superiority | non_inferiority) and the phase reported.
+    decision: str = "superiority"
+    phase: int | None = None
 
 
 @dataclass(frozen=True)
 class Report:
+    """The report; the JSON opens with the answer: ``recommendation``, ``headline`` (one sentence
+    in the product's words, every number taken from the fields below), then ``experiment``,
+    ``generated_at``, ``options``, ``srm``, ``variants``, ``metrics``, ``recommendations``,
+    ``timeseries``, ``latency_histogram``, ``shadow`` and ``quality``."""
+
+    recommendation: OverallRecommendation
+    headline: str
     experiment: ExperimentInfo
     generated_at: str
     options: Options
     srm: SRMBlock
     variants: tuple[VariantSummary, ...]
     metrics: tuple[MetricResult, ...]
-    recommendation: OverallRecommendation
     recommendations: tuple[TreatmentRecommendation, ...]
     timeseries: TimeSeries | None
     latency_histogram: Histogram | None
@@ -347,6 +397,12 @@ class Report:
     @property
     def control(self) -> str:
         return next(v.variant for v in self.variants if v.control)
+
+    def variant(self, key: str) -> VariantSummary | None:
+        return next((v for v in self.variants if v.variant == key), None)
+
+    def treatment_recommendation(self, variant: str | None) -> TreatmentRecommendation | None:
+        return next((r for r in self.recommendations if r.variant == variant), None)
 
     def metric(self, name: str) -> MetricResult:
         return next(m for m in self.metrics if m.name == name)

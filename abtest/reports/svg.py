@@ -1,7 +1,10 @@
 """Tiny inline-SVG charts for the HTML report (no JavaScript, no external assets).
 
 Each function returns one ``<svg>`` element as a string; every text is escaped. Scales are
-linear; the caller passes data already in the unit it wants shown.
+linear; the caller passes data already in the unit it wants shown. Every chart carries its
+legend, drawn as coloured swatches (``rect.swatch``/``line.swatch``, never coloured text, which a
+page's CSS may override), and a variant has the same colour on every chart: pass the mapping of
+:func:`variant_colors` (the report's variant order, control first).
 """
 
 from __future__ import annotations
@@ -11,10 +14,32 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["forest_plot", "histogram_plot", "timeseries_plot", "PALETTE"]
+__all__ = ["forest_plot", "histogram_plot", "timeseries_plot", "variant_colors", "PALETTE"]
 
 PALETTE = ("#1f5fa8", "#d9642b", "#2a9d5b", "#8e44ad", "#b8860b", "#c0392b")
 _GOOD, _BAD, _NEUTRAL = "#1e8e3e", "#c5221f", "#5f6368"
+
+
+def variant_colors(variants: Sequence[str]) -> dict[str, str]:
+    """One colour per variant, by its position in the report (control first)."""
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+
+
+def _legend(items: Sequence[tuple[str, str, str]], x: float, y: float, step: float = 150) -> str:
+    """A row of legend entries from ``x``: (label, colour, kind) with kind ``box`` (a filled
+    square), ``line`` (a thick line) or ``dash`` (a thin dashed line)."""
+    out = ['<g class="legend">']
+    for i, (label, color, kind) in enumerate(items):
+        x0 = x + i * step
+        if kind == "box":
+            out.append(f'<rect class="swatch" x="{x0:.1f}" y="{y - 9:.1f}" width="12" height="12" rx="2" '
+                       f'fill="{color}"/>')
+        else:
+            extra = ' stroke-dasharray="4 3" stroke-width="1.5"' if kind == "dash" else ' stroke-width="5"'
+            out.append(f'<line class="swatch" x1="{x0:.1f}" x2="{x0 + 14:.1f}" y1="{y - 3:.1f}" y2="{y - 3:.1f}" '
+                       f'stroke="{color}"{extra}/>')
+        out.append(f'<text x="{x0 + 18:.1f}" y="{y + 1:.1f}" class="legend-label">{escape(label)}</text>')
+    return "".join(out) + "</g>"
 
 
 class _Scale:
@@ -52,6 +77,9 @@ def _svg(width: int, height: int, body: Sequence[str], ident: str, title: str) -
             + "".join(body) + "</svg>")
 
 
+_CLIP = 1.0  # the forest plot's axis ends at +/-100 %
+
+
 def forest_plot(rows: Sequence[dict[str, Any]], width: int = 860) -> str:
     """Relative effects with fixed (thick) and sequential (thin) CIs, one line per row.
 
@@ -59,20 +87,27 @@ def forest_plot(rows: Sequence[dict[str, Any]], width: int = 860) -> str:
     ``higher_is_better``, ``significant``; rows without an estimate show their ``error``.
     """
     row_h, top, left, right = 30, 34, 250, 30
-    height = top + row_h * max(len(rows), 1) + 30
+    height = top + row_h * max(len(rows), 1) + 54
     vals = [0.0] + [x for r in rows for x in (r.get("seq_lower"), r.get("seq_upper"),
                                               r.get("ci_lower"), r.get("ci_upper")) if x is not None]
-    lo, hi = min(vals), max(vals)
+    # The axis stops at -100 % and +100 %: one huge effect (a decode rate x5) must not squash
+    # every other interval; what lies beyond is drawn to the edge with an arrow, its label exact.
+    lo, hi = max(min(vals), -_CLIP), min(max(vals), _CLIP)
     pad = (hi - lo) * 0.08 or 0.05
-    sx = _Scale(lo - pad, hi + pad, left, width - right)
+    scale = _Scale(lo - pad, hi + pad, left, width - right)
+    sx = lambda x: scale(min(max(x, lo - pad), hi + pad))  # noqa: E731
+    axis = height - 24  # tick labels; the legend below them
     body = [f'<text x="{left}" y="16" class="axis-title">relative effect vs control '
-            f'(thick: 95% CI, thin: always-valid sequential CI)</text>']
+            f'(thick: 95% CI, thin: always-valid sequential CI)</text>',
+            _legend([("better (significant)", _GOOD, "box"), ("worse (significant)", _BAD, "box"),
+                     ("not significant", _NEUTRAL, "box"), ("95% CI", _NEUTRAL, "line"),
+                     ("always-valid CI", _NEUTRAL, "dash")], 20, height - 4, 165)]
     for t in _nice_ticks(lo - pad, hi + pad):
         x = sx(t)
-        body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 6}" y2="{height - 26}" class="grid"/>'
-                    f'<text x="{x:.1f}" y="{height - 10}" class="tick" text-anchor="middle">{_fmt_pct(t)}</text>')
+        body.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 6}" y2="{axis - 16}" class="grid"/>'
+                    f'<text x="{x:.1f}" y="{axis}" class="tick" text-anchor="middle">{_fmt_pct(t)}</text>')
     x0 = sx(0.0)
-    body.append(f'<line x1="{x0:.1f}" x2="{x0:.1f}" y1="{top - 10}" y2="{height - 26}" class="zero"/>')
+    body.append(f'<line x1="{x0:.1f}" x2="{x0:.1f}" y1="{top - 10}" y2="{axis - 16}" class="zero"/>')
     for i, r in enumerate(rows):
         y = top + row_h * i + row_h / 2
         body.append(f'<g class="forest-row" data-metric="{escape(str(r["metric"]))}">'
@@ -88,6 +123,11 @@ def forest_plot(rows: Sequence[dict[str, Any]], width: int = 860) -> str:
         if r.get("seq_lower") is not None:
             body.append(f'<line x1="{sx(r["seq_lower"]):.1f}" x2="{sx(r["seq_upper"]):.1f}" y1="{y:.1f}" '
                         f'y2="{y:.1f}" stroke="{color}" stroke-width="1.5" stroke-dasharray="4 3"/>')
+        beyond = [x for x in (r["ci_lower"], r["ci_upper"], est) if not lo - pad <= x <= hi + pad]
+        for edge in sorted({lo - pad if x < lo - pad else hi + pad for x in beyond}):
+            tip, back = sx(edge), sx(edge) + (7 if edge < 0 else -7)
+            body.append(f'<path class="beyond" d="M{tip:.1f},{y:.1f} L{back:.1f},{y - 6:.1f} L{back:.1f},{y + 6:.1f} Z" '
+                        f'fill="{color}"/>')
         body.append(f'<line x1="{sx(r["ci_lower"]):.1f}" x2="{sx(r["ci_upper"]):.1f}" y1="{y:.1f}" y2="{y:.1f}" '
                     f'stroke="{color}" stroke-width="5" stroke-linecap="round" opacity="0.75"/>'
                     f'<circle cx="{sx(est):.1f}" cy="{y:.1f}" r="5" fill="{color}"/>'
@@ -96,9 +136,10 @@ def forest_plot(rows: Sequence[dict[str, Any]], width: int = 860) -> str:
     return _svg(width, height, body, "forest-plot", "Forest plot of relative effects")
 
 
-def histogram_plot(hist: dict[str, Any] | None, width: int = 860, height: int = 260) -> str:
+def histogram_plot(hist: dict[str, Any] | None, width: int = 860, height: int = 260,
+                   colors: dict[str, str] | None = None) -> str:
     """Latency distribution per variant: share of requests per bin, as step lines."""
-    left, right, top, bottom = 50, 20, 24, 36
+    left, right, top, bottom = 50, 20, 30, 36
     if not hist or not hist.get("counts"):
         return _svg(width, 60, ['<text x="10" y="30" class="na">no latency data yet</text>'],
                     "latency-histogram", "Latency distribution per variant")
@@ -115,21 +156,24 @@ def histogram_plot(hist: dict[str, Any] | None, width: int = 860, height: int = 
     body.append(f'<text x="{(left + width - right) / 2}" y="{height - 4}" class="axis-title" '
                 f'text-anchor="middle">latency (ms), ok requests; last bin: at or above {hist["upper_ms"]:.0f} ms'
                 f'</text>')
-    for k, (variant, share) in enumerate(sorted(shares.items())):
-        color = PALETTE[k % len(PALETTE)]
+    colors = colors or variant_colors(sorted(shares))
+    order = [v for v in colors if v in shares] + sorted(v for v in shares if v not in colors)
+    colors = {**variant_colors(order), **colors}
+    body.append(_legend([(v, colors[v], "box") for v in order], left + 8, 16, 160))
+    for variant in order:
+        share, color = shares[variant], colors[variant]
         pts = []
         for i, s in enumerate(share):
             pts += [f"{sx(i * width_ms):.1f},{sy(s):.1f}", f"{sx((i + 1) * width_ms):.1f},{sy(s):.1f}"]
         body.append(f'<polyline class="hist-line" data-variant="{escape(variant)}" points="{" ".join(pts)}" '
-                    f'fill="none" stroke="{color}" stroke-width="2"/>'
-                    f'<text x="{width - right - 4}" y="{top + 14 * (k + 1)}" text-anchor="end" fill="{color}" '
-                    f'class="legend">{escape(variant)}</text>')
+                    f'fill="none" stroke="{color}" stroke-width="2"/>')
     return _svg(width, height, body, "latency-histogram", "Latency distribution per variant")
 
 
-def timeseries_plot(ts: dict[str, Any] | None, width: int = 860, height: int = 280) -> str:
+def timeseries_plot(ts: dict[str, Any] | None, width: int = 860, height: int = 280,
+                    colors: dict[str, str] | None = None) -> str:
     """Cumulative relative effect by day with fixed CI band and sequential bounds (dashed)."""
-    left, right, top, bottom = 60, 50, 24, 40
+    left, right, top, bottom = 60, 50, 30, 40
     series = (ts or {}).get("series") or {}
     points = [p for pts in series.values() for p in pts if p["estimate"] is not None]
     if not points:
@@ -149,8 +193,12 @@ def timeseries_plot(ts: dict[str, Any] | None, width: int = 860, height: int = 2
     body.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" class="axis-title" text-anchor="middle">'
                 f'{escape(str(ts.get("metric")))}: cumulative relative effect by day of first activity; '
                 f'dashed: sequential bounds</text>')
-    for k, (variant, pts) in enumerate(sorted(series.items())):
-        color = PALETTE[(k + 1) % len(PALETTE)]
+    colors = {**variant_colors(["control", *sorted(series)]), **(colors or {})}
+    legend = [(f"{v} vs control", colors[v], "line") for v in sorted(series)]
+    body.append(_legend([*legend, ("95% CI band", _NEUTRAL, "box"), ("always-valid bounds", _NEUTRAL, "dash")],
+                        left + 8, 16, 170))
+    for variant, pts in sorted(series.items()):
+        color = colors[variant]
         idx = {d: i for i, d in enumerate(days)}
         ok = [p for p in pts if p["estimate"] is not None and p["ci_lower"] is not None]
         if not ok:

@@ -18,7 +18,7 @@ from sqlalchemy import event, insert
 from abtest.app import create_app
 from abtest.errors import RateLimited
 from abtest.models import Event, Exposure, RequestLog
-from abtest.reports.csv import RESULT_COLUMNS, render_csv, safe_cell
+from abtest.reports.csv import RESULT_COLUMNS, TEXT_COLUMNS, render_csv, safe_cell
 from abtest.services.experiments import get_experiment
 from abtest.services.ratelimit import FailureLimiter
 from tests.conftest import clear_tables
@@ -105,7 +105,9 @@ def _report(metric_name: str) -> Any:
                 M.VariantSummary("treatment", "v2", False, 0.5, 12, 0, 0, 0, 0))
     metric = M.MetricResult(metric_name, "binary", "mean", "primary", "increase", 0.0, None, None,
                             {"control": estimate(10), "treatment": estimate(12)}, (comparison,))
-    return M.Report(None, "", None, None, variants, (metric,), None, (), None, None, ())  # type: ignore[arg-type]
+    return M.Report(recommendation=None, headline="", experiment=None, generated_at="",  # type: ignore[arg-type]
+                    options=None, srm=None, variants=variants, metrics=(metric,), recommendations=(),
+                    timeseries=None, latency_histogram=None, shadow=())
 
 
 def test_report_csv_neutralises_text_and_keeps_negative_numbers() -> None:
@@ -134,8 +136,7 @@ def test_report_csv_over_http_keeps_numbers_numeric(client, admin, db_url, make_
     reply = client.get("/v1/experiments/exp-1/report?format=csv", headers=admin)
     rows = read_csv(reply)
     assert rows and tuple(rows[0]) == RESULT_COLUMNS
-    numeric = [c for c in RESULT_COLUMNS if c not in ("metric", "role", "direction", "variant", "significant",
-                                                      "error")]
+    numeric = [c for c in RESULT_COLUMNS if c not in TEXT_COLUMNS]
     negatives = 0
     for row in rows:
         for column in numeric:
@@ -298,3 +299,22 @@ def test_every_response_says_how_long_the_api_held_it(client, sdk, make_experime
         name, _, duration = reply.headers["Server-Timing"].partition(";dur=")
         assert name == "app" and 0 <= float(duration) < 5000, reply.headers["Server-Timing"]
     assert [r.status_code for r in replies] == [200, 200, 404]
+
+
+def test_a_body_over_the_limit_is_413_naming_the_limit_and_its_setting(client, admin) -> None:
+    reply = client.post("/v1/experiments", data=b"{" + b" " * 70_000 + b"}", headers={
+        **admin, "Content-Type": "application/json"})
+    error = reply.get_json()["error"]
+    assert reply.status_code == 413 and error["code"] == "payload_too_large"
+    assert "65536 bytes" in error["message"] and "ABTEST_MAX_BODY_BYTES" in error["message"]
+    assert error["details"] == {"limit_bytes": 65_536}
+
+
+@pytest.mark.parametrize("field, value", [("key", "other"), ("layer", "l2"), ("layer_share", 0.5)])
+def test_patch_of_an_immutable_field_says_it_cannot_change(client, admin, make_experiment, field, value) -> None:
+    make_experiment("exp-1")
+    reply = client.patch("/v1/experiments/exp-1", json={field: value, "name": "renamed"}, headers=admin)
+    error = reply.get_json()["error"]
+    assert reply.status_code == 422 and error["details"]["field"] == field
+    assert error["message"] == f"{field}: cannot be changed after creation"
+    assert client.get("/v1/experiments/exp-1", headers=admin).get_json()["name"] != "renamed"  # nothing written

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import timedelta
 
 import numpy as np
 import pytest
+from sqlalchemy import update
 
+from abtest.models import Experiment
 from abtest.reports.csv import RESULT_COLUMNS
 
 from .factories import T0, populate
@@ -35,7 +38,7 @@ def test_json_report_shape(small, client, admin) -> None:  # type: ignore[no-unt
     assert body["experiment"]["phase"] == 1 and body["experiment"]["started_at"]
     assert [m["name"] for m in body["metrics"]][:5] == [
         "latency_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "error_rate"]
-    assert body["recommendation"]["action"] in ("ship", "keep running", "roll back")
+    assert body["recommendation"]["action"] in ("ship", "keep running", "keep control", "roll back")
     assert body["recommendation"]["reasons"]
     units = {v["variant"]: v["units"] for v in body["variants"]}
     assert units == {"control": 40, "treatment": 40}
@@ -107,3 +110,58 @@ def test_scopes(small, client, sdk, path) -> None:  # type: ignore[no-untyped-de
 def test_cap_parameter_reaches_the_report(small, client, admin) -> None:  # type: ignore[no-untyped-def]
     body = client.get("/v1/experiments/exp-1/report?cap=0.95", headers=admin).get_json()
     assert body["options"]["cap"] == 0.95 and body["options"]["cap_value_ms"] > 0
+
+
+def test_json_keeps_the_documented_key_order(small, client, admin) -> None:  # type: ignore[no-untyped-def]
+    text = client.get("/v1/experiments/exp-1/report", headers=admin).get_data(as_text=True)
+    keys = list(json.loads(text))
+    assert keys[:4] == ["recommendation", "headline", "experiment", "generated_at"]
+    assert keys[-4:] == ["timeseries", "latency_histogram", "shadow", "quality"]
+    generated = json.loads(text)["generated_at"]
+    assert "." not in generated and generated.endswith("+00:00")  # ISO 8601, whole seconds
+
+
+def test_phase_parameter_reads_an_earlier_phase(small, client, admin, services) -> None:  # type: ignore[no-untyped-def]
+    with services.db.transaction() as s:
+        s.execute(update(Experiment).where(Experiment.key == "exp-1").values(phase=2))
+    for i in range(6):
+        small.exposure(f"late{i}", "control", phase=2)
+    small.log.exposures[:] = small.log.exposures[-6:]
+    small.log.events.clear()
+    small.log.requests.clear()
+    small.flush()
+    earlier = client.get("/v1/experiments/exp-1/report?phase=1", headers=admin).get_json()
+    current = client.get("/v1/experiments/exp-1/report", headers=admin).get_json()
+    assert {v["variant"]: v["units"] for v in earlier["variants"]} == {"control": 40, "treatment": 40}
+    assert {v["variant"]: v["units"] for v in current["variants"]} == {"control": 6, "treatment": 0}
+    assert earlier["options"]["phase"] == 1 and current["options"]["phase"] == 2
+    html = client.get("/v1/experiments/exp-1/report?phase=1&format=html", headers=admin).get_data(as_text=True)
+    assert "phase 1 (an earlier phase; the current one is 2)" in html
+    rows = list(csv.DictReader(io.StringIO(client.get("/v1/experiments/exp-1/report?phase=1&format=csv",
+                                                      headers=admin).get_data(as_text=True))))
+    assert int(rows[0]["control_units"]) == 40
+    missing = client.get("/v1/experiments/exp-1/report?phase=3", headers=admin)
+    assert missing.status_code == 404
+    assert "no phase 3" in missing.get_json()["error"]["message"]
+    for bad in ("0", "1.5", "x"):
+        reply = client.get(f"/v1/experiments/exp-1/report?phase={bad}", headers=admin)
+        assert reply.status_code == 422 and reply.get_json()["error"]["details"]["field"] == "phase"
+
+
+def test_csv_carries_what_the_verdict_rests_on(small, client, admin) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/v1/experiments/exp-1/report", headers=admin).get_json()
+    rows = list(csv.DictReader(io.StringIO(client.get("/v1/experiments/exp-1/report?format=csv",
+                                                      headers=admin).get_data(as_text=True))))
+    rec = body["recommendations"][0]
+    primary = next(r for r in rows if r["metric"] == rec["primary_metric"])
+    comp = next(m for m in body["metrics"] if m["name"] == rec["primary_metric"])["comparisons"][0]
+    assert primary["decision"] == body["options"]["decision"] == "superiority"
+    assert primary["status"] == rec["primary_status"] and primary["action"] == rec["action"]
+    assert primary["verdict_interval"] == "absolute"
+    assert float(primary["sequential_absolute_ci_lower"]) == comp["sequential"]["absolute"]["ci_lower"]
+    assert float(primary["sequential_absolute_ci_upper"]) == comp["sequential"]["absolute"]["ci_upper"]
+    for g in rec["guardrails"]:
+        row = next(r for r in rows if r["metric"] == g["metric"])
+        assert row["status"] == g["status"] and row["margin"] == "0.0"
+        assert row["verdict_interval"] == ("" if g["status"] == "unavailable" else "absolute")
+    assert all(r["verdict_interval"] == "" for r in rows if r["role"] == "secondary")

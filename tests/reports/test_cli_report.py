@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from abtest.cli import cli
+from abtest.reports.catalogue import BUILTINS
 
 from .factories import Factory, simple
 
@@ -50,7 +51,7 @@ def test_report_command_writes_each_format(cli_db, tmp_path, fmt) -> None:  # ty
         assert text.startswith("<!DOCTYPE html>") and 'id="forest-plot"' in text
     else:
         rows = list(csv.DictReader(text.splitlines()))
-        assert [r["metric"] for r in rows][-1] == "conversion" and len(rows) == 6
+        assert [r["metric"] for r in rows][-1] == "conversion" and len(rows) == len(BUILTINS) + 1
 
 
 def test_report_command_to_stdout_and_unknown_key(cli_db) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from abtest.reports.catalogue import BUILTINS
+
+from .conftest import METRICS
+
 from .factories import populate
 
 CHROMIUM = os.environ.get("ABTEST_CHROMIUM", "/usr/bin/chromium")
@@ -101,9 +105,12 @@ def test_page_is_self_contained_and_complete(factory, client, admin) -> None:  #
                   "timeseries-plot", "shadow-table", "variants-table"):
         assert ident in page.ids, ident
     assert "srm-banner" not in page.ids
-    expected = ["latency_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "error_rate",
-                "conversion", "revenue", "orders"]
-    assert page.metric_rows == expected and page.forest_rows == expected
+    expected = [m.name for m in BUILTINS] + ["conversion", "revenue", "orders"]
+    assert page.metric_rows == expected
+    roles = {m["name"]: m.get("role", "secondary") for m in METRICS}
+    order = {"primary": 0, "guardrail": 1, "secondary": 2}  # the forest plot leads with the verdict's metrics
+    assert page.forest_rows == sorted(expected, key=lambda name: order[roles.get(name, "secondary")])
+    assert page.forest_rows[:3] == ["conversion", "latency_p99_ms", "error_rate"]
     assert html.count('class="hist-line"') == 2
 
 
@@ -121,7 +128,7 @@ def test_chromium_renders_the_key_elements(factory, client, admin, tmp_path) -> 
     assert dom.ids["forest-plot"]["tag"] == "svg"
     assert dom.ids["timeseries-plot"]["tag"] == "svg"
     assert dom.metric_rows == [m["name"] for m in report["metrics"]]
-    assert dom.forest_rows == dom.metric_rows
+    assert sorted(dom.forest_rows) == sorted(dom.metric_rows) and dom.forest_rows[0] == "conversion"  # primary first
     assert "circle" in dom.tags and "polyline" in dom.tags
 
 
@@ -131,4 +138,45 @@ def test_empty_experiment_renders_with_explanations(factory, client, admin) -> N
     page = parse(html)
     assert page.ids["recommendation"]["data-action"] == "keep running"
     assert re.search(r"no latency data yet", html) and "a variant has no units yet" in html
-    assert len(page.metric_rows) == 8
+    assert len(page.metric_rows) == len(BUILTINS) + 3
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_headline_verdict_interval_legends_and_times(factory, client, admin) -> None:  # type: ignore[no-untyped-def]
+    _fill(factory, 0.5)
+    report = client.get("/v1/experiments/exp-1/report", headers=admin).get_json()
+    html = _report_html(client, admin)
+    from html import escape
+
+    assert f'<p id="headline" class="headline">{escape(report["headline"])}</p>' in html
+    # the primary's row shows the interval the verdict used, labelled with its scale
+    row = re.search(r'<tr class="metric-row" data-metric="conversion">(.*?)</tr>', html).group(1)
+    assert 'data-scale="absolute"' in row and "always-valid, absolute" in row
+    assert re.search(r"conversions \d+ / \d+ units", row)
+    # legends: coloured swatches, the same colour for a variant on every chart
+    hist = re.search(r'<svg id="latency-histogram".*?</svg>', html).group(0)
+    series = re.search(r'<svg id="timeseries-plot".*?</svg>', html).group(0)
+    swatch = dict(re.findall(r'<rect class="swatch"[^>]*fill="(#[0-9a-f]{6})"/><text[^>]*>([^<]+)</text>', hist)[i][::-1]
+                  for i in range(2))
+    lines = dict(re.findall(r'data-variant="([^"]+)" points="[^"]*" fill="none" stroke="(#[0-9a-f]{6})"', hist))
+    assert set(swatch) == {"control", "treatment"} and swatch == lines
+    assert re.search(rf'stroke="{swatch["treatment"]}"[^>]*/><text[^>]*>treatment vs control</text>', series)
+    assert 'class="swatch"' in re.search(r'<svg id="forest-plot".*?</svg>', html).group(0)
+    # human times, no microseconds
+    assert re.search(r"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC<", html)
+    assert re.search(r"started \d{4}-\d\d-\d\d \d\d:\d\d UTC ·", html)
+
+
+def test_the_forest_plot_axis_stops_at_100_percent_and_marks_what_lies_beyond() -> None:
+    from abtest.reports.svg import forest_plot
+
+    row = {"metric": "m", "label": "m", "higher_is_better": True, "significant": True, "error": None}
+    svg = forest_plot([{**row, "metric": "tokens_per_s", "estimate": 4.46, "ci_lower": 4.2, "ci_upper": 4.6,
+                        "seq_lower": 4.0, "seq_upper": 4.8},
+                       {**row, "metric": "conversion", "estimate": 0.02, "ci_lower": -0.1, "ci_upper": 0.14,
+                        "seq_lower": -0.2, "seq_upper": 0.23, "significant": False}])
+    assert svg.count('class="beyond"') == 1 and "+446.0%" in svg  # the label keeps the exact estimate
+    assert "+400" not in svg  # no tick beyond the clip: the axis ends near +100 %
+    narrow = forest_plot([{**row, "estimate": 0.3, "ci_lower": 0.1, "ci_upper": 0.5, "seq_lower": 0.0,
+                           "seq_upper": 0.6}])
+    assert 'class="beyond"' not in narrow
