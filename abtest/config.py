@@ -17,6 +17,8 @@ from typing import Any
 __all__ = ["Settings", "ConfigError"]
 
 ENV_PREFIX = "ABTEST_"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -33,6 +35,8 @@ class Settings:
     result_backend: str | None = None
     # Where the demo and user checkpoints live, and an optional JSON file of extra engine specs.
     checkpoint_dir: str = "var/checkpoints"
+    # Read by every process (API, workers, CLI) and checked at start-up: a missing or invalid
+    # file stops `abtest serve`, the app factory and `abtest worker` with a message naming it.
     engine_registry: str | None = None
     # Requests with a larger body get 413.
     max_body_bytes: int = 1_048_576
@@ -65,9 +69,21 @@ class Settings:
     auth_fail_limit: int = 20
     # The sliding window of failed authentications, in seconds (0 also turns the limit off).
     auth_fail_window_s: float = 60.0
+    # Celery mode: a worker counts as consuming its engine's queue for this many seconds after
+    # its last heartbeat; with none, /healthz says no_consumer and /v1/infer answers 503 at once.
+    consumer_stale_s: float = 5.0
     log_level: str = "INFO"
     # "text" for people, "json" for one JSON object per line (request ids as fields).
     log_format: str = "text"
+    # Debugging only: put user content (prompts, generated text) in the logs.
+    log_content: bool = False
+
+    def __post_init__(self) -> None:
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"{ENV_PREFIX}LOG_FORMAT: {self.log_format!r} is not one of "
+                              f"{', '.join(LOG_FORMATS)}")
+        if str(self.log_level).upper() not in LOG_LEVELS:
+            raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
     @classmethod
     def load(

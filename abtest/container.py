@@ -25,6 +25,7 @@ from .services.inference import Dispatcher, InferenceService
 from .services.keys import KeyCache
 from .services.outcomes import OutcomeLog
 from .services.probe import Probe
+from .services.quality import QualityService
 
 if TYPE_CHECKING:
     from .services.monitor import GuardrailMonitor
@@ -75,6 +76,7 @@ class Services:
         self.assigner = Assigner(self.configs, self.outcomes.write_exposure)
         self.is_engine = EngineNames(settings)
         self.monitor: GuardrailMonitor | None = None
+        self.quality: QualityService | None = None  # built with the inference service
         self._make_dispatcher = make_dispatcher
         self._inference: InferenceService | None = None
         self._lock = threading.Lock()
@@ -90,10 +92,16 @@ class Services:
                     if self._make_dispatcher is None:
                         raise RuntimeError("this container has no dispatcher factory (see abtest.wiring)")
                     threads = self.settings.server_threads
+                    from engines.spec import load_registry  # torch-free; the engines' prices
+
+                    specs = load_registry(self.settings.engine_registry, self.settings.checkpoint_dir)
+                    dispatcher = self._make_dispatcher(self.settings)
+                    self.quality = QualityService(dispatcher, self.db, self.settings.infer_timeout_s)
                     self._inference = InferenceService(
-                        self.assigner, self._make_dispatcher(self.settings), self.outcomes,
+                        self.assigner, dispatcher, self.outcomes,
                         self.settings.infer_timeout_s, max_inflight=self.settings.max_inflight_per_engine,
                         max_inflight_total=threads - min(RESERVED_THREADS, threads // 2) if threads else 0,
+                        quality=self.quality, prices={name: spec.cost_per_hour for name, spec in specs.items()},
                     )
         return self._inference
 
@@ -105,21 +113,31 @@ class Services:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(ready, checks) from what the probes and engines know now: never waits on a dependency.
 
-        Not ready while the database or the broker is down or an engine is still loading; an
-        engine that failed to load leaves the rest servable (its calls fail fast, 502)."""
+        ``checks["engines"]`` says per engine ``ready``, ``loading``, ``idle`` (embedded, loads on
+        first use), ``failing`` (its last load failed), ``no_consumer`` (Celery: no worker beat
+        on its queue within ``consumer_stale_s``) or ``unknown`` (the broker cannot say), and
+        ``checks["engine_problems"]`` why, per engine that is failing or has no consumer. Not
+        ready while the database or the broker is down or an engine is still loading; an engine
+        that fails or has no consumer leaves the rest servable (its calls fail fast: 502, 503)."""
         reason = self.db_probe.reason()
         checks: dict[str, Any] = {"database": "ok" if reason is None else f"error: {reason}"}
         broker = self.broker_health()
         if broker is not None:
             checks["broker"] = broker
+        problems: dict[str, str] = {}
         try:
-            engines = self.inference.dispatcher.engine_states()
+            dispatcher = self.inference.dispatcher
+            engines = dispatcher.engine_states()
+            problems = dict(getattr(dispatcher, "problems", dict)())
         except Exception as exc:  # noqa: BLE001 - e.g. an unreadable engine registry: say so, never 500
             log.exception("health: the engines cannot be listed")
             checks["inference"], engines = f"error: {type(exc).__name__} (see the log)", {}
         if engines:
             checks["engines"] = engines
-        ready = all(v == "ok" for k, v in checks.items() if k != "engines") and "loading" not in engines.values()
+        if problems:
+            checks["engine_problems"] = problems
+        ready = (all(v == "ok" for k, v in checks.items() if k not in ("engines", "engine_problems"))
+                 and "loading" not in engines.values())
         return ready, checks
 
     def broker_health(self) -> str | None:
@@ -154,6 +172,8 @@ class Services:
             self.monitor.stop()
         if self._inference is not None:
             self._inference.close()
+            if self.quality is not None:  # after the shadows, before the engines and the database
+                self.quality.close()
             self._inference.dispatcher.close()
         self.outcomes.close()
         self.db_probe.close()

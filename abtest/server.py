@@ -26,18 +26,20 @@ class _Server(BaseApplication):
 
 def run_gunicorn(*, host: str, port: int, workers: int, threads: int | None = None) -> None:
     """``threads`` per worker defaults to room for every engine's in-flight limit plus the
-    threads kept for everything else (see ``abtest.container.RESERVED_THREADS``)."""
-    import os
+    threads kept for everything else (see ``abtest.container.RESERVED_THREADS``).
 
-    from engines.spec import load_registry
+    The settings and the engine registry are checked before gunicorn starts: a bad value or a
+    missing or invalid registry file raises :class:`abtest.config.ConfigError` naming it."""
+    import os
 
     from .config import Settings
     from .container import RESERVED_THREADS
-    from .wiring import ensure_sqlite_schema
+    from .logs import gunicorn_logconfig
+    from .wiring import check_registry, ensure_sqlite_schema
 
     settings = Settings.load()
+    engines = len(check_registry(settings))
     if threads is None:
-        engines = len(load_registry(settings.engine_registry, settings.checkpoint_dir))
         threads = engines * settings.max_inflight_per_engine + RESERVED_THREADS
     os.environ["ABTEST_SERVER_THREADS"] = str(threads)  # the workers' create_app bounds infer calls by it
     if settings.is_sqlite:
@@ -46,4 +48,5 @@ def run_gunicorn(*, host: str, port: int, workers: int, threads: int | None = No
         "bind": f"{host}:{port}", "workers": workers, "threads": threads,
         "worker_class": "gthread", "timeout": 120, "graceful_timeout": 30,
         "accesslog": "-", "loglevel": settings.log_level.lower(),
+        "logconfig_dict": gunicorn_logconfig(settings.log_level, settings.log_format),
     }).run()

@@ -17,17 +17,30 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .container import Services
 from .db import Database, upgrade
 from .services.inference import Dispatcher
 from .services.keys import create_key, hash_key
 
-__all__ = ["make_dispatcher", "build_services", "start_services", "ensure_sqlite_schema", "run_worker"]
+__all__ = ["make_dispatcher", "build_services", "start_services", "ensure_sqlite_schema", "run_worker",
+           "check_registry"]
 
 _SCHEMA_READY: set[str] = set()
 _SCHEMA_LOCK = threading.Lock()
+
+
+def check_registry(settings: Settings) -> dict[str, Any]:
+    """The engine specs of ``ABTEST_ENGINE_REGISTRY`` (built-ins without it), read as every
+    process reads them; a missing or invalid file raises :class:`ConfigError` naming it."""
+    from engines.spec import load_registry
+
+    try:
+        return load_registry(settings.engine_registry, settings.checkpoint_dir)
+    except ValueError as exc:
+        raise ConfigError(f"ABTEST_ENGINE_REGISTRY: {exc}") from None
 
 
 def make_dispatcher(settings: Settings) -> Dispatcher:
@@ -36,11 +49,10 @@ def make_dispatcher(settings: Settings) -> Dispatcher:
         from workers.celery_dispatch import CeleryDispatcher
 
         return CeleryDispatcher(settings)
-    from engines.spec import load_registry
     from workers.host import EngineHost
     from workers.inprocess import InProcessDispatcher
 
-    return InProcessDispatcher(EngineHost(load_registry(settings.engine_registry, settings.checkpoint_dir)))
+    return InProcessDispatcher(EngineHost(check_registry(settings)))
 
 
 def build_services(settings: Settings) -> Services:
@@ -49,7 +61,11 @@ def build_services(settings: Settings) -> Services:
 
 
 def start_services(settings: Settings) -> Services:
-    """The container of an API process, with its start-up side effects done (see the module doc)."""
+    """The container of an API process, with its start-up side effects done (see the module doc).
+
+    Raises :class:`ConfigError` naming the registry file when it is missing or invalid, so that
+    the process stops at start-up instead of answering 500 later."""
+    check_registry(settings)
     if settings.is_sqlite:
         ensure_sqlite_schema(settings.database_url)  # the embedded default creates its own schema
     services = build_services(settings)

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from engines.types import (
     GenerationResult,
     InvalidRequest,
     PromptTooLong,
+    ScoreResult,
 )
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ class _Row:
     """Book-keeping of one request inside a running batch."""
 
     __slots__ = ("index", "req", "ids", "queue_ms", "limit", "gen", "stop", "text_len", "finish",
-                 "t_done", "generator", "text", "greedy", "compute")
+                 "t_done", "generator", "text", "greedy", "compute", "alive")
 
-    def __init__(self, index, req, ids, queue_ms, limit, generator):
+    def __init__(self, index, req, ids, queue_ms, limit, generator, alive=None):
         self.index = index
         self.req = req
         self.ids = ids
@@ -82,6 +83,9 @@ class _Row:
         self.text: str | None = None
         self.greedy = req.temperature <= 0
         self.compute = 0.0  # seconds: this row's share of the batch's steps
+        # () -> bool: whether the caller still waits; a row whose caller stopped leaves the
+        # batch at the next decode step with finish "expired" (None: always waited for)
+        self.alive = alive
 
 
 class Engine:
@@ -173,9 +177,13 @@ class Engine:
             )
         return ids
 
-    def generate(self, requests: Sequence[GenerationRequest], *,
-                 queue_ms: Sequence[float] | None = None) -> list[GenerationResult | EngineError]:
-        """Run requests together; same length and order as ``requests``, a result or an error each."""
+    def generate(self, requests: Sequence[GenerationRequest], *, queue_ms: Sequence[float] | None = None,
+                 alive: Sequence[Callable[[], bool]] | None = None) -> list[GenerationResult | EngineError]:
+        """Run requests together; same length and order as ``requests``, a result or an error each.
+
+        ``alive[i]()`` says whether request i's caller still waits: asked before each decode
+        step, and a request whose caller stopped leaves the batch there, its result having
+        ``finish_reason`` "expired" (the text so far), so the engine works no longer for it."""
         out: list[GenerationResult | EngineError | None] = [None] * len(requests)
         with self._lock:
             if self._closed:
@@ -190,7 +198,8 @@ class Engine:
                 limit = min(req.max_new_tokens, self.spec.context_window - len(ids))
                 seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
                 gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
-                rows.append(_Row(i, req, ids, float(queue_ms[i]) if queue_ms else 0.0, limit, gen))
+                rows.append(_Row(i, req, ids, float(queue_ms[i]) if queue_ms else 0.0, limit, gen,
+                                 alive[i] if alive else None))
             for chunk in self._chunks(rows):
                 self._run_isolated(chunk, out)
         return out  # type: ignore[return-value]
@@ -286,7 +295,9 @@ class Engine:
                 r = rows[b]
                 t = toks[crow[j]]
                 r.gen.append(t)
-                if t in self.eos_ids:
+                if r.alive is not None and not r.alive():
+                    r.finish = "expired"  # nobody waits for it: it leaves the batch now
+                elif t in self.eos_ids:
                     r.finish = "stop"
                 elif r.req.stop and self._hit_stop(r):
                     r.finish = "stop"
@@ -337,6 +348,7 @@ class Engine:
                 finish_reason=r.finish or "length",
                 request_id=r.req.request_id,
                 compute_ms=r.compute * 1e3,
+                token_ids=tuple(r.gen),
             ))
         return results
 
@@ -385,3 +397,69 @@ class Engine:
         cache = self.runner.new_cache(1, x.shape[1])
         pos = torch.arange(x.shape[1], device=self.device)[None]
         return self.runner.forward(x, pos, 0, cache, None, last_only=False)[0].float()
+
+    # --- scoring a given completion (output quality) ---------------------------------------
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """A hash of the tokenizer's vocabulary and special tokens: equal fingerprints mean
+        that two engines encode every text to the same ids."""
+        fp = getattr(self, "_tokenizer_fp", None)
+        if fp is None:
+            import hashlib
+
+            tok = self.tokenizer
+            blob = json.dumps({"vocab": sorted(tok.get_vocab().items(), key=lambda kv: kv[1]),
+                               "bos": tok.bos_token_id, "eos": sorted(self.eos_ids)}, ensure_ascii=True)
+            fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            self._tokenizer_fp = fp
+        return fp
+
+    def score(self, prompt: str, completion: str, *, prompt_ids: Sequence[int] | None = None,
+              completion_ids: Sequence[int] | None = None) -> ScoreResult:
+        """Score ``completion`` teacher-forced after ``prompt``, in one forward pass.
+
+        The completion is encoded as this engine would have generated it after the prompt
+        (the prompt's ids as ``generate`` encodes them, then the completion's, no special
+        tokens) and cut to fit the context window (``truncated``). ``completion_ids`` (the
+        tokens as generated: ``GenerationResult.token_ids``) and ``prompt_ids`` (another
+        engine's encoding, for engines with the same vocabulary: see ``tokenizer_fingerprint``),
+        when given, are scored instead of encoding the texts; the prompt is encoded when only
+        ``completion_ids`` are given.
+        The result holds, per completion position, the log-softmax over the vocabulary of the
+        prediction of that token (float32). Raises :class:`InvalidRequest` /
+        :class:`PromptTooLong` for what ``generate`` would refuse, :class:`EngineClosed` after
+        :meth:`close`.
+        """
+
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise InvalidRequest("prompt and completion must be strings")
+        vocab = int(getattr(self.loaded.config, "vocab_size", 0) or 0)
+        if prompt_ids is not None or completion_ids is not None:
+            ids = (list(prompt_ids) if prompt_ids is not None
+                   else self._validate(GenerationRequest(prompt=prompt, max_new_tokens=1)))
+            comp = list(completion_ids or ())
+            if not ids or not all(isinstance(t, int) and 0 <= t < vocab for t in ids + comp):
+                raise InvalidRequest(f"token ids must be a non-empty prompt of integers in [0, {vocab})")
+            if len(ids) >= self.spec.context_window:
+                raise PromptTooLong(f"prompt is {len(ids)} tokens; engine {self.spec.name} has a context "
+                                    f"window of {self.spec.context_window} tokens")
+        else:
+            ids = self._validate(GenerationRequest(prompt=prompt, max_new_tokens=1))
+            try:
+                comp = list(self.tokenizer(completion, add_special_tokens=False)["input_ids"]) if completion else []
+            except Exception as e:  # noqa: BLE001 - the tokenizer's own exception types vary
+                raise InvalidRequest(f"completion cannot be tokenized: {type(e).__name__}") from e
+        room = self.spec.context_window - len(ids)
+        truncated = len(comp) > room
+        comp = comp[:room]
+        fp = self.tokenizer_fingerprint
+        if not comp:
+            return ScoreResult((), b"", vocab, fp, len(ids), truncated, tuple(ids))
+        with self._lock:
+            if self._closed:
+                raise EngineClosed(f"engine {self.spec.name} is closed")
+            logits = self.teacher_forced_logits(ids + comp)[len(ids) - 1:len(ids) - 1 + len(comp)]
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu().contiguous()
+        return ScoreResult(tuple(int(t) for t in comp), logp.numpy().astype("<f4").tobytes(), int(logp.shape[-1]),
+                           fp, len(ids), truncated, tuple(int(t) for t in ids))

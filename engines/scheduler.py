@@ -21,7 +21,28 @@ from engines.types import EngineClosed, EngineError, GenerationRequest, Overload
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchingScheduler"]
+__all__ = ["BatchingScheduler", "RequestFuture", "Expired"]
+
+
+class Expired(EngineError):
+    """The caller stopped waiting (its deadline passed, or it abandoned the request): the
+    request was dropped before it ran, or left its batch at the next decode step."""
+
+    code = "expired"
+
+
+class RequestFuture(Future):
+    """The Future of a scheduled request. :meth:`abandon` when its caller stops waiting: before
+    it runs it is cancelled; while it runs the engine drops it at its next decode step, and it
+    ends with :class:`Expired`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.cancel()
 
 
 @dataclass
@@ -29,6 +50,13 @@ class _Pending:
     request: GenerationRequest
     future: Future
     t_submit: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # UNIX time after which nobody waits for the result
+
+    def alive(self) -> bool:
+        """Whether someone still waits for this request."""
+        if getattr(self.future, "abandoned", False):
+            return False
+        return self.deadline is None or time.time() < self.deadline
 
 
 class BatchingScheduler:
@@ -54,15 +82,18 @@ class BatchingScheduler:
 
     # ------------------------------------------------------------------ public API
 
-    def submit(self, request: GenerationRequest) -> Future:
-        """Queue a request; the Future resolves to its GenerationResult or raises its error."""
-        fut: Future = Future()
+    def submit(self, request: GenerationRequest, deadline: float | None = None) -> RequestFuture:
+        """Queue a request; the Future resolves to its GenerationResult or raises its error.
+
+        ``deadline`` (UNIX time): the caller waits no longer; past it the request is dropped
+        before it runs, or at the next decode step of its batch (:class:`Expired`)."""
+        fut = RequestFuture()
         with self._cond:
             if self._closed:
                 raise EngineClosed("the batching scheduler is closed")
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"queue is full ({self.max_queue} requests waiting); retry later")
-            self._queue.append(_Pending(request, fut))
+            self._queue.append(_Pending(request, fut, deadline=deadline))
             n = len(self._queue)
             if n == 1 or n >= self.max_batch_size:
                 self._cond.notify()
@@ -134,13 +165,21 @@ class BatchingScheduler:
                     self._running = 0
 
     def _run(self, batch: list[_Pending]) -> None:
-        live = [p for p in batch if p.future.set_running_or_notify_cancel()]  # skip cancelled
+        live = []
+        for p in batch:
+            if not p.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            if not p.alive():  # its caller's deadline passed while it waited
+                p.future.set_exception(Expired("the caller stopped waiting before the request ran"))
+                continue
+            live.append(p)
         if not live:
             return
         t0 = time.monotonic()
         queue_ms = [(t0 - p.t_submit) * 1e3 for p in live]
         try:
-            results = self.engine.generate([p.request for p in live], queue_ms=queue_ms)
+            results = self.engine.generate([p.request for p in live], queue_ms=queue_ms,
+                                           alive=[p.alive for p in live])
             if len(results) != len(live):
                 raise EngineError(f"engine returned {len(results)} results for {len(live)} requests")
         except BaseException as e:  # noqa: BLE001 - every caller gets the exception
@@ -156,5 +195,7 @@ class BatchingScheduler:
         for p, res in zip(live, results):
             if isinstance(res, BaseException):
                 p.future.set_exception(res)
+            elif getattr(res, "finish_reason", None) == "expired":
+                p.future.set_exception(Expired("the caller stopped waiting; the request left its batch"))
             else:
                 p.future.set_result(res)

@@ -49,6 +49,9 @@ class EngineSpec:
     # experiment); cost per request = compute_ms / 3.6e6 x cost_per_hour. None: no price, and
     # the report shows cost as unavailable rather than zero.
     cost_per_hour: float | None = None
+    # Embedded mode: load at start-up (True) or on first use (False; e.g. a quality reference,
+    # which only scoring jobs call, off the request path).
+    preload: bool = True
 
     def __post_init__(self) -> None:
         problems = validate_fields(dataclasses.asdict(self))
@@ -91,6 +94,8 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
         parse_device(dev)
     except DeviceError:
         p.append(f"field 'device' must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {dev!r}")
+    if not isinstance(d.get("preload", True), bool):
+        p.append(f"field 'preload' must be true or false, got {d.get('preload')!r}")
     nt = d.get("num_threads")
     if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 1):
         p.append(f"field 'num_threads' must be a positive integer or null, got {nt!r}")
@@ -110,7 +115,7 @@ def default_checkpoint_root() -> Path:
 
 
 def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str, EngineSpec]:
-    """The two built-in engines on the demo checkpoints (`engines build-demo` makes them)."""
+    """The built-in engines on the demo checkpoints (`engines build-demo` makes them)."""
     root = Path(checkpoint_root) if checkpoint_root is not None else default_checkpoint_root()
     if not root.is_absolute():
         root = Path(os.path.abspath(os.path.expanduser(root)))
@@ -122,6 +127,7 @@ def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str,
             attention="dense",
             context_window=2048,
             description="V1: dense attention on every layer, FP32",
+            cost_per_hour=1.20,  # demo price, the same machine for both: costs differ by engine time only
         ),
         "v2-int4": EngineSpec(
             name="v2-int4",
@@ -132,6 +138,18 @@ def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str,
             context_window=8192,
             sliding_window=1024,
             description="V2: hybrid sliding-window/global attention, INT4 group-wise weights",
+            cost_per_hour=1.20,  # demo price, the same machine for both: costs differ by engine time only
+        ),
+        "v2-fp32": EngineSpec(
+            name="v2-fp32",
+            checkpoint=str(root / "v2-fp32"),
+            precision="fp32",
+            attention="hybrid",
+            context_window=8192,
+            sliding_window=1024,
+            description="V2 at full precision: the checkpoint v2-int4 is quantized from (quality reference)",
+            cost_per_hour=1.20,  # demo price, the same machine for both: costs differ by engine time only
+            preload=False,  # only scoring jobs use it: loaded on the first one
         ),
     }
 
@@ -177,9 +195,15 @@ def load_registry(
 ) -> dict[str, EngineSpec]:
     """Built-in specs, overridden or extended by a JSON file ``{"engines": [{...}, ...]}``.
 
-    An entry whose name matches a built-in overrides only the fields it gives. Relative
-    checkpoint paths are resolved against the JSON file's folder. Raises ValueError naming the
-    offending entry and field. Every checkpoint path in the result is absolute.
+    ``path`` is the file every process reads (``ABTEST_ENGINE_REGISTRY``); None gives the
+    built-ins alone. An entry whose name matches a built-in overrides only the fields it gives.
+    A relative ``checkpoint`` is resolved against the folder of the JSON file, not the working
+    directory: ``"checkpoint": "ckpt/mine-int4"`` in ``/etc/abtest/engines.json`` is
+    ``/etc/abtest/ckpt/mine-int4`` whichever directory the process starts in (``~`` is expanded
+    first). Every checkpoint path in the result is absolute.
+
+    Raises ValueError naming the file and the problem: the file does not exist, is not valid
+    JSON, has no ``engines`` list, or an entry has a bad field (named with its index).
     """
     specs = builtin_specs(checkpoint_root)
     if path is None:

@@ -28,3 +28,11 @@ def test_bad_values_name_the_variable() -> None:
         Settings.load(environ={"ABTEST_INFER_TIMEOUT_S": "soon"})
     with pytest.raises(ConfigError, match="nonsense"):
         Settings.load({"nonsense": 1}, environ={})
+
+
+def test_an_unknown_log_format_is_refused_with_the_allowed_values() -> None:
+    with pytest.raises(ConfigError, match=r"ABTEST_LOG_FORMAT: 'yaml' is not one of text, json"):
+        Settings.load(environ={"ABTEST_LOG_FORMAT": "yaml"})
+    with pytest.raises(ConfigError, match="ABTEST_LOG_LEVEL"):
+        Settings.load(environ={"ABTEST_LOG_LEVEL": "LOUD"})
+    assert Settings.load(environ={"ABTEST_LOG_FORMAT": "json", "ABTEST_LOG_CONTENT": "1"}).log_content is True

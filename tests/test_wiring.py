@@ -134,3 +134,33 @@ def test_cli_experiments_create_starts_no_thread_and_disposes_its_database(tmp_p
     assert len(container.live_containers()) == live  # no services container was built
     assert threads_named("outcome-log") == outcome_threads
     assert len(opened) == 8 and all(any(d is o for d in disposed) for o in opened)
+
+
+def test_every_process_reads_the_one_registry_and_a_bad_one_stops_it(sqlite_url, tmp_path, monkeypatch) -> None:
+    import json as json_lib
+
+    from click.testing import CliRunner
+
+    from abtest.app import create_app
+    from abtest.cli import cli
+    from abtest.config import ConfigError
+
+    registry = tmp_path / "conf" / "engines.json"
+    registry.parent.mkdir()
+    registry.write_text(json_lib.dumps({"engines": [{"name": "mine-int4", "checkpoint": "ckpt/mine",
+                                                     "precision": "int4", "group_size": 64}]}))
+    monkeypatch.setenv("ABTEST_ENGINE_REGISTRY", str(registry))
+    listed = CliRunner().invoke(cli, ["engines", "list"])
+    specs = {s["name"]: s for s in map(json_lib.loads, listed.output.splitlines())}
+    assert listed.exit_code == 0 and specs["mine-int4"]["checkpoint"] == str(registry.parent / "ckpt" / "mine")
+    other = CliRunner().invoke(cli, ["engines", "list", "--registry", str(tmp_path / "none.json")])
+    assert other.exit_code != 0 and "none.json does not exist" in other.output  # --registry still overrides
+    assert EngineNames(Settings.load(environ={"ABTEST_ENGINE_REGISTRY": str(registry)}))("mine-int4")
+
+    registry.write_text("{not json")
+    with pytest.raises(ConfigError, match=f"ABTEST_ENGINE_REGISTRY: engine registry {registry} is not valid JSON"):
+        create_app({"database_url": sqlite_url, "preload_engines": False, "guardrail_interval_s": 0.0})
+    worker = CliRunner().invoke(cli, ["worker", "--engine", "mine-int4"])
+    assert worker.exit_code != 0 and len(worker.output.strip().splitlines()) == 1
+    assert worker.output.startswith(f"Error: abtest worker: ABTEST_ENGINE_REGISTRY: engine registry {registry} "
+                                    "is not valid JSON")

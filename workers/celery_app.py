@@ -28,7 +28,13 @@ Settings a GPU worker needs, and why:
         after 2 s found it waiting 4 s more; ours retry quickly, and are back within a second.
     heartbeats
         Redis has no AMQP heartbeats; ``health_check_interval`` pings idle connections so a dead
-        broker connection is noticed and re-established.
+        broker connection is noticed and re-established. Apart from those, each worker beats
+        into Redis once a second on the queues it consumes (:mod:`workers.presence`): the API
+        answers 503 at once for an engine whose queue nobody consumes.
+    logging
+        a worker logs through the service's own set-up (``ABTEST_LOG_FORMAT``; JSON lines
+        without Celery's banner in JSON mode), and its task lines carry neither the task's
+        arguments (the prompt) nor its result (the generated text) unless ``ABTEST_LOG_CONTENT=1``.
 """
 
 from __future__ import annotations
@@ -92,4 +98,47 @@ def make_celery(settings: Settings, *, publisher: bool = False) -> Celery:
     if publisher:
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "socket_timeout": 0.5}
     app.conf.imports = ("workers.tasks",)
+    if not publisher:
+        _worker_side(app, settings)
     return app
+
+
+def _worker_side(app: Celery, settings: Settings) -> None:
+    """A worker's logging and its heartbeat on the queues it consumes."""
+    import logging
+
+    from celery.signals import setup_logging, worker_ready, worker_shutting_down
+
+    from abtest.logs import configure_logging
+
+    from .presence import Heartbeat
+
+    def logs(loglevel: object = None, **_: object) -> None:
+        level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else (loglevel or settings.log_level)
+        configure_logging(str(level), settings.log_format, content=settings.log_content)
+
+    beats: list[Heartbeat] = []
+
+    def ready(sender: object = None, **_: object) -> None:
+        consumer = getattr(sender, "task_consumer", None)
+        queues = [q.name for q in getattr(consumer, "queues", None) or app.amqp.queues.consume_from.values()]
+        hostname = str(getattr(sender, "hostname", None) or "worker")
+        beats.append(Heartbeat(settings.broker_url or "", hostname, queues).start())
+
+    def shutting_down(**_: object) -> None:
+        while beats:
+            beats.pop().stop()
+
+    setup_logging.connect(logs, weak=False, dispatch_uid="abtest.logs")
+    if settings.log_format == "json":  # now: Celery warns (e.g. about running as root) before it sets up logging
+        logs(settings.log_level)
+    worker_ready.connect(ready, weak=False, dispatch_uid="abtest.heartbeat.start")
+    worker_shutting_down.connect(shutting_down, weak=False, dispatch_uid="abtest.heartbeat.stop")
+    if settings.log_format == "json":  # Celery's banner is plain text on stdout: leave it out
+        base = app.Worker
+
+        class QuietWorker(base):  # type: ignore[misc,valid-type]
+            def on_before_init(self, quiet: bool = False, **kwargs: object) -> None:
+                super().on_before_init(quiet=True, **kwargs)
+
+        app.Worker = QuietWorker  # type: ignore[misc]

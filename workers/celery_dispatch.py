@@ -21,13 +21,16 @@ import redis
 from abtest.config import Settings
 from abtest.errors import RateLimited, ServiceUnavailable
 from abtest.services.probe import Probe
+from engines.spec import load_registry
 
 from .celery_app import TASK_NAME, make_celery, queue_name
+from .presence import ConsumerView
 
 __all__ = ["CeleryDispatcher", "ResultListener"]
 
 log = logging.getLogger(__name__)
 RESULT_PREFIX = "celery-task-meta-"
+NO_CONSUMER_RETRY_S = 5  # a worker takes seconds to start and load its engine
 
 
 class ResultListener:
@@ -122,11 +125,17 @@ class CeleryDispatcher:
         pinger = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=0.5, socket_timeout=0.5)
         self.probe = Probe("broker", pinger.ping, on_down=lambda: self.listener.fail_pending(
             "broker_unavailable", "the broker (Redis) stopped answering"))
+        self.consumers = ConsumerView(settings.broker_url or "", settings.consumer_stale_s)
+        self.engines = tuple(load_registry(settings.engine_registry, settings.checkpoint_dir))
         self.listener.connected.wait(0.5)  # a healthy Redis answers in milliseconds
 
     def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future:
         if not self.probe.up() or not self.listener.connected.is_set():
             raise ServiceUnavailable("the broker (Redis) is unreachable", retry_after=1)
+        if self.consumers.consumers(queue_name(engine)) == 0:  # nobody would run it: say so now
+            raise ServiceUnavailable(f"no worker consumes queue {queue_name(engine)}", code="no_consumer",
+                                     retry_after=NO_CONSUMER_RETRY_S,
+                                     details={"engine": engine, "queue": queue_name(engine)})
         if self._depth(engine) >= self.max_queue:
             raise RateLimited(f"the queue of engine {engine!r} is full", retry_after=1,
                               details={"engine": engine})
@@ -168,7 +177,18 @@ class CeleryDispatcher:
         return "ok" if self.listener.connected.is_set() else "error: result listener disconnected"
 
     def engine_states(self) -> dict[str, str]:
-        return {}  # the workers load the engines; their queues tell the rest
+        """Per registered engine: ready (a worker beat on its queue within the last few seconds),
+        no_consumer, or unknown (the broker cannot say; its own check says why)."""
+        if not self.probe.up():  # never wait on a broker known to be down (or hung)
+            return dict.fromkeys(self.engines, "unknown")
+        counts = self.consumers.counts([queue_name(engine) for engine in self.engines])
+        return {engine: "unknown" if (n := counts[queue_name(engine)]) is None else ("ready" if n else "no_consumer")
+                for engine in self.engines}
+
+    def problems(self) -> dict[str, str]:
+        """Why each engine that is not ready is not."""
+        return {engine: f"no worker consumes queue {queue_name(engine)}"
+                for engine, state in self.engine_states().items() if state == "no_consumer"}
 
     def start_loading(self) -> None:
         pass

@@ -33,8 +33,11 @@ class EngineHost:
 
     While an engine loads in the background its requests fail at once with
     :class:`EngineStarting` (never waiting on the load, whose time is no request's latency).
-    A failed load is remembered for ``retry_after_s`` seconds, so a broken checkpoint fails
-    its requests fast (502) instead of reloading on every request.
+    An engine loaded on first use (no preloading) is loaded on a thread of its own, and a
+    caller with ``wait_s`` waits for it no longer than that before :class:`EngineStarting`, so a
+    cold first request still answers by its deadline. A failed load is remembered for
+    ``retry_after_s`` seconds, so a broken checkpoint fails its requests fast (502) instead of
+    reloading on every request.
     """
 
     def __init__(self, specs: dict[str, EngineSpec], *, device: str | None = None,
@@ -46,17 +49,52 @@ class EngineHost:
         self._failures: dict[str, tuple[float, str]] = {}
         self._loading: set[str] = set()
         self._lock = threading.Lock()
+        self._on_demand: dict[str, threading.Event] = {}  # loads started by a first request
+        self._on_demand_lock = threading.Lock()
 
-    def scheduler(self, name: str):  # type: ignore[no-untyped-def]
+    def scheduler(self, name: str, wait_s: float | None = None):  # type: ignore[no-untyped-def]
+        """The engine's scheduler, loading the engine first if needed: here (``wait_s`` None),
+        or on a thread of its own, waited for at most ``wait_s`` seconds."""
         found = self._schedulers.get(name)
         if found is not None:
             return found
         if name in self._loading:
             raise EngineStarting(f"engine {name!r} is still loading; retry shortly")
-        with self._lock:
-            if name not in self._schedulers:
-                self._schedulers[name] = self._load(name)
-            return self._schedulers[name]
+        if wait_s is None or name not in self.specs:
+            with self._lock:
+                if name not in self._schedulers:
+                    self._schedulers[name] = self._load(name)
+                return self._schedulers[name]
+        if not self._load_on_demand(name).wait(max(0.0, wait_s)):
+            raise EngineStarting(f"engine {name!r} is still loading; retry shortly")
+        found = self._schedulers.get(name)
+        if found is None:
+            failed = self._failures.get(name)
+            raise EngineUnavailable(failed[1] if failed else f"engine {name!r} failed to load")
+        return found
+
+    def _load_on_demand(self, name: str) -> threading.Event:
+        """The event set when the load of ``name`` (started now unless one runs) has ended."""
+        with self._on_demand_lock:
+            event = self._on_demand.get(name)
+            if event is not None:
+                return event
+            event = self._on_demand[name] = threading.Event()
+
+        def load() -> None:
+            try:
+                with self._lock:
+                    if name not in self._schedulers:
+                        self._schedulers[name] = self._load(name)
+            except EngineError:
+                pass  # remembered in _failures and logged; the waiting callers are told
+            finally:
+                with self._on_demand_lock:
+                    self._on_demand.pop(name, None)
+                event.set()
+
+        threading.Thread(target=load, name=f"engine-load-{name}", daemon=True).start()
+        return event
 
     def _load(self, name: str):  # type: ignore[no-untyped-def]
         spec = self.specs.get(name)
@@ -84,8 +122,10 @@ class EngineHost:
             self.scheduler(name)
 
     def start_loading(self, names: list[str] | None = None) -> threading.Thread:
-        """Load ``names`` (default: every spec) one after another on a background thread."""
-        todo = [n for n in (names if names is not None else list(self.specs)) if n not in self._schedulers]
+        """Load ``names`` (default: every spec that says ``preload``) one after another on a
+        background thread; the others load on first use."""
+        default = [n for n, spec in self.specs.items() if spec.preload]
+        todo = [n for n in (names if names is not None else default) if n not in self._schedulers]
         self._loading.update(todo)
 
         def load_all() -> None:
@@ -104,18 +144,23 @@ class EngineHost:
         return thread
 
     def states(self) -> dict[str, str]:
-        """Per engine: ready, loading, failed (the reason is in the log) or idle (loads on first use)."""
+        """Per engine: ready, loading, failing (its last load failed; the reason is in the log and
+        in :meth:`problems`) or idle (loads on first use)."""
         out = {}
         for name in self.specs:
             if name in self._schedulers:
                 out[name] = "ready"
-            elif name in self._loading:
+            elif name in self._loading or name in self._on_demand:
                 out[name] = "loading"
             elif name in self._failures:
-                out[name] = "failed"
+                out[name] = "failing"
             else:
                 out[name] = "idle"
         return out
+
+    def problems(self) -> dict[str, str]:
+        """Why each failing engine is: its last load failure."""
+        return {name: message for name, (_, message) in self._failures.items() if name not in self._schedulers}
 
     def queue_depth(self, name: str) -> int:
         scheduler = self._schedulers.get(name)

@@ -36,6 +36,9 @@ class InProcessDispatcher:
     def engine_states(self) -> dict[str, str]:
         return self.host.states()
 
+    def problems(self) -> dict[str, str]:
+        return self.host.problems()
+
     def start_loading(self) -> None:
         self.host.start_loading()
 

@@ -20,7 +20,7 @@ from engines.types import EngineError, GenerationRequest
 
 from .host import EngineHost
 
-__all__ = ["run_generation", "submit_generation", "error_reply"]
+__all__ = ["run_generation", "submit_generation", "submit_score", "error_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,15 @@ def submit_generation(host: EngineHost, engine: str, payload: dict[str, Any],
     The reply is set by the scheduler's own completion callback, so the caller waits on one
     hand-off only (no extra thread between it and the engine).
     """
+    if payload.get("task") == "score":  # output-quality scoring: off the batching thread
+        return submit_score(host, engine, payload, deadline)
     reply: Future = Future()
     if deadline is not None and time.time() > deadline:
         reply.set_result(error_reply("expired", "the caller stopped waiting before the request ran", host.identity))
         return reply
     try:
-        inner = host.scheduler(engine).submit(_request(payload))
+        wait_s = None if deadline is None else deadline - time.time()
+        inner = host.scheduler(engine, wait_s).submit(_request(payload), deadline=deadline)
     except EngineError as exc:
         reply.set_result(error_reply(exc.code, str(exc), host.identity))
         return reply
@@ -51,14 +54,26 @@ def submit_generation(host: EngineHost, engine: str, payload: dict[str, Any],
         return reply
 
     def done(f: Future) -> None:
+        if f.cancelled():
+            answer = error_reply("expired", "the caller stopped waiting before the request ran", host.identity)
+        else:
+            try:
+                answer = {"ok": True, "result": dataclasses.asdict(f.result()), "worker": host.identity}
+            except EngineError as exc:
+                answer = error_reply(exc.code, str(exc), host.identity)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, not raised in the engine
+                log.exception("engine %s failed a request", engine)
+                answer = error_reply("engine_error", f"{type(exc).__name__}: {exc}", host.identity)
         try:
-            reply.set_result({"ok": True, "result": dataclasses.asdict(f.result()), "worker": host.identity})
-        except EngineError as exc:
-            reply.set_result(error_reply(exc.code, str(exc), host.identity))
-        except Exception as exc:  # noqa: BLE001 - reported to the caller, not raised in the engine
-            log.exception("engine %s failed a request", engine)
-            reply.set_result(error_reply("engine_error", f"{type(exc).__name__}: {exc}", host.identity))
+            reply.set_result(answer)
+        except concurrent.futures.InvalidStateError:
+            pass  # the caller gave up (cancelled its reply): nobody reads the answer
 
+    def caller_gave_up(r: Future) -> None:
+        if r.cancelled() and hasattr(inner, "abandon"):
+            inner.abandon()  # leaves the engine's batch at its next decode step
+
+    reply.add_done_callback(caller_gave_up)
     inner.add_done_callback(done)
     return reply
 
@@ -79,4 +94,37 @@ def run_generation(host: EngineHost, engine: str, payload: dict[str, Any],
     try:
         return future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
+        future.cancel()  # the engine drops the request at its next decode step
         return error_reply("engine_timeout", "the engine did not answer before the deadline", host.identity)
+
+
+# Scoring runs on its own small pool, never on an engine's batching thread: a score is one
+# forward pass, taken under the engine's lock between two batches.
+_SCORERS = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="scorer")
+
+
+def submit_score(host: EngineHost, engine: str, payload: dict[str, Any],
+                 deadline: float | None = None) -> Future:
+    """Score ``payload["completion"]`` teacher-forced after ``payload["prompt"]`` on ``engine``;
+    a Future of ``{"ok": true, "result": ScoreResult.to_dict(), ...}`` or an error reply (never raises)."""
+
+    def run() -> dict[str, Any]:
+        if deadline is not None and time.time() > deadline:
+            return error_reply("expired", "the caller stopped waiting before the score ran", host.identity)
+        try:
+            scorer = host.scheduler(engine).engine
+            ids = {k: [int(t) for t in payload[k]] for k in ("prompt_ids", "completion_ids") if payload.get(k)}
+            result = scorer.score(str(payload["prompt"]), str(payload.get("completion") or ""), **ids)
+            return {"ok": True, "result": result.to_dict(), "worker": host.identity}
+        except EngineError as exc:
+            return error_reply(exc.code, str(exc), host.identity)
+        except Exception as exc:  # noqa: BLE001 - a scoring bug fails this score only
+            log.exception("engine %s failed to score", engine)
+            return error_reply("engine_error", f"{type(exc).__name__}: {exc}", host.identity)
+
+    try:
+        return _SCORERS.submit(run)
+    except RuntimeError as exc:  # the pool is shut down (interpreter exit)
+        reply: Future = Future()
+        reply.set_result(error_reply("engine_closed", str(exc), host.identity))
+        return reply

@@ -107,12 +107,14 @@ def authenticate(scope: str) -> Principal:
     client = request.remote_addr or "unknown"
     if failures is not None:
         failures.check(client)
-    header = request.headers.get("Authorization", "")
+    header = request.headers.get("Authorization", "").strip()
     kind, _, key = header.partition(" ")
     if kind.lower() != "bearer" or not key.strip():
         if failures is not None:
             failures.failed(client)
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        if not header:
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        raise Unauthorized("malformed Authorization header: it must be 'Bearer <key>'")
     svc = services()
     principal = svc.keys.resolve(svc.db.session, key.strip())
     if principal is None:

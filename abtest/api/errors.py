@@ -12,7 +12,7 @@ import logging
 import re
 import uuid
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..db import is_outage
@@ -52,8 +52,14 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         code = exc.code or 500
+        message, details = exc.description or exc.name, None
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        if code == 413 and limit:
+            message = (f"the body is larger than the limit of {limit} bytes "
+                       "(the setting ABTEST_MAX_BODY_BYTES changes it)")
+            details = {"limit_bytes": limit}
         response = jsonify({"error": {"code": _HTTP_CODES.get(code, "http_error"),
-                                      "message": exc.description or exc.name, "details": None}})
+                                      "message": message, "details": details}})
         response.status_code = code
         return response
 

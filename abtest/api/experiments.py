@@ -12,6 +12,8 @@ from .common import json_body, requires, services
 
 bp = Blueprint("experiments", __name__, url_prefix="/v1/experiments")
 
+# Set once, at creation (key, layer, layer_share): a PATCH naming one is refused as such.
+
 
 def _reply(body: object, status: int = 200) -> Response:
     response = jsonify(body)

@@ -92,17 +92,31 @@ def _metrics() -> Registry:
 class QualityHook(Protocol):
     """Told about finished requests (off the request path: must return at once, never raise)."""
 
-    def served(self, row: Mapping[str, Any], params: InferParams, text: str, config: ExperimentConfig,
-               assignment: Assignment) -> None: ...
-    def shadowed(self, row: Mapping[str, Any], params: InferParams, control_text: str | None,
-                 shadow_text: str | None, config: ExperimentConfig, assignment: Assignment) -> None: ...
+    # ``result``, ``control`` and ``shadow`` are the engines' results (``text``, ``token_ids``,
+    # ... of engines.types.GenerationResult), None for a copy that failed.
+    def served(self, row: Mapping[str, Any], params: InferParams, result: Mapping[str, Any],
+               config: ExperimentConfig, assignment: Assignment) -> None: ...
+    def shadowed(self, row: Mapping[str, Any], params: InferParams, control: Mapping[str, Any] | None,
+                 shadow: Mapping[str, Any] | None, config: ExperimentConfig, assignment: Assignment) -> None: ...
+
+
+def _cost_columns(result: Mapping[str, Any], price: float | None) -> dict[str, Any]:
+    """The row's finish reason, decode and compute times, and ``cost`` = ``compute_ms`` / 3.6e6 x
+    the engine's ``cost_per_hour`` (None without a price or without a compute time)."""
+    compute = result.get("compute_ms")
+    return {"finish_reason": result.get("finish_reason"), "decode_ms": result.get("decode_ms"),
+            "compute_ms": compute,
+            "cost": None if compute is None or price is None else compute / 3.6e6 * price}
 
 
 class InferenceService:
     def __init__(self, assigner: Assigner, dispatcher: Dispatcher, outcomes: OutcomeLog,
                  timeout_s: float, shadow_workers: int = 16, max_inflight: int = 32,
-                 max_inflight_total: int = 0, quality: QualityHook | None = None) -> None:
+                 max_inflight_total: int = 0, quality: QualityHook | None = None,
+                 prices: Mapping[str, float | None] | None = None) -> None:
+        """``prices``: engine -> ``cost_per_hour`` (None or absent: no price, so no ``cost``)."""
         self.assigner, self.dispatcher, self.outcomes, self.timeout_s = assigner, dispatcher, outcomes, timeout_s
+        self.prices: dict[str, float | None] = dict(prices or {})
         self.quality = quality
         self.metrics = _metrics()
         self._shadow_pool = ThreadPoolExecutor(max_workers=shadow_workers, thread_name_prefix="shadow")
@@ -145,13 +159,13 @@ class InferenceService:
                "variant": assignment.variant, "engine": assignment.engine, "unit_id": unit_id,
                "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started}
         shadow = self._start_shadow(assignment, config, unit_id, params)
-        control_text: str | None = None
+        control: Mapping[str, Any] | None = None
         try:
             reply = self._call(assignment.engine, request_id, params, row, t0)
             if not reply.get("ok"):
                 raise self._failed(row, t0, reply["error"])
             result = reply["result"]
-            control_text = result["text"]
+            control = result
         except ABTestError as exc:
             if exc.request_id is None:  # dispatch failed before an engine decided
                 status = "timeout" if isinstance(exc, UpstreamTimeout) else (
@@ -159,15 +173,16 @@ class InferenceService:
                     "unavailable" if isinstance(exc, ServiceUnavailable) else "error")
                 self._finish(row, t0, status, exc.code)
                 exc.request_id = request_id
+                _log_outcome(row, status, exc.status, exc.code, exc.message)
             raise
         finally:
             if shadow is not None:
-                self._compare_later(shadow, control_text, params, config, assignment)
+                self._compare_later(shadow, control, params, config, assignment)
         latency = self._finish(row, t0, "ok", None, result)
-        self._tell_quality("served", row, params, result["text"], config, assignment)
-        log.info("infer ok request_id=%s", request_id, extra={
+        self._tell_quality("served", row, params, result, config, assignment)
+        log.info("infer ok request_id=%s engine=%s", request_id, assignment.engine, extra={
             "request_id": request_id, "experiment": experiment, "unit_id": unit_id, "variant": assignment.variant,
-            "engine": assignment.engine, "status": "ok", "latency_ms": round(latency, 3),
+            "engine": assignment.engine, "status": "ok", "http_status": 200, "latency_ms": round(latency, 3),
             "batch_size": result["batch_size"]})
         return {"request_id": request_id, "experiment": experiment, "variant": assignment.variant,
                 "engine": assignment.engine, "text": result["text"], "prompt_tokens": result["prompt_tokens"],
@@ -189,10 +204,10 @@ class InferenceService:
         remaining = max(0.0, t0 + self.timeout_s - time.perf_counter())
         sent = time.perf_counter()
         future = self.dispatcher.submit(engine, request_id, params.payload(), remaining)
-        try:
-            return future.result(timeout=remaining)
+        try:  # submit may have taken part of the time (a cold engine): the deadline stays put
+            return future.result(timeout=max(0.0, t0 + self.timeout_s - time.perf_counter()))
         except FutureTimeout:
-            future.cancel()
+            future.cancel()  # embedded: the engine drops the request at its next decode step
             raise UpstreamTimeout(f"engine {engine!r} did not answer within {self.timeout_s:g}s",
                                   details={"engine": engine}) from None
         finally:
@@ -216,9 +231,7 @@ class InferenceService:
             status = "error"
         self._finish(row, t0, status, code)
         exc.request_id = row["request_id"]
-        log.warning("infer %s request_id=%s code=%s message=%s", status, row["request_id"], code, message, extra={
-            "request_id": row["request_id"], "unit_id": row["unit_id"], "variant": row["variant"],
-            "engine": row["engine"], "status": status, "error_code": code})
+        _log_outcome(row, status, exc.status, code, message)
         return exc
 
     def _finish(self, row: dict[str, Any], t0: float, status: str, code: str | None,
@@ -228,7 +241,8 @@ class InferenceService:
                    finished_at=row["started_at"] + timedelta(milliseconds=latency))
         if result is not None:
             row.update(queue_ms=result["queue_ms"], ttft_ms=result["ttft_ms"], prompt_tokens=result["prompt_tokens"],
-                       completion_tokens=result["completion_tokens"], batch_size=result["batch_size"])
+                       completion_tokens=result["completion_tokens"], batch_size=result["batch_size"],
+                       **_cost_columns(result, self.prices.get(row["engine"])))
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
         exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"])
                     if row["in_experiment"] else None)  # committed with its outcome row
@@ -255,7 +269,7 @@ class InferenceService:
                "started_at": datetime.now(timezone.utc)}
         return self._shadow_pool.submit(self._run_shadow, row, params)  # see _compare_later
 
-    def _run_shadow(self, row: dict[str, Any], params: InferParams) -> tuple[dict[str, Any], str | None]:
+    def _run_shadow(self, row: dict[str, Any], params: InferParams) -> tuple[dict[str, Any], dict[str, Any] | None]:
         t0 = time.perf_counter()
         try:
             reply = self.dispatcher.submit(row["engine"], row["request_id"], params.payload(),
@@ -271,23 +285,24 @@ class InferenceService:
         if ok:
             r = reply["result"]
             row.update(queue_ms=r["queue_ms"], ttft_ms=r["ttft_ms"], prompt_tokens=r["prompt_tokens"],
-                       completion_tokens=r["completion_tokens"], batch_size=r["batch_size"])
-        return row, reply["result"]["text"] if ok else None
+                       completion_tokens=r["completion_tokens"], batch_size=r["batch_size"],
+                       **_cost_columns(r, self.prices.get(row["engine"])))
+        return row, reply["result"] if ok else None
 
-    def _compare_later(self, shadow: Future, control_text: str | None, params: InferParams,
+    def _compare_later(self, shadow: Future, control: Mapping[str, Any] | None, params: InferParams,
                        config: ExperimentConfig, assignment: Assignment) -> None:
         def done(f: Future) -> None:
             self._shadow_slots.release()
             try:
-                row, text = f.result()
+                row, copy = f.result()
             except Exception:  # the shadow path must never affect anything else
                 log.exception("shadow copy failed")
                 return
-            row["output_match"] = None if text is None or control_text is None else text == control_text
+            row["output_match"] = None if copy is None or control is None else copy["text"] == control["text"]
             self.outcomes.write_nowait(row)
             self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "",
                              status=f"shadow_{row['status']}")
-            self._tell_quality("shadowed", row, params, control_text, text, config, assignment)
+            self._tell_quality("shadowed", row, params, control, copy, config, assignment)
 
         shadow.add_done_callback(done)
 
@@ -303,3 +318,13 @@ class InferenceService:
 
     def close(self) -> None:
         self._shadow_pool.shutdown(wait=True)
+
+
+def _log_outcome(row: Mapping[str, Any], status: str, http_status: int, code: str | None, message: str) -> None:
+    """One line per failed request: a client's 4xx at INFO, the service's 5xx at WARNING."""
+    level = logging.WARNING if http_status >= 500 else logging.INFO
+    log.log(level, "infer %s %d request_id=%s engine=%s code=%s: %s", status, http_status, row["request_id"],
+            row["engine"], code, message, extra={
+                "request_id": row["request_id"], "unit_id": row["unit_id"], "variant": row["variant"],
+                "engine": row["engine"], "status": status, "http_status": http_status, "error_code": code,
+                "latency_ms": round(row.get("latency_ms") or 0.0, 3)})

@@ -38,3 +38,12 @@ def test_healthz_needs_no_key(client) -> None:
     reply = client.get("/healthz")
     assert reply.status_code == 200
     assert reply.get_json()["checks"]["database"] == "ok"
+
+
+def test_a_key_without_bearer_is_told_the_header_shape(client, admin) -> None:
+    key = admin["Authorization"].split()[1]
+    reply = client.get("/v1/experiments", headers={"Authorization": key})
+    assert reply.status_code == 401
+    assert reply.get_json()["error"]["message"] == "malformed Authorization header: it must be 'Bearer <key>'"
+    reply = client.get("/v1/experiments")
+    assert reply.status_code == 401 and reply.get_json()["error"]["message"].startswith("missing API key")

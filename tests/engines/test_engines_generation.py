@@ -238,3 +238,21 @@ def test_rope_helper_equals_rotate_half_formula():
     cos, sin = torch.randn(3, 8), torch.randn(3, 8)
     sin_signed = torch.cat((-sin[:, :4], sin[:, 4:]), -1)
     torch.testing.assert_close(_rope(x, cos, sin_signed), x * cos + _rotate_half(x) * sin)
+
+
+def test_a_row_whose_caller_stopped_leaves_the_batch_at_the_next_step(tiny_engines):
+    eng = tiny_engines["v1-fp32"]
+    long = GenerationRequest("def long(x):", max_new_tokens=64, stop=("<never>",))
+    short = GenerationRequest("class A:", max_new_tokens=64, stop=("<never>",))
+    alone = eng.generate([short])[0]
+    checks = {"n": 0}
+
+    def gone_after_three_steps():
+        checks["n"] += 1
+        return checks["n"] <= 3
+
+    dropped, kept = eng.generate([long, short], alive=[gone_after_three_steps, lambda: True])
+    assert dropped.finish_reason == "expired" and dropped.completion_tokens == 4  # 3 steps waited for, then gone
+    assert checks["n"] == 4  # never asked again once it left
+    assert (kept.text, kept.completion_tokens, kept.finish_reason) == (alone.text, alone.completion_tokens,
+                                                                       alone.finish_reason)

@@ -18,7 +18,7 @@ class FakeEngine:
         self.gate.set()
         self.fail_all = None
 
-    def generate(self, requests, *, queue_ms=None):
+    def generate(self, requests, *, queue_ms=None, alive=None):
         self.gate.wait(10)
         self.batches.append([r.prompt for r in requests])
         if self.fail_all is not None:
@@ -171,3 +171,50 @@ def test_many_threads_real_engine(tiny_engines):
     for (k, j), (p, r) in results.items():
         assert r.text == expected[p] and r.request_id == f"{k}-{j}"
     assert max(r.batch_size for _, r in results.values()) > 1
+
+
+class HonouringEngine(FakeEngine):
+    """A FakeEngine that, like the real one, finishes a row "expired" when nobody waits for it."""
+
+    def generate(self, requests, *, queue_ms=None, alive=None):
+        results = super().generate(requests, queue_ms=queue_ms)
+        for i, r in enumerate(results):
+            if alive is not None and not alive[i]():
+                results[i] = GenerationResult(text="", prompt_tokens=1, completion_tokens=0, queue_ms=0.0,
+                                              ttft_ms=0.0, decode_ms=0.0, total_ms=0.0, batch_size=len(requests),
+                                              finish_reason="expired")
+        return results
+
+
+def test_a_request_past_its_deadline_is_dropped_before_it_runs():
+    from engines.scheduler import Expired
+
+    eng = FakeEngine()
+    eng.gate.clear()
+    with BatchingScheduler(eng, max_batch_size=1, max_wait_ms=0, max_queue=10) as s:
+        blocker = s.submit(GenerationRequest("first"))
+        late = s.submit(GenerationRequest("late"), deadline=time.time() - 1)
+        eng.gate.set()
+        assert blocker.result(5).text == "FIRST"
+        with pytest.raises(Expired) as ei:
+            late.result(5)
+        assert ei.value.code == "expired"
+    assert ["late"] not in eng.batches  # the engine never saw it
+
+
+def test_an_abandoned_running_request_ends_expired_and_the_rest_are_served():
+    from engines.scheduler import Expired
+
+    eng = HonouringEngine()
+    eng.gate.clear()
+    with BatchingScheduler(eng, max_batch_size=2, max_wait_ms=10_000, max_queue=10) as s:
+        gone, kept = s.submit(GenerationRequest("gone")), s.submit(GenerationRequest("kept"))
+        deadline = time.monotonic() + 5
+        while not gone.running() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert gone.running()
+        gone.abandon()  # a running future cannot be cancelled: it is dropped by the engine instead
+        eng.gate.set()
+        with pytest.raises(Expired):
+            gone.result(5)
+        assert kept.result(5).text == "KEPT"

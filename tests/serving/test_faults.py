@@ -81,22 +81,35 @@ def test_redis_unreachable_is_503_fast(pg_url, tiny_registry) -> None:
     app.extensions["abtest"].close()
 
 
-def test_full_queue_is_429_with_retry_after(pg_url, redis_url, tiny_registry) -> None:
+def test_full_queue_is_429_with_retry_after(pg_url, redis_url, tiny_registry, tmp_path) -> None:
+    import os
+    import signal
+
     import redis as redis_lib
 
     redis_lib.Redis.from_url(redis_url).delete("engine.v1-fp32")
-    app = make_app(pg_url, tiny_registry, broker_url=redis_url, infer_timeout_s=0.5, queue_limit=3)
+    env = {"ABTEST_BROKER_URL": redis_url, "ABTEST_ENGINE_REGISTRY": tiny_registry}
+    worker = WorkerProcess("v1-fp32", env, str(tmp_path / "hung.log"), concurrency=1).start()
+    worker.wait_ready()
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGSTOP)  # a hung worker: it still counts as the queue's consumer
+    app = make_app(pg_url, tiny_registry, broker_url=redis_url, infer_timeout_s=0.5, queue_limit=3,
+                   consumer_stale_s=600.0)
     headers = admin_headers(app)
-    only_v1(app, headers)  # no worker consumes engine.v1-fp32 in this test
+    only_v1(app, headers)
     client = app.test_client()
     statuses = []
-    for i in range(5):
+    for i in range(6):
         reply = client.post("/v1/infer", json={"experiment": "e2e", "unit_id": f"q{i}", "prompt": "x"}, headers=headers)
         statuses.append(reply.status_code)
         time.sleep(0.25)  # let the cached queue depth refresh
-    assert statuses[:3] == [504, 504, 504] and statuses[3:] == [429, 429]
+    # the hung worker's pending pop may have taken the first message off the queue before it stopped
+    taken = statuses[3] == 504
+    assert statuses == [504] * (3 + taken) + [429] * (3 - taken)
     assert reply.headers["Retry-After"] == "1"
     rows = outcome_rows(app.extensions["abtest"])
-    assert sorted(r.status for r in rows) == ["rejected", "rejected", "timeout", "timeout", "timeout"]
+    assert sorted(r.status for r in rows) == ["rejected"] * (3 - taken) + ["timeout"] * (3 + taken)
     redis_lib.Redis.from_url(redis_url).delete("engine.v1-fp32")
+    os.killpg(worker.proc.pid, signal.SIGCONT)
+    worker.stop()
     app.extensions["abtest"].close()

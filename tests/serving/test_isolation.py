@@ -8,6 +8,8 @@ to look at; nothing else is replaced.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -75,7 +77,9 @@ def test_engines_load_at_start_and_traffic_waits_for_readiness(sqlite_url, healt
     try:
         client = app.test_client()
         health = client.get("/healthz")
-        assert health.status_code == 503 and set(health.get_json()["checks"]["engines"].values()) == {"loading"}
+        engines = health.get_json()["checks"]["engines"]
+        assert health.status_code == 503 and {engines["v1-fp32"], engines["v2-int4"]} == {"loading"}
+        assert engines["v2-fp32"] == "idle"  # a quality reference is not preloaded: it loads on first use
         headers = admin_headers(app)
         start_experiment(app, headers)
         status, body, took = timed_post(app, "/v1/infer", {"experiment": "e2e", "unit_id": "early", "prompt": "x"},
@@ -112,16 +116,35 @@ def v1_worker(redis_url, healthy_registry, tmp_path):  # type: ignore[no-untyped
     worker.stop()
 
 
+def hung_worker(engine: str, env: dict[str, str], log: str) -> WorkerProcess:
+    """A worker that started, announced itself as its queue's consumer, then hung (SIGSTOP): the
+    API still counts it as a consumer (``consumer_stale_s`` large), so calls wait on it."""
+    worker = WorkerProcess(engine, env, log, concurrency=1).start()
+    worker.wait_ready()
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    return worker
+
+
+def resume_and_stop(worker: WorkerProcess) -> None:
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGCONT)
+    worker.stop()
+
+
 @pytest.mark.redis
-def test_a_dead_engine_takes_no_threads_from_the_rest(pg_url, redis_url, healthy_registry, v1_worker) -> None:
+def test_a_dead_engine_takes_no_threads_from_the_rest(pg_url, redis_url, healthy_registry, v1_worker,
+                                                      tmp_path) -> None:
     import redis as redis_lib
 
     redis_lib.Redis.from_url(redis_url).delete("engine.v2-int4")
+    env = {"ABTEST_BROKER_URL": redis_url, "ABTEST_ENGINE_REGISTRY": healthy_registry}
+    v2 = hung_worker("v2-int4", env, str(tmp_path / "v2-hung.log"))  # the dead engine
     timeout = 2.0
     app = make_app(pg_url, healthy_registry, broker_url=redis_url, infer_timeout_s=timeout,
-                   max_inflight_per_engine=4)
+                   max_inflight_per_engine=4, consumer_stale_s=600.0)
     headers = admin_headers(app)
-    start_experiment(app, headers)  # no worker consumes engine.v2-int4: it is dead
+    start_experiment(app, headers)
     units = units_by_engine(app)
     dead = [{"experiment": "e2e", "unit_id": u, "prompt": "x"} for u in units["v2-int4"][:20]]
     try:
@@ -148,6 +171,7 @@ def test_a_dead_engine_takes_no_threads_from_the_rest(pg_url, redis_url, healthy
         assert all(r.engine_ms is not None and r.latency_ms >= r.engine_ms for r in rows if r.status == "ok")
     finally:
         redis_lib.Redis.from_url(redis_url).delete("engine.v2-int4")
+        resume_and_stop(v2)
         app.extensions["abtest"].close()
 
 
@@ -157,7 +181,8 @@ def test_hung_broker_answers_503_within_a_second(pg_url, healthy_registry, tmp_p
     broker = PrivateRedis().start()
     env = {"ABTEST_BROKER_URL": broker.url, "ABTEST_ENGINE_REGISTRY": healthy_registry}
     worker = WorkerProcess("v1-fp32", env, str(tmp_path / "w.log"), concurrency=4).start()
-    app = make_app(pg_url, healthy_registry, broker_url=broker.url, infer_timeout_s=20.0)
+    v2 = hung_worker("v2-int4", env, str(tmp_path / "v2-hung.log"))  # takes nothing: calls wait on the broker
+    app = make_app(pg_url, healthy_registry, broker_url=broker.url, infer_timeout_s=20.0, consumer_stale_s=600.0)
     headers = admin_headers(app)
     start_experiment(app, headers, variants=[
         {"key": "control", "engine": "v1-fp32", "weight": 1.0, "control": True},
@@ -166,7 +191,7 @@ def test_hung_broker_answers_503_within_a_second(pg_url, healthy_registry, tmp_p
         worker.wait_ready()
         assert timed_post(app, "/v1/infer", {"experiment": "e2e", "unit_id": "warm", "prompt": "x",
                                              "max_new_tokens": 2}, headers)[0] == 200
-        dead = experiment_payload("dead", variants=[  # no worker consumes engine.v2-int4
+        dead = experiment_payload("dead", variants=[  # engine.v2-int4's only worker is hung
             {"key": "control", "engine": "v2-int4", "weight": 1.0, "control": True},
             {"key": "treatment", "engine": "v1-fp32", "weight": 0.0}])
         client = app.test_client()
@@ -201,6 +226,7 @@ def test_hung_broker_answers_503_within_a_second(pg_url, healthy_registry, tmp_p
     finally:
         broker.resume()
         worker.stop()
+        resume_and_stop(v2)
         app.extensions["abtest"].close()
         broker.close()
 
