@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
-import json
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -55,10 +53,16 @@ def cli() -> None:
 @click.option("--threads", default=None, type=int,
               help="threads per worker (default: every engine's in-flight limit plus 8)")
 def serve(host: str, port: int, workers: int, threads: int | None) -> None:
-    """Run the API under gunicorn (embedded SQLite schema is created on first start)."""
+    """Run the API under gunicorn (embedded SQLite schema is created on first start).
+
+    The settings and the engine registry are checked first: a bad one stops it with one line."""
+    from .config import ConfigError
     from .server import run_gunicorn
 
-    run_gunicorn(host=host, port=port, workers=workers, threads=threads)
+    try:
+        run_gunicorn(host=host, port=port, workers=workers, threads=threads)
+    except ConfigError as exc:
+        raise click.ClickException(f"abtest serve: {exc}") from None
 
 
 @cli.command()
@@ -68,7 +72,14 @@ def serve(host: str, port: int, workers: int, threads: int | None) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(engine: str, device: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker for one engine's queue (needs ABTEST_BROKER_URL)."""
-    settings = _settings()
+    from .config import ConfigError
+    from .wiring import check_registry
+
+    try:
+        settings = _settings()
+        check_registry(settings)
+    except ConfigError as exc:
+        raise click.ClickException(f"abtest worker: {exc}") from None
     if not settings.broker_url:
         raise click.ClickException("ABTEST_BROKER_URL is not set: workers need a Redis broker")
     if device is not None:  # fail fast, before Celery and the registry are loaded
@@ -91,8 +102,9 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option("--revision", default="head", show_default=True, help="the Alembic revision to migrate to")
 def db_upgrade(revision: str) -> None:
+    """Create or migrate the schema of ABTEST_DATABASE_URL (safe to run again)."""
     from .db import upgrade
 
     upgrade(_settings().database_url, revision)
@@ -100,8 +112,10 @@ def db_upgrade(revision: str) -> None:
 
 
 @db.command("downgrade")
-@click.option("--revision", default="-1", show_default=True)
+@click.option("--revision", default="-1", show_default=True,
+              help="the revision to go back to: -1 one step, base an empty schema (drops the data)")
 def db_downgrade(revision: str) -> None:
+    """Undo migrations of ABTEST_DATABASE_URL (one step by default)."""
     from .db import downgrade
 
     downgrade(_settings().database_url, revision)
@@ -132,8 +146,9 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--scope", type=click.Choice(["admin", "sdk"]), required=True)
-@click.option("--name", required=True)
+@click.option("--scope", type=click.Choice(["admin", "sdk"]), required=True,
+              help="sdk: assign, infer and send events; admin: that, plus experiments and reports")
+@click.option("--name", required=True, help="a name to recognise the key by: the audit log records it, revoke takes it")
 def keys_create(scope: str, name: str) -> None:
     """Create a key and print it, alone, on stdout."""
     from .services.keys import create_key
@@ -148,6 +163,7 @@ def keys_create(scope: str, name: str) -> None:
 
 @keys.command("list")
 def keys_list() -> None:
+    """List keys, tab-separated: prefix, scope, name, active or revoked (never the key itself)."""
     from .services.keys import list_keys
 
     with _database() as database, database.session() as session:
@@ -170,102 +186,35 @@ def keys_revoke(name: str) -> None:
     click.echo(f"revoked {count} key(s)", err=True)
 
 
-# --- experiments -------------------------------------------------------------------------
-
-@cli.group()
-def experiments() -> None:
-    """Configure experiments directly in the database."""
-
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
-def _print(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-@experiments.command("create")
-@click.option("-f", "--file", "path", type=click.File("r"), required=True, help="experiment JSON")
-def experiments_create(path: Any) -> None:
-    from .container import EngineNames
-    from .services import experiments as svc
-
-    try:
-        payload = json.load(path)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{path.name}: not valid JSON ({exc})") from exc
-    settings = _settings()
-    try:
-        with _database(settings) as database, database.transaction() as session:
-            exp = svc.create_experiment(session, payload, _actor(), EngineNames(settings))
-            _print(svc.experiment_view(exp))
-    except ABTestError as exc:
-        _fail(exc)
-
-
-@experiments.command("list")
-def experiments_list() -> None:
-    from .services import experiments as svc
-
-    with _database() as database, database.session() as session:
-        for e in svc.list_experiments(session):
-            click.echo(f"{e.key}\t{e.status}\tphase {e.phase}\t{e.name}")
-
-
-@experiments.command("show")
-@click.argument("key")
-def experiments_show(key: str) -> None:
-    from .services import experiments as svc
-
-    try:
-        with _database() as database, database.session() as session:
-            _print(svc.experiment_view(svc.get_experiment(session, key)))
-    except ABTestError as exc:
-        _fail(exc)
-
-
-def _transition_command(action: str) -> None:
-    @experiments.command(action, help=f"{action.capitalize()} an experiment.")
-    @click.argument("key")
-    def command(key: str) -> None:
-        from .services import experiments as svc
-
-        try:
-            with _database() as database, database.transaction() as session:
-                exp = svc.transition(session, svc.get_experiment(session, key, for_update=True), action, _actor())
-                click.echo(f"{exp.key}: {exp.status}")
-        except ABTestError as exc:
-            _fail(exc)
-
-
-for _action in ("start", "pause", "stop"):
-    _transition_command(_action)
-
-
 @cli.command()
 @click.option("--users", default=2000, show_default=True, type=int, help="simulated users")
-@click.option("--effect", default=0.18, show_default=True, type=float,
-              help="true relative effect of V2 INT4 on conversion")
+@click.option("--true-effect", "--effect", "effect", default=0.0, show_default=True, type=float,
+              help="the simulated true relative effect of V2 INT4 on conversion (0: exactly as good)")
+@click.option("--superiority", is_flag=True,
+              help="ask whether V2 converts better (superiority) instead of at most 5 %% worse (non-inferiority)")
 @click.option("--base-rate", default=0.30, show_default=True, type=float, help="V1 conversion probability")
-@click.option("--seed", default=7, show_default=True, type=int)
-@click.option("--max-new-tokens", default=8, show_default=True, type=int)
+@click.option("--seed", default=7, show_default=True, type=int, help="random seed of the simulated users")
+@click.option("--max-new-tokens", default=8, show_default=True, type=int, help="tokens generated per request")
 @click.option("--concurrency", default=32, show_default=True, type=int, help="simulated users in flight")
 @click.option("--target", default=None, help="run against this server (URL) instead of starting one")
 @click.option("--api-key", envvar="ABTEST_API_KEY", default=None, help="admin key for --target")
 @click.option("-o", "--output", default="report.html", show_default=True, help="where to write the HTML report")
-def demo(users: int, effect: float, base_rate: float, seed: int, max_new_tokens: int, concurrency: int,
-         target: str | None, api_key: str | None, output: str) -> None:
-    """Run a whole experiment: V2 INT4 vs V1 FP32 with simulated users, then the report."""
+def demo(users: int, effect: float, superiority: bool, base_rate: float, seed: int, max_new_tokens: int,
+         concurrency: int, target: str | None, api_key: str | None, output: str) -> None:
+    """Run a whole experiment: is V2 INT4 good enough to replace V1 FP32? Simulated users, then
+    the report's headline and summary, and the HTML report."""
     from .demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(users=users, effect=effect, base_rate=base_rate, seed=seed, max_new_tokens=max_new_tokens,
-                        concurrency=concurrency, target=target, api_key=api_key, report_path=output))
+                        concurrency=concurrency, target=target, api_key=api_key, report_path=output,
+                        decision="superiority" if superiority else "non_inferiority"))
 
 
 def _mount_report() -> None:
+    from .cli_experiments import experiments
     from .reports.cli import report
 
+    cli.add_command(experiments)
     cli.add_command(report)
 
 
@@ -273,11 +222,26 @@ _mount_report()
 
 
 def _mount_optional() -> None:
+    """``abtest engines``: the engines' own group, whose ``list`` reads the registry every
+    process reads (``ABTEST_ENGINE_REGISTRY``) unless ``--registry`` names another."""
+    import copy
+
     try:
         from engines.cli import engines as engines_group
     except ImportError:  # engines not installed in this environment
         return
-    cli.add_command(engines_group, "engines")
+    group = copy.copy(engines_group)
+    group.commands = dict(engines_group.commands)
+    listing = group.commands.get("list")
+    if listing is not None:
+        listing = group.commands["list"] = copy.copy(listing)
+        listing.params = [copy.copy(p) for p in listing.params]
+        for param in listing.params:
+            if param.name == "registry" and isinstance(param, click.Option):
+                param.envvar = "ABTEST_ENGINE_REGISTRY"
+                param.show_envvar = True
+                param.help = "JSON file of extra engine specs (default: $ABTEST_ENGINE_REGISTRY)."
+    cli.add_command(group, "engines")
 
 
 _mount_optional()

@@ -173,6 +173,9 @@ def update_experiment(
 ) -> Experiment:
     if exp.status == "stopped":
         raise Conflict(f"experiment {exp.key!r} is stopped and can no longer change")
+    for name in spec.IMMUTABLE_FIELDS if isinstance(payload, Mapping) else ():
+        if name in payload:  # set once, at creation: say so rather than "unknown field"
+            raise ValidationError(name, "cannot be changed after creation")
     f = Fields(payload, spec.MUTABLE_FIELDS)
     before = experiment_view(exp)
     for name in ("name", "owner"):
@@ -325,3 +328,23 @@ def to_config(exp: Experiment) -> ExperimentConfig:
         layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
         treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample,
     )
+
+
+def resume_treatment(session: Session, exp: Experiment, actor: str, reason: str | None = None) -> bool:
+    """Send traffic to the treatment again after a pause (a guardrail breach that was understood):
+    ``treatment_paused`` back to false, version and ``updated_at`` bump and one audit entry
+    ``resume_treatment`` carrying ``reason``, in the caller's transaction (lock the row first:
+    ``get_experiment(for_update=True)``). False, changing nothing, when the treatment is not
+    paused; a stopped experiment is a :class:`~abtest.errors.Conflict`, as for any update."""
+    if exp.status == "stopped":
+        raise Conflict(f"experiment {exp.key!r} is stopped and can no longer change")
+    if not exp.treatment_paused:
+        return False
+    at = now()
+    exp.treatment_paused, exp.updated_at, exp.version = False, at, exp.version + 1
+    session.add(AuditEntry(experiment_id=exp.id, at=at, actor=actor, action="resume_treatment", changes={
+        **({"reason": reason} if reason else {}), "treatment_paused": {"from": True, "to": False}}))
+    return True
+
+
+__all__ += ["resume_treatment"]

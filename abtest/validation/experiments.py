@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_GUARDRAILS",
     "CREATE_FIELDS",
     "MUTABLE_FIELDS",
+    "IMMUTABLE_FIELDS",
     "parse_variants",
     "parse_metrics",
     "parse_targeting",
@@ -68,6 +69,7 @@ MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "target
 DECISIONS = ("superiority", "non_inferiority")
 METRIC_KINDS = ("binary", "count", "sum", "cost_per_event")
 CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])
+IMMUTABLE_FIELDS = ("key", "layer", "layer_share")  # set once, at creation
 WEIGHT_TOLERANCE = 1e-6
 # Stored in JSON columns, which have no width of their own: the longest string a targeting
 # value may hold, and the longest forced unit id (that of POST /v1/assign's unit_id, so that
