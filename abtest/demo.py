@@ -1,10 +1,16 @@
 """``abtest demo``: a real experiment from configuration to recommendation, in one command.
 
+It asks the product's question: *is V2 INT4 good enough to replace V1 FP32?*
+
 1. Builds the demo checkpoints if they are not cached (``abtest engines build-demo``).
 2. Starts ``abtest serve`` on embedded defaults (SQLite, engines in-process) on a free local
    port with a freshly bootstrapped admin key (or uses ``--target URL`` with ``--api-key``).
-3. Creates the experiment "V2 INT4 vs V1 FP32" (50/50; primary metric ``conversion``;
-   guardrails ``error_rate`` and ``latency_p99_ms``) and starts it.
+3. Creates the experiment "V2 INT4 vs V1 FP32" and starts it: a **non-inferiority** decision
+   (conversion, the primary metric, may be at most 5 % worse), latency, time to first token and
+   cost per request as secondary metrics, ``error_rate`` and ``latency_p99_ms`` guardrails, and
+   a quality sample: 20 % of V2 INT4's completions are scored by V2 FP32 (the checkpoint it was
+   quantized from), with a guardrail on that top-1 agreement (at least 97 %). ``superiority``
+   asks instead whether V2 converts *better* (no margin).
 4. Simulated users send prompts from a small built-in set through the Python SDK over HTTP
    and convert with probability
 
@@ -12,8 +18,9 @@
            else failed_factor)
 
    so ``effect`` is the true relative effect of V2 on conversion (exactly, when no request
-   fails): the demo shows whether the statistics recover it.
-5. Prints the statistical summary and writes the HTML report.
+   fails; 0 by default: V2 is exactly as good): the demo shows whether the statistics recover it.
+5. Prints the report's headline and summary (the console rendering, ``?format=text``) and
+   writes the HTML report.
 """
 
 from __future__ import annotations
@@ -32,23 +39,43 @@ from tqdm import tqdm
 from .client import Client
 from .testing import running_server
 
-__all__ = ["DemoConfig", "run_demo", "DEMO_EXPERIMENT", "DEMO_PROMPTS", "print_summary"]
+__all__ = ["DemoConfig", "run_demo", "DEMO_EXPERIMENT", "DEMO_PROMPTS", "experiment_spec", "print_summary"]
+
+MARGIN = 0.05  # conversion may be at most 5 % worse (relative)
+QUALITY_FLOOR = 0.97  # V2 INT4 must pick V2 FP32's greedy token at least 97 % of the time
 
 DEMO_EXPERIMENT: dict[str, Any] = {
     "name": "V2 INT4 vs V1 FP32",
-    "hypothesis": "V2 INT4 serves faster, no less reliably, and converts at least as well as V1 FP32.",
+    "hypothesis": "V2 INT4 converts as well as V1 FP32 (at most 5 % worse), serves faster and cheaper, "
+                  "and stays close to its full-precision original.",
     "owner": "demo",
+    "decision": "non_inferiority",
+    "quality_sample": 0.2,
     "variants": [
         {"key": "v1-fp32", "engine": "v1-fp32", "weight": 0.5, "control": True},
-        {"key": "v2-int4", "engine": "v2-int4", "weight": 0.5},
+        {"key": "v2-int4", "engine": "v2-int4", "weight": 0.5, "quality_reference": "v2-fp32",
+         "quality_min_agreement": QUALITY_FLOOR},
     ],
     "metrics": [
-        {"name": "conversion", "event": "conversion", "kind": "binary", "role": "primary"},
+        {"name": "conversion", "event": "conversion", "kind": "binary", "role": "primary", "margin": MARGIN},
         {"name": "error_rate", "role": "guardrail"},
         {"name": "latency_p99_ms", "role": "guardrail", "margin": 0.10},
-        {"name": "latency_ms", "role": "secondary"},
+        {"name": "latency_p50_ms", "role": "secondary"},
+        {"name": "ttft_ms", "role": "secondary"},
+        {"name": "cost_per_request", "role": "secondary"},
     ],
 }
+
+
+def experiment_spec(decision: str = "non_inferiority") -> dict[str, Any]:
+    """The demo's experiment under ``decision``: superiority drops the primary metric's margin."""
+    if decision == "non_inferiority":
+        return DEMO_EXPERIMENT
+    metrics = [{k: v for k, v in m.items() if not (m["role"] == "primary" and k == "margin")}
+               for m in DEMO_EXPERIMENT["metrics"]]
+    return {**DEMO_EXPERIMENT, "decision": decision, "metrics": metrics,
+            "hypothesis": "V2 INT4 converts better than V1 FP32, and serves faster and cheaper."}
+
 
 DEMO_PROMPTS = (
     "def read_config(path):",
@@ -69,7 +96,8 @@ DEMO_PROMPTS = (
 @dataclass(frozen=True)
 class DemoConfig:
     users: int = 2000
-    effect: float = 0.18  # true relative effect of V2 INT4 on conversion
+    effect: float = 0.0  # true relative effect of V2 INT4 on conversion (0: exactly as good)
+    decision: str = "non_inferiority"  # or "superiority"
     base_rate: float = 0.30  # conversion probability of a V1 user with a good response
     failed_factor: float = 0.3  # a failed request multiplies the conversion probability by this
     seed: int = 7
@@ -99,20 +127,36 @@ def drive(base_url: str, admin_key: str, cfg: DemoConfig) -> dict[str, Any]:
     """Create and start the experiment, send the simulated traffic, fetch and show the report."""
     headers = {"Authorization": f"Bearer {admin_key}"}
     key = f"v2-vs-v1-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.seed}"
+    spec = experiment_spec(cfg.decision)
     with httpx.Client(base_url=base_url, headers=headers, timeout=120) as http:
-        http.post("/v1/experiments", json={"key": key, **DEMO_EXPERIMENT}).raise_for_status()
+        http.post("/v1/experiments", json={"key": key, **spec}).raise_for_status()
         http.post(f"/v1/experiments/{key}/start").raise_for_status()
-        print(f"experiment {key!r} ({DEMO_EXPERIMENT['name']}) running at {base_url}")
+        print(f"experiment {key!r} ({spec['name']}, {cfg.decision.replace('_', '-')}) running at {base_url}")
         with Client(base_url, admin_key, timeout=120) as client:
             outcomes = _simulate(client, key, cfg)
             client.flush()
+        _wait_for_scoring(http, key)
         report = http.get(f"/v1/experiments/{key}/report").json()
+        summary = http.get(f"/v1/experiments/{key}/report", params={"format": "text"})
         html = http.get(f"/v1/experiments/{key}/report", params={"format": "html"})
+        summary.raise_for_status()
         html.raise_for_status()
     Path(cfg.report_path).write_text(html.text)
-    print_summary(report, outcomes, cfg)
+    print_summary(report, summary.text, outcomes, cfg)
     print(f"\nHTML report written to {Path(cfg.report_path).resolve()}")
     return report
+
+
+def _wait_for_scoring(http: httpx.Client, key: str, timeout_s: float = 120.0) -> None:
+    """Scoring runs off the request path: wait until the scored count stops growing."""
+    deadline, last, still = time.monotonic() + timeout_s, -1, 0
+    while time.monotonic() < deadline and still < 3:
+        quality = http.get(f"/v1/experiments/{key}/report").json().get("quality") or {}
+        done = sum(r["scored"] for r in quality.get("results", ())) + quality.get("skipped", 0) + \
+            quality.get("dropped", 0)
+        still = still + 1 if done == last else 0
+        last = done
+        time.sleep(1.0)
 
 
 def _simulate(client: Client, key: str, cfg: DemoConfig) -> dict[str, int]:
@@ -145,39 +189,15 @@ def _simulate(client: Client, key: str, cfg: DemoConfig) -> dict[str, int]:
     return counts
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.1%}"
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
-
-
-def print_summary(report: dict[str, Any], outcomes: dict[str, int], cfg: DemoConfig) -> None:
-    exp = report["experiment"]
-    print(f"\n=== {exp['name']} ({exp['key']}), phase {exp['phase']} ===")
-    print(f"traffic: {outcomes['requests']} requests ({outcomes['failed']} failed), "
-          f"{outcomes['conversions']} conversions; simulated true effect on conversion {cfg.effect:+.1%}")
-    for v in report["variants"]:
-        print(f"  {v['variant']:8s} units {v['units']:6d}  requests {v['requests']:6d}")
-    print(f"\n{'metric':16s} {'role':9s} {'control':>10s} {'treatment':>10s} {'relative effect [95% CI]':>30s} "
-          f"{'p-value':>8s} {'signif.':>7s}")
-    for m in report["metrics"]:
-        for c in m["comparisons"]:
-            rel = c.get("relative") or {}
-            ci = f"{_pct(rel.get('estimate'))} [{_pct(rel.get('ci_lower'))}, {_pct(rel.get('ci_upper'))}]"
-            p = c.get("p_value")
-            print(f"{m['name']:16s} {m['role']:9s} {_num(c['control_estimate']):>10s} {_num(c['treatment_estimate']):>10s} "
-                  f"{ci:>30s} {('n/a' if p is None else f'{p:.4f}'):>8s} {('yes' if c['significant'] else 'no'):>7s}")
+def print_summary(report: dict[str, Any], summary: str, outcomes: dict[str, int], cfg: DemoConfig) -> None:
+    """The traffic, the report's own console summary (headline first), and what the simulation knew."""
+    print(f"\ntraffic: {outcomes['requests']} requests ({outcomes['failed']} failed), "
+          f"{outcomes['conversions']} conversions; simulated true effect on conversion {cfg.effect:+.1%}\n")
+    print(summary.rstrip())
     conversion = next((m for m in report["metrics"] if m["name"] == "conversion"), None)
-    rel = (conversion or {"comparisons": [{}]})["comparisons"][0].get("relative") or {}
-    if rel.get("ci_lower") is not None:
-        inside = rel["ci_lower"] <= cfg.effect <= rel["ci_upper"]
-        print(f"\nsimulated true effect {cfg.effect:+.1%} is {'inside' if inside else 'outside'} the 95% CI "
-              f"of the measured conversion effect")
-    srm = report["srm"]
-    print(f"\nSRM: p = {_num(srm.get('p_value'))} -> {'MISMATCH' if srm.get('flagged') else 'ok'}")
-    rec = report["recommendation"]
-    print(f"recommendation: {rec['action'].upper()}" + (f" ({rec['variant']})" if rec.get("variant") else ""))
-    for reason in rec["reasons"]:
-        print(f"  - {reason}")
+    seq = ((conversion or {"comparisons": [{}]})["comparisons"][0].get("sequential") or {}).get("relative") or {}
+    if seq.get("ci_lower") is not None:
+        inside = seq["ci_lower"] <= cfg.effect <= seq["ci_upper"]
+        print(f"\nthe simulated true effect {cfg.effect:+.1%} is {'inside' if inside else 'outside'} the "
+              f"always-valid interval of the measured conversion effect "
+              f"({seq['ci_lower']:+.1%} to {seq['ci_upper']:+.1%})")
