@@ -72,6 +72,9 @@ class Settings:
     # Celery mode: a worker counts as consuming its engine's queue for this many seconds after
     # its last heartbeat; with none, /healthz says no_consumer and /v1/infer answers 503 at once.
     consumer_stale_s: float = 5.0
+    # Scoring jobs of sampled completions waiting for the quality scorer; a full queue drops the
+    # job (counted in the report), it never delays a request.
+    quality_queue_size: int = 1024
     log_level: str = "INFO"
     # "text" for people, "json" for one JSON object per line (request ids as fields).
     log_format: str = "text"

@@ -96,7 +96,8 @@ class Services:
 
                     specs = load_registry(self.settings.engine_registry, self.settings.checkpoint_dir)
                     dispatcher = self._make_dispatcher(self.settings)
-                    self.quality = QualityService(dispatcher, self.db, self.settings.infer_timeout_s)
+                    self.quality = QualityService(dispatcher, self.db, self.settings.infer_timeout_s,
+                                                  queue_size=self.settings.quality_queue_size)
                     self._inference = InferenceService(
                         self.assigner, dispatcher, self.outcomes,
                         self.settings.infer_timeout_s, max_inflight=self.settings.max_inflight_per_engine,

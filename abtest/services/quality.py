@@ -177,7 +177,7 @@ class QualityService:
     jobs wait at most; ``workers`` threads run them; each dispatch waits ``timeout_s``."""
 
     def __init__(self, dispatcher: Any, db: Database, timeout_s: float = 30.0, *,
-                 queue_size: int = 64, workers: int = 1, max_pending_rows: int = 10_000) -> None:
+                 queue_size: int = 1024, workers: int = 1, max_pending_rows: int = 10_000) -> None:
         self.dispatcher, self.db, self.timeout_s = dispatcher, db, timeout_s
         self.workers, self.max_pending_rows = max(1, workers), max_pending_rows
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, queue_size))
