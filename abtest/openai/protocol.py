@@ -151,9 +151,9 @@ def _message(raw: Any, i: int) -> dict[str, str]:
     if isinstance(content, list):  # content parts: text only
         texts = []
         for j, part in enumerate(content):
-            p = Fields(part, ("type", "text"), f"{where}.content[{j}]")
-            if p.data.get("type") != "text":
+            if isinstance(part, Mapping) and part.get("type") != "text":
                 raise ValidationError(f"{where}.content[{j}].type", "only text content parts are supported")
+            p = Fields(part, ("type", "text"), f"{where}.content[{j}]")
             texts.append(p.str("text", max_len=MAX_PROMPT_CHARS, nonempty=False))
         content = "".join(texts)
     if not isinstance(content, str):

@@ -169,7 +169,10 @@ class StreamedRequest:
                 if self._first_out is not None:
                     self.row["ttft_ms"] = (self._first_out - self.t0) * 1000
                 code = "client_disconnected" if status == "cancelled" else exc.code if exc else None
-                svc.finish(self.row, self.t0, status, code)
+                try:
+                    svc.finish(self.row, self.t0, status, code)
+                except ABTestError as failed:  # nobody to tell: the client is gone or told already
+                    log.warning("stream %s: its %s row was not written: %s", self.request_id, status, failed.message)
                 if exc is not None:
                     exc.request_id = self.request_id
                 log_outcome(self.row, status, 499 if status == "cancelled" else exc.status if exc else 500,
