@@ -205,3 +205,4 @@ class CeleryDispatcher:
     def close(self) -> None:
         self.probe.close()
         self.listener.close()
+        self.streams.close()

@@ -17,6 +17,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -54,7 +55,8 @@ class RedisTokenStream:
         if self._ended:
             return None
         try:
-            found = self.redis.xread({self.key: self._last}, count=256, block=max(1, int(timeout * 1000)))
+            # at most a second per read: well inside the client's socket timeout
+            found = self.redis.xread({self.key: self._last}, count=256, block=max(1, int(min(timeout, 1.0) * 1000)))
         except (redis.RedisError, OSError):
             log.warning("token stream %s: Redis read failed", self.request_id)
             found = None
@@ -97,6 +99,7 @@ class StreamHub:
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
         self._out: queue.SimpleQueue[tuple[str, dict[str, str]] | None] = queue.SimpleQueue()
         self._live: dict[str, Future] = {}
+        self._early: dict[str, float] = {}  # cancelled before they started here: id -> when
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._publish, name="token-publisher", daemon=True),
@@ -114,6 +117,9 @@ class StreamHub:
     def track(self, request_id: str, reply: Future) -> None:
         with self._lock:
             self._live[request_id] = reply
+            early = self._early.pop(request_id, None) is not None
+        if early:  # its cancel came while it waited in the queue
+            reply.cancel()
 
     def untrack(self, request_id: str) -> None:
         with self._lock:
@@ -152,13 +158,20 @@ class StreamHub:
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None and message["type"] == "message":
-                        with self._lock:
-                            reply = self._live.get(message["data"].decode())
-                        if reply is not None:
-                            reply.cancel()  # the request leaves its batch at the next decode step
+                        self._cancel(message["data"].decode())
             except (redis.RedisError, OSError) as exc:
                 log.warning("cancel listener lost Redis (%s); reconnecting", exc)
                 self._stop.wait(0.5)
+
+    def _cancel(self, request_id: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            reply = self._live.get(request_id)
+            if reply is None:  # not here (yet): remember it a while, another worker may have it
+                self._early = {k: t for k, t in self._early.items() if now - t < STREAM_TTL_S}
+                self._early[request_id] = now
+        if reply is not None:
+            reply.cancel()  # the request leaves its batch at the next decode step
 
     def close(self) -> None:
         self._stop.set()

@@ -48,9 +48,15 @@ def _jinja(config: Mapping[str, Any]) -> Callable[[Messages], str] | None:
                         None)
     if not isinstance(template, str) or not template.strip():
         return None
+    from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:  # what Hugging Face templates call to refuse input
+        raise TemplateError(message)
+
+    env.globals["raise_exception"] = raise_exception
     compiled = env.from_string(template)
     bos, eos = _token(config.get("bos_token")), _token(config.get("eos_token"))
 

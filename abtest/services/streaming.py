@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from ..errors import ABTestError, UpstreamTimeout
@@ -57,6 +58,7 @@ def open_stream(service: InferenceService, assignment: Assignment, config: Exper
         service._release(engine)
         raise
     served = StreamedRequest(service, stream, assignment, config, params, row, arrived, sent)
+    served.shadow = service._start_shadow(assignment, config, unit_id, params)  # a shadow variant's copy
     try:
         served.first = served.next_event()  # raises, its row written, when it fails before any text
     except ABTestError:
@@ -80,6 +82,7 @@ class StreamedRequest:
         self.first: tuple[str, Any] = ("keepalive", None)
         self.result: Mapping[str, Any] | None = None
         self._first_out: float | None = None
+        self.shadow: Future | None = None
         self._ended = False
         self._lock = threading.Lock()
 
@@ -95,18 +98,21 @@ class StreamedRequest:
         """The next ``("text", delta)`` or ``("done", result)``, or ``("keepalive", None)`` after
         :data:`KEEPALIVE_S` of silence; raises the request's error (its row written)."""
         deadline = self.t0 + self.service.timeout_s
+        quiet_from = time.perf_counter()
         while True:
-            left = deadline - time.perf_counter()
+            now = time.perf_counter()
+            left = deadline - now
             if left <= 0:
                 self.stream.cancel()
                 exc = UpstreamTimeout(f"engine {self.engine!r} did not finish within {self.service.timeout_s:g}s",
                                       details={"engine": self.engine})
                 self._end("timeout", exc)
                 raise exc
-            event = self.stream.get(min(left, KEEPALIVE_S))
+            quiet = now - quiet_from
+            if quiet >= KEEPALIVE_S:
+                return ("keepalive", None)
+            event = self.stream.get(min(left, KEEPALIVE_S - quiet))
             if event is None:
-                if left > KEEPALIVE_S:
-                    return ("keepalive", None)
                 continue
             kind, value = event
             if kind == "text":
@@ -184,5 +190,8 @@ class StreamedRequest:
     def _stopped(self) -> None:
         try:
             self.stream.close()
+            if self.shadow is not None:  # compared with what was served (nothing unless ok)
+                self.service._compare_later(self.shadow, self.result if self.row.get("status") == "ok" else None,
+                                            self.params, self.config, self.assignment)  # type: ignore[arg-type]
         finally:
             self.service._release(self.engine)

@@ -66,3 +66,27 @@ def test_a_client_that_leaves_is_cancelled_not_an_error(api) -> None:  # noqa: F
     after = client.post("/v1/chat/completions", headers=sdk, json={
         "model": "chat", "messages": MESSAGES, "user": "leaver", "max_tokens": 2})
     assert after.status_code == 200
+
+
+def test_a_deadline_mid_stream_is_the_last_frame_and_a_timeout_row(api) -> None:  # noqa: F811
+    client, sdk, services = api
+    reply = client.post("/v1/chat/completions", headers=sdk, buffered=False, json={
+        "model": "chat", "messages": MESSAGES, "user": "slow", "max_tokens": 400, "temperature": 1.0,
+        "seed": 3, "stream": True})
+    assert reply.status_code == 200
+    frames = iter(reply.response)
+    assert next(frames).startswith(b"data: ") and next(frames).startswith(b"data: ")
+    inference = services.inference
+    timeout, inference.timeout_s = inference.timeout_s, 0.0  # the request's deadline has now passed
+    try:
+        rest = b"".join(frames)
+    finally:
+        inference.timeout_s = timeout
+    events = [e for e in rest.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    error = json.loads(events[-2][6:])["error"]
+    assert (error["type"], error["code"]) == ("api_error", "engine_timeout")
+    rid = reply.headers["X-Abtest-Request-Id"]
+    with services.db.session() as session:
+        row = session.get(RequestLog, rid)
+    assert (row.status, row.error_code) == ("timeout", "engine_timeout")
