@@ -36,6 +36,7 @@ class Live:
     admin_key: str
     sdk_key: str
     db_url: str
+    redis_url: str | None = None  # Celery mode's broker and result backend
 
     @property
     def v1(self) -> str:
@@ -83,7 +84,7 @@ def _serve(mode: str, db_url: str, env: dict[str, str]) -> Iterator[Live]:
         httpx.post(f"{base_url}/v1/experiments", json=experiment_payload(EXPERIMENT), headers=headers,
                    timeout=30).raise_for_status()
         httpx.post(f"{base_url}/v1/experiments/{EXPERIMENT}/start", headers=headers, timeout=30).raise_for_status()
-        yield Live(mode, base_url, admin_key, _keys(db_url), db_url)
+        yield Live(mode, base_url, admin_key, _keys(db_url), db_url, env.get("ABTEST_BROKER_URL"))
 
 
 @pytest.fixture(scope="module", params=["embedded", "celery"])

@@ -62,6 +62,16 @@ def test_client_disconnect_cancels_the_request(live) -> None:
     row = live.row(rid, timeout=60)  # written when the server notices, at its next write
     assert row is not None and row.status == "cancelled" and row.error_code == "client_disconnected"
     assert row.in_experiment and row.variant in ("control", "treatment")
+    if live.redis_url is not None:  # Celery: the worker heard the cancel and stopped waiting on the engine
+        import time
+
+        import redis
+
+        broker, deadline, meta = redis.Redis.from_url(live.redis_url), time.monotonic() + 30, {}
+        while not meta and time.monotonic() < deadline:  # stored once the worker's task returns
+            meta = json.loads(broker.get(f"celery-task-meta-{rid}") or "{}")
+            time.sleep(0.05)
+        assert meta.get("status") == "SUCCESS" and meta["result"]["error"]["code"] == "cancelled", meta
     # the server is still serving: the slot and the engine are free again
     after = httpx.post(f"{live.v1}/chat/completions", json={**body, "max_tokens": 3, "stream": False},
                        headers=headers(live), timeout=60)
