@@ -147,13 +147,13 @@ class InferenceService:
               arrived: float) -> tuple[dict[str, Any], Mapping[str, Any]]:
         """Run an assigned request (``config`` None: an engine called directly, outside any
         experiment, whose row has no experiment); the answer's body and the engine's result."""
-        self._admit(assignment.engine)
+        self.admit(assignment.engine)
         try:
             return self._serve(unit_id, params, assignment, config, str(uuid.uuid4()), arrived, started_at(arrived))
         finally:
-            self._release(assignment.engine)
+            self.release(assignment.engine)
 
-    def _admit(self, engine: str) -> None:
+    def admit(self, engine: str) -> None:
         with self._inflight_lock:
             mine, total = self._inflight.get(engine, 0), sum(self._inflight.values())
             full = mine >= self.max_inflight or 0 < self.max_inflight_total <= total
@@ -164,7 +164,7 @@ class InferenceService:
             raise RateLimited(f"too many requests in flight for engine {engine!r}; retry shortly",
                               retry_after=1, details={"engine": engine})
 
-    def _release(self, engine: str) -> None:
+    def release(self, engine: str) -> None:
         with self._inflight_lock:
             self._inflight[engine] -= 1
 
@@ -172,7 +172,7 @@ class InferenceService:
                request_id: str, t0: float, started: datetime) -> tuple[dict[str, Any], Mapping[str, Any]]:
         experiment = assignment.experiment
         row = new_row(request_id, assignment, config, unit_id, started)
-        shadow = self._start_shadow(assignment, config, unit_id, params)
+        shadow = self.start_shadow(assignment, config, unit_id, params)
         control: Mapping[str, Any] | None = None
         try:
             reply = self._call(assignment.engine, request_id, params, row, t0)
@@ -185,9 +185,9 @@ class InferenceService:
             raise
         finally:
             if shadow is not None:
-                self._compare_later(shadow, control, params, config, assignment)
+                self.compare_later(shadow, control, params, config, assignment)
         latency = self.finish(row, t0, "ok", None, result)
-        self._tell_quality("served", row, params, result, config, assignment)
+        self.tell_quality("served", row, params, result, config, assignment)
         log.info("infer ok request_id=%s engine=%s", request_id, assignment.engine, extra={
             "request_id": request_id, "experiment": experiment, "unit_id": unit_id, "variant": assignment.variant,
             "engine": assignment.engine, "status": "ok", "http_status": 200, "latency_ms": round(latency, 3),
@@ -209,8 +209,8 @@ class InferenceService:
             exc.request_id = row["request_id"]
             log_outcome(row, status, exc.status, exc.code, exc.message)
 
-    def _tell_quality(self, what: str, *args: Any) -> None:
-        if self.quality is None or args[-2] is None:  # no config: outside any experiment
+    def tell_quality(self, what: str, *args: Any) -> None:
+        if self.quality is None or args[-2] is None:  # args[-2] is the config: None outside experiments
             return
         try:
             getattr(self.quality, what)(*args)
@@ -275,7 +275,7 @@ class InferenceService:
 
     # --- shadow copies --------------------------------------------------------------------
 
-    def _start_shadow(self, assignment: Assignment, config: ExperimentConfig | None, unit_id: str,
+    def start_shadow(self, assignment: Assignment, config: ExperimentConfig | None, unit_id: str,
                       params: InferParams) -> Future | None:
         if assignment.shadow_engine is None or config is None:
             return None
@@ -286,7 +286,7 @@ class InferenceService:
                "variant": assignment.variant, "engine": assignment.shadow_engine, "unit_id": unit_id,
                "in_experiment": assignment.in_experiment, "shadow": True,
                "started_at": datetime.now(timezone.utc)}
-        return self._shadow_pool.submit(self._run_shadow, row, params)  # see _compare_later
+        return self._shadow_pool.submit(self._run_shadow, row, params)  # see compare_later
 
     def _run_shadow(self, row: dict[str, Any], params: InferParams) -> tuple[dict[str, Any], dict[str, Any] | None]:
         t0 = time.perf_counter()
@@ -308,7 +308,7 @@ class InferenceService:
                        **_cost_columns(r, self.prices.get(row["engine"])))
         return row, reply["result"] if ok else None
 
-    def _compare_later(self, shadow: Future, control: Mapping[str, Any] | None, params: InferParams,
+    def compare_later(self, shadow: Future, control: Mapping[str, Any] | None, params: InferParams,
                        config: ExperimentConfig, assignment: Assignment) -> None:
         def done(f: Future) -> None:
             self._shadow_slots.release()
@@ -321,7 +321,7 @@ class InferenceService:
             self.outcomes.write_nowait(row)
             self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "",
                              status=f"shadow_{row['status']}")
-            self._tell_quality("shadowed", row, params, control, copy, config, assignment)
+            self.tell_quality("shadowed", row, params, control, copy, config, assignment)
 
         shadow.add_done_callback(done)
 

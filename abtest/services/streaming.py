@@ -45,7 +45,7 @@ def open_stream(service: InferenceService, assignment: Assignment, config: Exper
                 unit_id: str, params: InferParams, arrived: float) -> "StreamedRequest":
     """Dispatch a streamed request and wait for its first event (see the module doc)."""
     engine = assignment.engine
-    service._admit(engine)
+    service.admit(engine)
     request_id = str(uuid.uuid4())
     row = new_row(request_id, assignment, config, unit_id, started_at(arrived))
     sent = time.perf_counter()
@@ -55,10 +55,10 @@ def open_stream(service: InferenceService, assignment: Assignment, config: Exper
     except BaseException as exc:
         if isinstance(exc, ABTestError):
             service.dispatch_failed(row, arrived, exc)
-        service._release(engine)
+        service.release(engine)
         raise
     served = StreamedRequest(service, stream, assignment, config, params, row, arrived, sent)
-    served.shadow = service._start_shadow(assignment, config, unit_id, params)  # a shadow variant's copy
+    served.shadow = service.start_shadow(assignment, config, unit_id, params)  # a shadow variant's copy
     try:
         served.first = served.next_event()  # raises, its row written, when it fails before any text
     except ABTestError:
@@ -166,7 +166,7 @@ class StreamedRequest:
                 else:  # an empty completion: nothing went out before the end
                     result["ttft_ms"] = (time.perf_counter() - self.t0) * 1000
                 latency = svc.finish(self.row, self.t0, "ok", None, result)
-                svc._tell_quality("served", self.row, self.params, self.result, self.config, self.assignment)
+                svc.tell_quality("served", self.row, self.params, self.result, self.config, self.assignment)
                 log.info("infer ok request_id=%s engine=%s (streamed)", self.request_id, self.engine, extra={
                     "request_id": self.request_id, "unit_id": self.row["unit_id"], "variant": self.variant,
                     "engine": self.engine, "status": "ok", "http_status": 200, "latency_ms": round(latency, 3),
@@ -191,7 +191,7 @@ class StreamedRequest:
         try:
             self.stream.close()
             if self.shadow is not None:  # compared with what was served (nothing unless ok)
-                self.service._compare_later(self.shadow, self.result if self.row.get("status") == "ok" else None,
+                self.service.compare_later(self.shadow, self.result if self.row.get("status") == "ok" else None,
                                             self.params, self.config, self.assignment)  # type: ignore[arg-type]
         finally:
-            self.service._release(self.engine)
+            self.service.release(self.engine)
