@@ -90,3 +90,26 @@ def test_a_deadline_mid_stream_is_the_last_frame_and_a_timeout_row(api) -> None:
     with services.db.session() as session:
         row = session.get(RequestLog, rid)
     assert (row.status, row.error_code) == ("timeout", "engine_timeout")
+
+
+def test_a_conversion_is_attributed_by_the_request_id_header(api) -> None:  # noqa: F811
+    client, sdk, services = api
+    served = {}
+    for unit in ("u1", "u2", "u3", "u4", "u5", "u6"):
+        reply = client.post("/v1/chat/completions", headers=sdk, json={
+            "model": "chat", "messages": MESSAGES, "user": unit, "max_tokens": 2, "stream": True})
+        reply.get_data()
+        served[unit] = (reply.headers["X-Abtest-Variant"], reply.headers["X-Abtest-Request-Id"])
+    variant, rid = served["u3"]
+    event = {"event_id": "e-1", "unit_id": "someone-else", "name": "purchase", "request_id": rid}
+    assert client.post("/v1/events", headers=sdk, json={"events": [event]}).status_code == 202
+    from abtest.services.keys import create_key
+
+    with services.db.transaction() as session:
+        admin = {"Authorization": f"Bearer {create_key(session, 'reader', 'admin')}"}
+    report = client.get("/v1/experiments/chat/report", headers=admin).get_json()
+    conversion = next(m for m in report["metrics"] if m["name"] == "conversion")["variants"]
+    units = {v: sum(1 for var, _ in served.values() if var == v) for v in ("control", "treatment")}
+    for v, x in conversion.items():  # the purchase counts for u3, whose request it names
+        assert x["units"] == units[v]
+        assert x["estimate"] == pytest.approx(1 / units[v] if v == variant else 0.0)
