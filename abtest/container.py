@@ -47,14 +47,18 @@ class EngineNames:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._names: frozenset[str] | None = None
+        self._specs: dict[str, Any] | None = None
 
     def __call__(self, name: str) -> bool:
-        if self._names is None:
+        return name in self.specs()
+
+    def specs(self) -> dict[str, Any]:
+        """The registry's engine specs (``engines.spec.EngineSpec``) by name."""
+        if self._specs is None:
             from engines.spec import load_registry
 
-            self._names = frozenset(load_registry(self._settings.engine_registry, self._settings.checkpoint_dir))
-        return name in self._names
+            self._specs = dict(load_registry(self._settings.engine_registry, self._settings.checkpoint_dir))
+        return self._specs
 
 
 class Services:

@@ -218,7 +218,7 @@ class RequestLog(Base):
     unit_id: Mapped[str] = mapped_column(String(200))
     in_experiment: Mapped[bool] = mapped_column(Boolean, default=False)
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | rejected | unavailable
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | timeout | rejected | unavailable | cancelled
     error_code: Mapped[str | None] = mapped_column(String(50))
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]

@@ -16,7 +16,7 @@ import time
 import torch
 
 from engines.runtime import _Row
-from engines.scheduler import BatchingScheduler, _Pending
+from engines.scheduler import BatchingScheduler, Expired, _Pending
 from engines.types import EngineError, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             limit = min(req.max_new_tokens, eng.spec.context_window - len(ids))
             seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=eng._seed_rng))
             gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
-            row = _Row(len(new), req, ids, (t_admit - p.t_submit) * 1e3, limit, gen)
+            row = _Row(len(new), req, ids, (t_admit - p.t_submit) * 1e3, limit, gen, p.alive,
+                       eng.deltas(p.on_text, req) if p.on_text else None)
             new.append(_Live(row, p, t_admit))
         if not new:
             return
@@ -163,12 +164,16 @@ class ContinuousBatchingScheduler(BatchingScheduler):
     def _finished(self, r: _Row) -> bool:
         eng = self.engine
         t = r.gen[-1]
-        if t in eng.eos_ids:
+        if r.alive is not None and not r.alive():
+            r.finish = "expired"  # nobody waits for it: it leaves the decode now
+        elif t in eng.eos_ids:
             r.finish = "stop"
         elif r.req.stop and eng._hit_stop(r):
             r.finish = "stop"
         elif len(r.gen) >= r.limit:
             r.finish = "length"
+        if r.deltas is not None:
+            eng._stream(r)
         return r.finish is not None
 
     def _resolve(self, lv: _Live) -> None:
@@ -183,7 +188,10 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             finish_reason=r.finish or "length", request_id=r.req.request_id, token_ids=tuple(r.gen),
         )
         self.requests_run += 1
-        lv.pending.future.set_result(res)
+        if r.finish == "expired":
+            lv.pending.future.set_exception(Expired("the caller stopped waiting; the request left its batch"))
+        else:
+            lv.pending.future.set_result(res)
 
     @torch.inference_mode()
     def _step(self) -> None:

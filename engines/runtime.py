@@ -22,6 +22,7 @@ import torch
 from engines.device import DeviceError, check_device
 from engines.model import DecoderRunner, LoadedModel, load_model
 from engines.spec import EngineSpec, check_checkpoint
+from engines.streaming import TextDeltas, TextSink
 from engines.types import (
     EngineClosed,
     EngineError,
@@ -68,9 +69,9 @@ class _Row:
     """Book-keeping of one request inside a running batch."""
 
     __slots__ = ("index", "req", "ids", "queue_ms", "limit", "gen", "stop", "text_len", "finish",
-                 "t_done", "generator", "text", "greedy", "compute", "alive")
+                 "t_done", "generator", "text", "greedy", "compute", "alive", "deltas")
 
-    def __init__(self, index, req, ids, queue_ms, limit, generator, alive=None):
+    def __init__(self, index, req, ids, queue_ms, limit, generator, alive=None, deltas=None):
         self.index = index
         self.req = req
         self.ids = ids
@@ -86,6 +87,7 @@ class _Row:
         # () -> bool: whether the caller still waits; a row whose caller stopped leaves the
         # batch at the next decode step with finish "expired" (None: always waited for)
         self.alive = alive
+        self.deltas: TextDeltas | None = deltas  # a streaming caller's text deltas (None: not streamed)
 
 
 class Engine:
@@ -178,12 +180,15 @@ class Engine:
         return ids
 
     def generate(self, requests: Sequence[GenerationRequest], *, queue_ms: Sequence[float] | None = None,
-                 alive: Sequence[Callable[[], bool]] | None = None) -> list[GenerationResult | EngineError]:
+                 alive: Sequence[Callable[[], bool]] | None = None,
+                 on_text: Sequence[TextSink | None] | None = None) -> list[GenerationResult | EngineError]:
         """Run requests together; same length and order as ``requests``, a result or an error each.
 
         ``alive[i]()`` says whether request i's caller still waits: asked before each decode
         step, and a request whose caller stopped leaves the batch there, its result having
-        ``finish_reason`` "expired" (the text so far), so the engine works no longer for it."""
+        ``finish_reason`` "expired" (the text so far), so the engine works no longer for it.
+        ``on_text[i]`` (streaming) is called with request i's new text after each decode step
+        (:class:`~engines.streaming.TextDeltas`); the deltas join up to the result's text."""
         out: list[GenerationResult | EngineError | None] = [None] * len(requests)
         with self._lock:
             if self._closed:
@@ -198,8 +203,9 @@ class Engine:
                 limit = min(req.max_new_tokens, self.spec.context_window - len(ids))
                 seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
                 gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
+                sink = on_text[i] if on_text else None
                 rows.append(_Row(i, req, ids, float(queue_ms[i]) if queue_ms else 0.0, limit, gen,
-                                 alive[i] if alive else None))
+                                 alive[i] if alive else None, self.deltas(sink, req) if sink else None))
             for chunk in self._chunks(rows):
                 self._run_isolated(chunk, out)
         return out  # type: ignore[return-value]
@@ -307,6 +313,8 @@ class Engine:
                     r.t_done = now
                 else:
                     still.append(j)
+                if r.deltas is not None:
+                    self._stream(r)
             if not still:
                 break
             if len(still) < len(active):
@@ -354,6 +362,18 @@ class Engine:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def deltas(self, sink: TextSink, req: GenerationRequest) -> TextDeltas:
+        return TextDeltas(sink, self._decode, req.stop)
+
+    def _stream(self, r: _Row) -> None:
+        """Hand a streamed row its new text after a step; its final text once it has ended."""
+        if r.finish is None:
+            r.deltas.step(r.gen)
+        elif r.finish != "expired":
+            if r.text is None:
+                r.text = self._decode(r.gen[:-1] if r.gen and r.gen[-1] in self.eos_ids else r.gen)
+            r.deltas.finish(r.text)
 
     def _hit_stop(self, r: _Row) -> bool:
         text = self._decode(r.gen)

@@ -17,6 +17,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from engines.streaming import TextSink
 from engines.types import EngineClosed, EngineError, GenerationRequest, Overloaded
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class _Pending:
     future: Future
     t_submit: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # UNIX time after which nobody waits for the result
+    on_text: TextSink | None = None  # streaming: told each new piece of text as it is decoded
 
     def alive(self) -> bool:
         """Whether someone still waits for this request."""
@@ -82,18 +84,22 @@ class BatchingScheduler:
 
     # ------------------------------------------------------------------ public API
 
-    def submit(self, request: GenerationRequest, deadline: float | None = None) -> RequestFuture:
+    def submit(self, request: GenerationRequest, deadline: float | None = None,
+               on_text: TextSink | None = None) -> RequestFuture:
         """Queue a request; the Future resolves to its GenerationResult or raises its error.
 
         ``deadline`` (UNIX time): the caller waits no longer; past it the request is dropped
-        before it runs, or at the next decode step of its batch (:class:`Expired`)."""
+        before it runs, or at the next decode step of its batch (:class:`Expired`).
+        ``on_text`` (streaming): called on the batching thread with each new piece of the
+        completion's text as it is decoded (it must return at once); streamed and plain
+        requests share batches."""
         fut = RequestFuture()
         with self._cond:
             if self._closed:
                 raise EngineClosed("the batching scheduler is closed")
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"queue is full ({self.max_queue} requests waiting); retry later")
-            self._queue.append(_Pending(request, fut, deadline=deadline))
+            self._queue.append(_Pending(request, fut, deadline=deadline, on_text=on_text))
             n = len(self._queue)
             if n == 1 or n >= self.max_batch_size:
                 self._cond.notify()
@@ -178,8 +184,10 @@ class BatchingScheduler:
         t0 = time.monotonic()
         queue_ms = [(t0 - p.t_submit) * 1e3 for p in live]
         try:
+            streamed = [p.on_text for p in live] if any(p.on_text for p in live) else None
             results = self.engine.generate([p.request for p in live], queue_ms=queue_ms,
-                                           alive=[p.alive for p in live])
+                                           alive=[p.alive for p in live],
+                                           **({"on_text": streamed} if streamed else {}))
             if len(results) != len(live):
                 raise EngineError(f"engine returned {len(results)} results for {len(live)} requests")
         except BaseException as e:  # noqa: BLE001 - every caller gets the exception

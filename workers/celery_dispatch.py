@@ -25,6 +25,7 @@ from engines.spec import load_registry
 
 from .celery_app import TASK_NAME, make_celery, queue_name
 from .presence import ConsumerView
+from .redis_streams import RedisTokenStream
 
 __all__ = ["CeleryDispatcher", "ResultListener"]
 
@@ -127,6 +128,9 @@ class CeleryDispatcher:
             "broker_unavailable", "the broker (Redis) stopped answering"))
         self.consumers = ConsumerView(settings.broker_url or "", settings.consumer_stale_s)
         self.engines = tuple(load_registry(settings.engine_registry, settings.checkpoint_dir))
+        # streamed requests' tokens: blocking XREADs of at most a second, so a 5 s socket timeout
+        self.streams = redis.Redis.from_url(settings.result_backend or settings.broker_url or "",
+                                            socket_connect_timeout=1, socket_timeout=5)
         self.listener.connected.wait(0.5)  # a healthy Redis answers in milliseconds
 
     def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future:
@@ -148,6 +152,11 @@ class CeleryDispatcher:
             raise ServiceUnavailable(f"the broker (Redis) is unreachable: {type(exc).__name__}",
                                      retry_after=1) from exc
         return future
+
+    def open_stream(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> RedisTokenStream:
+        """Send a streamed request: the worker writes its text to the Redis stream of its id."""
+        reply = self.submit(engine, request_id, {**payload, "stream": True}, timeout)
+        return RedisTokenStream(self.streams, request_id, reply)
 
     def _depth(self, engine: str) -> int:
         now = time.monotonic()
@@ -196,3 +205,4 @@ class CeleryDispatcher:
     def close(self) -> None:
         self.probe.close()
         self.listener.close()
+        self.streams.close()

@@ -20,6 +20,7 @@ from engines.types import EngineError
 from . import tasks
 from .celery_app import make_celery, queue_name
 from .host import EngineHost
+from .redis_streams import StreamHub
 
 __all__ = ["run_worker"]
 
@@ -54,6 +55,7 @@ def run_worker(engine: str, *, device: str | None = None, concurrency: int | Non
         host.preload(engine)
     except EngineError as exc:
         raise SystemExit(f"abtest worker: {exc}") from None
+    tasks.STREAMS = StreamHub(settings.result_backend or settings.broker_url or "")
     tasks.HOST = host
     worker_shutting_down.connect(lambda **_: host.close(), weak=False)
     threads = concurrency or min(specs[engine].max_batch_size, 64)

@@ -13,9 +13,11 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from engines.streaming import TextSink
 from engines.types import EngineError, GenerationRequest
 
 from .host import EngineHost
@@ -30,11 +32,14 @@ def error_reply(code: str, message: str, worker: str | None = None) -> dict[str,
 
 
 def submit_generation(host: EngineHost, engine: str, payload: dict[str, Any],
-                      deadline: float | None = None) -> Future:
+                      deadline: float | None = None, on_text: TextSink | None = None) -> Future:
     """Submit one request to ``engine``'s scheduler; a Future of the reply dict (never raises).
 
     The reply is set by the scheduler's own completion callback, so the caller waits on one
-    hand-off only (no extra thread between it and the engine).
+    hand-off only (no extra thread between it and the engine). ``on_text`` (streaming) is
+    told each new piece of text on the batching thread, all of them before the reply is set.
+    Cancelling the reply (the caller went away) makes the request leave its batch at the next
+    decode step.
     """
     if payload.get("task") == "score":  # output-quality scoring: off the batching thread
         return submit_score(host, engine, payload, deadline)
@@ -44,7 +49,9 @@ def submit_generation(host: EngineHost, engine: str, payload: dict[str, Any],
         return reply
     try:
         wait_s = None if deadline is None else deadline - time.time()
-        inner = host.scheduler(engine, wait_s).submit(_request(payload), deadline=deadline)
+        scheduler = host.scheduler(engine, wait_s)
+        inner = (scheduler.submit(_request(payload), deadline=deadline, on_text=on_text) if on_text
+                 else scheduler.submit(_request(payload), deadline=deadline))
     except EngineError as exc:
         reply.set_result(error_reply(exc.code, str(exc), host.identity))
         return reply
@@ -87,15 +94,23 @@ def _request(payload: dict[str, Any]) -> GenerationRequest:
 
 
 def run_generation(host: EngineHost, engine: str, payload: dict[str, Any],
-                   deadline: float | None = None) -> dict[str, Any]:
-    """Run one request on ``engine`` and wait; ``deadline`` is a UNIX time after which nobody waits."""
-    future = submit_generation(host, engine, payload, deadline)
+                   deadline: float | None = None, on_text: TextSink | None = None,
+                   started: Callable[[Future], None] | None = None) -> dict[str, Any]:
+    """Run one request on ``engine`` and wait; ``deadline`` is a UNIX time after which nobody waits.
+
+    ``started`` is handed the reply Future (a streamed request's cancel handle); a reply
+    cancelled by the caller answers ``cancelled``."""
+    future = submit_generation(host, engine, payload, deadline, on_text)
+    if started is not None:
+        started(future)
     timeout = None if deadline is None else max(0.0, deadline - time.time())
     try:
         return future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         future.cancel()  # the engine drops the request at its next decode step
         return error_reply("engine_timeout", "the engine did not answer before the deadline", host.identity)
+    except concurrent.futures.CancelledError:
+        return error_reply("cancelled", "the client went away; the request left its batch", host.identity)
 
 
 # Scoring runs on its own small pool, never on an engine's batching thread: a score is one

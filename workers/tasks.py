@@ -12,9 +12,11 @@ from celery import shared_task
 
 from .celery_app import TASK_NAME
 from .host import EngineHost
+from .redis_streams import StreamHub
 from .runner import error_reply, run_generation
 
 HOST: EngineHost | None = None
+STREAMS: StreamHub | None = None  # streamed requests' tokens (set with HOST)
 
 
 @shared_task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=False)
@@ -22,4 +24,14 @@ def generate(request_id: str, engine: str, payload: dict[str, Any], deadline: fl
     """Idempotent: the task id is the request id, and the API writes the outcome row once."""
     if HOST is None:
         return error_reply("engine_unavailable", "this worker has no engine loaded")
-    return run_generation(HOST, engine, {**payload, "request_id": request_id}, deadline)
+    payload = {**payload, "request_id": request_id}
+    hub = STREAMS
+    if not payload.pop("stream", False) or hub is None:
+        return run_generation(HOST, engine, payload, deadline)
+    try:  # streamed: each piece of text to the request's Redis stream, then the reply
+        reply = run_generation(HOST, engine, payload, deadline, on_text=hub.sink(request_id),
+                               started=lambda future: hub.track(request_id, future))
+    finally:
+        hub.untrack(request_id)
+    hub.end(request_id, reply)
+    return reply

@@ -4,6 +4,11 @@ Every request has a request id (:func:`request_id`): the client's ``X-Request-Id
 short safe token (at most 64 of ``A-Z a-z 0-9 . _ -``), else a new uuid4. The response echoes it
 as ``X-Request-Id``; an unhandled exception is logged with it and answered with a generic 500
 whose body carries it (``{"error": {...}, "request_id": "..."}``), never the exception's text.
+
+On the OpenAI-compatible paths (:func:`abtest.api.openai.is_openai_path`) every error is in
+OpenAI's shape instead (:mod:`abtest.openai.errors`). A path that matches no route answers a
+JSON 404 whose ``error`` has both shapes' fields (``code``, ``message``, ``details``, ``type``,
+``param``), so abtest's SDK and OpenAI clients both read it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..db import is_outage
 from ..errors import ABTestError, ServiceUnavailable
+from ..openai.errors import error_body, http_error_body
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +42,22 @@ def request_id() -> str:
     return rid
 
 
+def _openai() -> bool:
+    from .openai import is_openai_path
+
+    return is_openai_path(request.path)
+
+
 def error_response(exc: ABTestError) -> Response:
-    response = jsonify(exc.to_dict())
-    response.status_code = exc.status
+    if _openai():
+        status, body = error_body(exc)
+        response = jsonify(body)
+        response.status_code = status
+        if exc.request_id is not None:
+            response.headers["X-Abtest-Request-Id"] = exc.request_id
+    else:
+        response = jsonify(exc.to_dict())
+        response.status_code = exc.status
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     return response
@@ -58,8 +77,14 @@ def init_app(app: Flask) -> None:
             message = (f"the body is larger than the limit of {limit} bytes "
                        "(the setting ABTEST_MAX_BODY_BYTES changes it)")
             details = {"limit_bytes": limit}
-        response = jsonify({"error": {"code": _HTTP_CODES.get(code, "http_error"),
-                                      "message": message, "details": details}})
+        name = _HTTP_CODES.get(code, "http_error")
+        if _openai():
+            response = jsonify(http_error_body(code, name, message))
+        elif code == 404 and request.url_rule is None:  # no such route: both shapes at once
+            response = jsonify({"error": {**http_error_body(code, name, f"no route {request.method} "
+                                                            f"{request.path}")["error"], "details": None}})
+        else:
+            response = jsonify({"error": {"code": name, "message": message, "details": details}})
         response.status_code = code
         return response
 
@@ -72,8 +97,9 @@ def init_app(app: Flask) -> None:
         rid = request_id()
         log.exception("unhandled error request_id=%s %s %s", rid, request.method, request.path,
                       extra={"request_id": rid})
-        response = jsonify({"error": {"code": "internal_error",
-                                      "message": f"internal server error (request id {rid})", "details": None},
+        message = f"internal server error (request id {rid})"
+        response = jsonify({**(http_error_body(500, "internal_error", message) if _openai() else
+                               {"error": {"code": "internal_error", "message": message, "details": None}}),
                             "request_id": rid})
         response.status_code = 500
         return response

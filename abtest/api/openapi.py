@@ -57,6 +57,15 @@ SCHEMAS: dict[str, Any] = {
                "headline, experiment, generated_at, options, srm, variants, metrics, recommendations, "
                "timeseries, latency_histogram, shadow, quality; ?format=html|csv|text returns text"},
     "CsvText": {"type": "string"},
+    "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "description":
+                              "OpenAI's chat completion request (docs/openai.md): model is an experiment key or, "
+                              "for an admin key, an engine; user or X-Abtest-Unit is the unit; stream: true "
+                              "answers text/event-stream"},
+    "CompletionRequest": {"type": "object", "required": ["model", "prompt"],
+                          "description": "OpenAI's completion request (docs/openai.md)"},
+    "OpenAICompletion": {"type": "object", "description": "chat.completion / text_completion, or SSE chunks "
+                         "ending with data: [DONE]; errors in OpenAI's shape {error: {message, type, param, code}}"},
+    "ModelList": {"type": "object", "description": "running experiments (and engines for an admin key)"},
 }
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -110,6 +119,11 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("get", "/v1/experiments/{key}/report", "Results: JSON, or ?format=html|csv|text", "admin", None, 200, "Report"),
     ("get", "/v1/experiments/{key}/export", "Raw CSV of ?table=exposures|requests|events", "admin", None, 200,
      "CsvText"),
+    ("post", "/v1/chat/completions", "OpenAI-compatible chat completion (streamed with stream: true)", "sdk",
+     "ChatCompletionRequest", 200, "OpenAICompletion"),
+    ("post", "/v1/completions", "OpenAI-compatible text completion", "sdk", "CompletionRequest", 200,
+     "OpenAICompletion"),
+    ("get", "/v1/models", "OpenAI-compatible model list", "sdk", None, 200, "ModelList"),
 ]
 
 

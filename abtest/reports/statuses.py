@@ -5,6 +5,10 @@
 * ``rejected`` (a product limit, e.g. a prompt over the context window) and ``unavailable``
   (the infrastructure's: broker down, engine still loading) are excluded from the error rate's
   denominator; each is reported per variant as its own count.
+* ``cancelled``: the client went away mid-stream (the request left its batch). Not an error:
+  the engine was serving it when its caller stopped listening. It stays in the error rate's
+  denominator (the engine did not fail that request) and, not being ``ok``, in no latency
+  or token metric.
 
 Pure: :func:`sql_in` renders a tuple below as a SQL predicate (literals, no parameters).
 """
@@ -13,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["OK", "ERRORS", "EXCLUDED", "REJECTED", "UNAVAILABLE", "is_error", "in_denominator",
+__all__ = ["OK", "ERRORS", "EXCLUDED", "REJECTED", "UNAVAILABLE", "CANCELLED", "is_error", "in_denominator",
            "sql_in", "sql_error", "sql_in_denominator", "sql_count_if"]
 
 OK = "ok"
 REJECTED = "rejected"
 UNAVAILABLE = "unavailable"
+CANCELLED = "cancelled"
 ERRORS: tuple[str, ...] = ("error", "timeout")
 EXCLUDED: tuple[str, ...] = (REJECTED, UNAVAILABLE)
 

@@ -43,7 +43,7 @@ from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
 from .assigner import Assigner
 from .outcomes import OutcomeLog
 
-__all__ = ["InferenceService", "InferParams", "Dispatcher", "QualityHook"]
+__all__ = ["InferenceService", "InferParams", "Dispatcher", "TokenStream", "QualityHook", "new_row", "started_at", "log_outcome"]
 
 log = logging.getLogger("abtest.infer")
 
@@ -51,10 +51,21 @@ REJECTED_CODES = {"prompt_too_long", "invalid_request"}
 UNAVAILABLE_CODES = {"engine_starting", "broker_unavailable"}
 
 
+class TokenStream(Protocol):
+    """A streamed request's events: ``get`` gives ``("text", delta)`` per piece of decoded text,
+    then ``("reply", reply)`` (what ``submit``'s Future gives), or None when nothing came within
+    ``timeout``; ``cancel`` makes the request leave its batch at the next decode step."""
+
+    def get(self, timeout: float) -> tuple[str, Any] | None: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class Dispatcher(Protocol):
     mode: str
 
     def submit(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> Future: ...
+    def open_stream(self, engine: str, request_id: str, payload: dict[str, Any], timeout: float) -> TokenStream: ...
     def queue_depths(self) -> dict[str, int]: ...
     def health(self) -> str: ...
     def engine_states(self) -> dict[str, str]: ...
@@ -129,16 +140,20 @@ class InferenceService:
               arrived: float | None = None) -> dict[str, Any]:
         """``arrived``: the request's arrival (``time.perf_counter()``), default now."""
         t0 = time.perf_counter() if arrived is None else arrived
-        started = datetime.now(timezone.utc) - timedelta(seconds=time.perf_counter() - t0)
-        request_id = str(uuid.uuid4())
         assignment, config = self.assigner.assign(experiment, unit_id, attributes, record=False)
-        self._admit(assignment.engine)
-        try:
-            return self._serve(experiment, unit_id, params, assignment, config, request_id, t0, started)
-        finally:
-            self._release(assignment.engine)
+        return self.serve(assignment, config, unit_id, params, t0)[0]
 
-    def _admit(self, engine: str) -> None:
+    def serve(self, assignment: Assignment, config: ExperimentConfig | None, unit_id: str, params: InferParams,
+              arrived: float) -> tuple[dict[str, Any], Mapping[str, Any]]:
+        """Run an assigned request (``config`` None: an engine called directly, outside any
+        experiment, whose row has no experiment); the answer's body and the engine's result."""
+        self.admit(assignment.engine)
+        try:
+            return self._serve(unit_id, params, assignment, config, str(uuid.uuid4()), arrived, started_at(arrived))
+        finally:
+            self.release(assignment.engine)
+
+    def admit(self, engine: str) -> None:
         with self._inflight_lock:
             mine, total = self._inflight.get(engine, 0), sum(self._inflight.values())
             full = mine >= self.max_inflight or 0 < self.max_inflight_total <= total
@@ -149,37 +164,30 @@ class InferenceService:
             raise RateLimited(f"too many requests in flight for engine {engine!r}; retry shortly",
                               retry_after=1, details={"engine": engine})
 
-    def _release(self, engine: str) -> None:
+    def release(self, engine: str) -> None:
         with self._inflight_lock:
             self._inflight[engine] -= 1
 
-    def _serve(self, experiment: str, unit_id: str, params: InferParams, assignment: Assignment,
-               config: ExperimentConfig, request_id: str, t0: float, started: datetime) -> dict[str, Any]:
-        row = {"request_id": request_id, "experiment_id": config.id, "phase": config.phase,
-               "variant": assignment.variant, "engine": assignment.engine, "unit_id": unit_id,
-               "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started}
-        shadow = self._start_shadow(assignment, config, unit_id, params)
+    def _serve(self, unit_id: str, params: InferParams, assignment: Assignment, config: ExperimentConfig | None,
+               request_id: str, t0: float, started: datetime) -> tuple[dict[str, Any], Mapping[str, Any]]:
+        experiment = assignment.experiment
+        row = new_row(request_id, assignment, config, unit_id, started)
+        shadow = self.start_shadow(assignment, config, unit_id, params)
         control: Mapping[str, Any] | None = None
         try:
             reply = self._call(assignment.engine, request_id, params, row, t0)
             if not reply.get("ok"):
-                raise self._failed(row, t0, reply["error"])
+                raise self.failed(row, t0, reply["error"])
             result = reply["result"]
             control = result
         except ABTestError as exc:
-            if exc.request_id is None:  # dispatch failed before an engine decided
-                status = "timeout" if isinstance(exc, UpstreamTimeout) else (
-                    "rejected" if isinstance(exc, RateLimited) else
-                    "unavailable" if isinstance(exc, ServiceUnavailable) else "error")
-                self._finish(row, t0, status, exc.code)
-                exc.request_id = request_id
-                _log_outcome(row, status, exc.status, exc.code, exc.message)
+            self.dispatch_failed(row, t0, exc)
             raise
         finally:
             if shadow is not None:
-                self._compare_later(shadow, control, params, config, assignment)
-        latency = self._finish(row, t0, "ok", None, result)
-        self._tell_quality("served", row, params, result, config, assignment)
+                self.compare_later(shadow, control, params, config, assignment)
+        latency = self.finish(row, t0, "ok", None, result)
+        self.tell_quality("served", row, params, result, config, assignment)
         log.info("infer ok request_id=%s engine=%s", request_id, assignment.engine, extra={
             "request_id": request_id, "experiment": experiment, "unit_id": unit_id, "variant": assignment.variant,
             "engine": assignment.engine, "status": "ok", "http_status": 200, "latency_ms": round(latency, 3),
@@ -188,10 +196,21 @@ class InferenceService:
                 "engine": assignment.engine, "text": result["text"], "prompt_tokens": result["prompt_tokens"],
                 "completion_tokens": result["completion_tokens"], "latency_ms": round(latency, 3),
                 "ttft_ms": round(result["ttft_ms"], 3), "queue_ms": round(result["queue_ms"], 3),
-                "batch_size": result["batch_size"]}
+                "batch_size": result["batch_size"]}, result
 
-    def _tell_quality(self, what: str, *args: Any) -> None:
-        if self.quality is None:
+    def dispatch_failed(self, row: dict[str, Any], t0: float, exc: ABTestError) -> None:
+        """Log the row of a request whose dispatch failed before an engine decided (an error
+        an engine decided carries its request id already, and its row is written)."""
+        if exc.request_id is None:
+            status = "timeout" if isinstance(exc, UpstreamTimeout) else (
+                "rejected" if isinstance(exc, RateLimited) else
+                "unavailable" if isinstance(exc, ServiceUnavailable) else "error")
+            self.finish(row, t0, status, exc.code)
+            exc.request_id = row["request_id"]
+            log_outcome(row, status, exc.status, exc.code, exc.message)
+
+    def tell_quality(self, what: str, *args: Any) -> None:
+        if self.quality is None or args[-2] is None:  # args[-2] is the config: None outside experiments
             return
         try:
             getattr(self.quality, what)(*args)
@@ -213,7 +232,7 @@ class InferenceService:
         finally:
             row["engine_ms"] = (time.perf_counter() - sent) * 1000
 
-    def _failed(self, row: dict[str, Any], t0: float, error: Mapping[str, str]) -> ABTestError:
+    def failed(self, row: dict[str, Any], t0: float, error: Mapping[str, str]) -> ABTestError:
         code, message = error.get("code", "engine_error"), error.get("message", "")
         details = {"engine": row["engine"], "engine_code": code}
         if code in REJECTED_CODES:
@@ -229,12 +248,12 @@ class InferenceService:
             exc = UpstreamError(f"engine {row['engine']!r} failed; look up request id {row['request_id']} "
                                 "in the service log", details=details)
             status = "error"
-        self._finish(row, t0, status, code)
+        self.finish(row, t0, status, code)
         exc.request_id = row["request_id"]
-        _log_outcome(row, status, exc.status, code, message)
+        log_outcome(row, status, exc.status, code, message)
         return exc
 
-    def _finish(self, row: dict[str, Any], t0: float, status: str, code: str | None,
+    def finish(self, row: dict[str, Any], t0: float, status: str, code: str | None,
                 result: Mapping[str, Any] | None = None) -> float:
         latency = (time.perf_counter() - t0) * 1000
         row.update(status=status, error_code=code, latency_ms=latency,
@@ -256,9 +275,9 @@ class InferenceService:
 
     # --- shadow copies --------------------------------------------------------------------
 
-    def _start_shadow(self, assignment: Assignment, config: ExperimentConfig, unit_id: str,
+    def start_shadow(self, assignment: Assignment, config: ExperimentConfig | None, unit_id: str,
                       params: InferParams) -> Future | None:
-        if assignment.shadow_engine is None:
+        if assignment.shadow_engine is None or config is None:
             return None
         if not self._shadow_slots.acquire(blocking=False):
             self.metrics.inc("abtest_shadow_dropped_total", engine=assignment.shadow_engine)
@@ -267,7 +286,7 @@ class InferenceService:
                "variant": assignment.variant, "engine": assignment.shadow_engine, "unit_id": unit_id,
                "in_experiment": assignment.in_experiment, "shadow": True,
                "started_at": datetime.now(timezone.utc)}
-        return self._shadow_pool.submit(self._run_shadow, row, params)  # see _compare_later
+        return self._shadow_pool.submit(self._run_shadow, row, params)  # see compare_later
 
     def _run_shadow(self, row: dict[str, Any], params: InferParams) -> tuple[dict[str, Any], dict[str, Any] | None]:
         t0 = time.perf_counter()
@@ -289,7 +308,7 @@ class InferenceService:
                        **_cost_columns(r, self.prices.get(row["engine"])))
         return row, reply["result"] if ok else None
 
-    def _compare_later(self, shadow: Future, control: Mapping[str, Any] | None, params: InferParams,
+    def compare_later(self, shadow: Future, control: Mapping[str, Any] | None, params: InferParams,
                        config: ExperimentConfig, assignment: Assignment) -> None:
         def done(f: Future) -> None:
             self._shadow_slots.release()
@@ -302,7 +321,7 @@ class InferenceService:
             self.outcomes.write_nowait(row)
             self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "",
                              status=f"shadow_{row['status']}")
-            self._tell_quality("shadowed", row, params, control, copy, config, assignment)
+            self.tell_quality("shadowed", row, params, control, copy, config, assignment)
 
         shadow.add_done_callback(done)
 
@@ -320,7 +339,22 @@ class InferenceService:
         self._shadow_pool.shutdown(wait=True)
 
 
-def _log_outcome(row: Mapping[str, Any], status: str, http_status: int, code: str | None, message: str) -> None:
+def started_at(arrived: float) -> datetime:
+    """The wall-clock time of an arrival measured with ``time.perf_counter()``."""
+    return datetime.now(timezone.utc) - timedelta(seconds=time.perf_counter() - arrived)
+
+
+def new_row(request_id: str, assignment: Assignment, config: ExperimentConfig | None, unit_id: str,
+            started: datetime) -> dict[str, Any]:
+    """A request row before its outcome; without ``config`` (an engine called directly) it
+    belongs to no experiment."""
+    return {"request_id": request_id, "experiment_id": config.id if config else None,
+            "phase": config.phase if config else None, "variant": assignment.variant if config else None,
+            "engine": assignment.engine, "unit_id": unit_id, "in_experiment": assignment.in_experiment and config is not None,
+            "shadow": False, "started_at": started}
+
+
+def log_outcome(row: Mapping[str, Any], status: str, http_status: int, code: str | None, message: str) -> None:
     """One line per failed request: a client's 4xx at INFO, the service's 5xx at WARNING."""
     level = logging.WARNING if http_status >= 500 else logging.INFO
     log.log(level, "infer %s %d request_id=%s engine=%s code=%s: %s", status, http_status, row["request_id"],

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 
 # ok: the engine answered; rejected: refused for the request itself (too long, overloaded);
 # error / timeout: the engine failed or did not answer; unavailable: infrastructure (broker,
-# an engine still loading) failed before any engine decided - not the engine's error rate.
-STATUSES = ("ok", "error", "timeout", "rejected", "unavailable")
+# an engine still loading) failed before any engine decided - not the engine's error rate;
+# cancelled: a streaming client went away (not an error; see abtest.reports.statuses).
+STATUSES = ("ok", "error", "timeout", "rejected", "unavailable", "cancelled")
 _COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
 
 # An exposure to upsert: (experiment_id, phase, unit_id, variant, seen); not the Exposure model.
