@@ -40,6 +40,7 @@ from ..errors import (ABTestError, RateLimited, ServiceUnavailable, UpstreamErro
                       ValidationError)
 from ..evaluator import Assignment, ExperimentConfig
 from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
+from ..validation.experiments import segment_levels
 from .assigner import Assigner
 from .outcomes import OutcomeLog
 
@@ -134,7 +135,8 @@ class InferenceService:
         assignment, config = self.assigner.assign(experiment, unit_id, attributes, record=False)
         self._admit(assignment.engine)
         try:
-            return self._serve(experiment, unit_id, params, assignment, config, request_id, t0, started)
+            return self._serve(experiment, unit_id, params, assignment, config, request_id, t0, started,
+                               segment_levels(list(config.dimensions), attributes))
         finally:
             self._release(assignment.engine)
 
@@ -154,10 +156,13 @@ class InferenceService:
             self._inflight[engine] -= 1
 
     def _serve(self, experiment: str, unit_id: str, params: InferParams, assignment: Assignment,
-               config: ExperimentConfig, request_id: str, t0: float, started: datetime) -> dict[str, Any]:
+               config: ExperimentConfig, request_id: str, t0: float, started: datetime,
+               segments: dict[str, str] | None = None) -> dict[str, Any]:
         row = {"request_id": request_id, "experiment_id": config.id, "phase": config.phase,
                "variant": assignment.variant, "engine": assignment.engine, "unit_id": unit_id,
                "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started}
+        if segments is not None:
+            row["segments"] = segments  # the exposure's, not a request column: _finish takes it off
         shadow = self._start_shadow(assignment, config, unit_id, params)
         control: Mapping[str, Any] | None = None
         try:
@@ -244,7 +249,8 @@ class InferenceService:
                        completion_tokens=result["completion_tokens"], batch_size=result["batch_size"],
                        **_cost_columns(result, self.prices.get(row["engine"])))
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
-        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"])
+        segments = row.pop("segments", None)
+        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"], segments)
                     if row["in_experiment"] else None)  # committed with its outcome row
         # the commit may take what is left of the caller's timeout, plus at most a second
         self.outcomes.write(row, exposure, timeout=min(5.0, max(1.0, t0 + self.timeout_s + 0.9 - time.perf_counter())))
