@@ -113,3 +113,19 @@ def test_segment_breakdown_tests_srm_bh_and_interaction(factory, report_of) -> N
     inter = next(i for i in section["interactions"] if i["metric"] == "revenue")
     ref_q = heterogeneity_test(effects)
     assert inter["q"] == pytest.approx(ref_q.q, rel=1e-9) and inter["df"] == 2
+
+
+def test_html_report_shows_the_segment_and_cuped_tables(factory, services, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from abtest.reports import ReportOptions, build_report
+    from abtest.reports.html import render_html
+
+    f = factory(metrics=METRICS, dimensions=DIMS)
+    _populate(f, np.random.default_rng(7))
+    with services.db.session() as session:
+        page = render_html(build_report(session, "exp-1", ReportOptions(histogram=True)))
+    (tmp_path / "report.html").write_text(page, encoding="utf-8")
+    table = page[page.index('id="segments-country"'):]
+    table = table[:table.index("</table>")]
+    # header, then revenue in 3 levels (every unit converts: conversion has no variance to test)
+    assert table.count("<tr>") == 1 + 3
+    assert 'id="cuped-table"' in page and "Interaction" in page
