@@ -24,27 +24,39 @@ def covariate_rows(conn: Connection, scope: Scope, experiment_key: str, event_na
     post value ``y`` (the attribution rule) and of the covariate ``x`` (the same kind over this
     event in the lookback window): ``units``, ``y``, ``y_sq``, ``x``, ``x_sq``, ``x_y``. One row
     per exposed unit is read; units without history are imputed by the caller."""
-    before = _seconds(scope, "ev.timestamp", "x.first_seen")
-    pre_kinds = {"binary": "CASE WHEN pre.n_ev > 0 THEN 1 ELSE 0 END", "count": "COALESCE(pre.n_ev, 0)",
-                 "sum": "COALESCE(pre.v, 0)"}
+    # a range on ev.timestamp itself, so that PostgreSQL reads each unit's events from the index
+    window = ("ev.timestamp < x.first_seen AND ev.timestamp >= x.first_seen - :lb * INTERVAL '1 second'"
+              if scope.is_pg else
+              f"{_seconds(scope, 'ev.timestamp', 'x.first_seen')} > 0 AND "
+              f"{_seconds(scope, 'ev.timestamp', 'x.first_seen')} <= :lb")
+    post_kinds = {"binary": "CASE WHEN u.n_ev > 0 THEN 1 ELSE 0 END", "count": "u.n_ev", "sum": "u.v"}
+    pre_kinds = {"binary": "CASE WHEN u.n_pre > 0 THEN 1 ELSE 0 END", "count": "u.n_pre", "sum": "u.v_pre"}
     sums = "".join(
         f", SUM({y}), SUM(({y}) * ({y})), SUM({x}), SUM(({x}) * ({x})), SUM(({x}) * ({y}))"
-        for y, x in ((_KINDS[k], pre_kinds[k]) for k in _KINDS))
+        for y, x in ((post_kinds[k], pre_kinds[k]) for k in _KINDS))
+    # Per unit by UNION ALL and GROUP BY rather than outer joins: the plan stays a sort or hash
+    # whatever the planner believes about the row counts (a nested loop over two large per-unit
+    # sets would be quadratic).
     sql = f"""
         WITH {_attributed(scope)}, pre AS (
-            SELECT x.unit_id AS unit_id,
+            SELECT x.unit_id AS unit_id, x.variant AS variant,
                    SUM(CASE WHEN ev.name = :name THEN 1 ELSE 0 END) AS n_ev,
                    SUM(CASE WHEN ev.name = :name THEN ev.value ELSE 0 END) AS v
             FROM exposures x JOIN events ev ON ev.unit_id = x.unit_id
-            WHERE x.experiment_id = :e AND x.phase = :p AND {before} > 0 AND {before} <= :lb
-            GROUP BY x.unit_id
+            WHERE x.experiment_id = :e AND x.phase = :p AND {window}
+            GROUP BY x.unit_id, x.variant
+        ), parts AS (
+            SELECT unit_id, variant, 1 AS exposed, 0 AS history, 0 AS n_ev, 0.0 AS v, 0 AS n_pre, 0.0 AS v_pre
+            FROM exposures WHERE experiment_id = :e AND phase = :p
+            UNION ALL SELECT unit_id, variant, 0, 0, n_ev, v, 0, 0.0 FROM per_unit
+            UNION ALL SELECT unit_id, variant, 0, 1, 0, 0.0, n_ev, v FROM pre
+        ), u AS (
+            SELECT variant, MAX(history) AS history, SUM(n_ev) AS n_ev, SUM(v) AS v,
+                   SUM(n_pre) AS n_pre, SUM(v_pre) AS v_pre
+            FROM parts GROUP BY unit_id, variant HAVING MAX(exposed) = 1
         )
-        SELECT x.variant, CASE WHEN pre.unit_id IS NULL THEN 0 ELSE 1 END AS history, COUNT(*){sums}
-        FROM exposures x
-        LEFT JOIN per_unit a ON a.unit_id = x.unit_id AND a.variant = x.variant
-        LEFT JOIN pre ON pre.unit_id = x.unit_id
-        WHERE x.experiment_id = :e AND x.phase = :p
-        GROUP BY 1, 2"""
+        SELECT u.variant, u.history, COUNT(*){sums}
+        FROM u GROUP BY 1, 2"""
     params = {**scope.params, "key": experiment_key, "name": event_name, "w": window_s, "lb": lookback_s}
     names = ("variant", "history", "units",
              *(f"{k}_{s}" for k in _KINDS for s in ("y", "y_sq", "x", "x_sq", "x_y")))
