@@ -220,8 +220,9 @@ Examples:
 
 \b
 Mutable fields (-f): name, hypothesis, owner, coverage, variants, targeting, forced,
-metrics, decision, quality_sample, treatment_paused. A targeting rule is
-{"attribute": "country", "op": "in", "value": ["US", "CA"]}.
+metrics, decision, quality_sample, cuped, dimensions, treatment_paused. A targeting rule is
+{"attribute": "country", "op": "in", "value": ["US", "CA"]}; CUPED options are
+{"enabled": true, "lookback_days": 14}; a dimension is {"attribute": "country", "levels": ["US", "DE"]}.
 """
 
 

@@ -75,6 +75,7 @@ class ExperimentConfig:
     layer_end: float = 1.0
     treatment_paused: bool = False
     quality_sample: float | None = None  # share of served requests scored for output quality
+    dimensions: tuple[Mapping[str, Any], ...] = ()  # segment dimensions: {"attribute", "levels"}
 
     @property
     def control(self) -> VariantConfig:

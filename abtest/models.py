@@ -43,6 +43,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -124,6 +125,12 @@ class Experiment(Base):
     decision: Mapped[str] = mapped_column(String(24), default="superiority", server_default="superiority")
     # Share of served requests whose completions are scored for output quality (None: none).
     quality_sample: Mapped[float | None] = mapped_column(Float)
+    # Regression adjustment (CUPED) of the report on a covariate from this many days before a
+    # unit's first exposure; on by default (it applies where units have history).
+    cuped: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    cuped_lookback_days: Mapped[int] = mapped_column(Integer, default=14, server_default="14")
+    # Segment dimensions: [{"attribute": "country", "levels": ["US", "DE"]}]; others are "other".
+    dimensions: Mapped[list[Any] | None] = mapped_column(JSON, default=list)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -202,6 +209,8 @@ class Exposure(Base):
     first_seen: Mapped[datetime]
     last_seen: Mapped[datetime]
     count: Mapped[int] = mapped_column(Integer, default=1)
+    # The unit's level per declared dimension at its first exposure ({"country": "US"}).
+    segments: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 class RequestLog(Base):

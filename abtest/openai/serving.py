@@ -30,6 +30,7 @@ from ..evaluator import Assignment, ExperimentConfig
 from ..models import Experiment
 from ..services.keys import Principal
 from ..services.streaming import StreamedRequest, open_stream
+from ..validation.experiments import segment_levels
 from .errors import error_body
 from .protocol import DONE, ChatCompletionRequest, CompletionRequest, chunk, completion_body, finish_reason, sse
 from .templates import Templates
@@ -79,7 +80,8 @@ class OpenAIServing:
         created = int(time.time())
         try:
             if not req.stream:
-                body, result = inference.serve(assignment, config, unit_id, params, arrived)
+                segments = segment_levels(list(config.dimensions), req.metadata) if config is not None else None
+                body, result = inference.serve(assignment, config, unit_id, params, arrived, segments)
                 rid = body["request_id"]
                 return Answer(body=completion_body(chat, _object_id(chat, rid), req.model, created, result),
                               headers=_headers(rid, assignment, config))

@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from .. import stats as S
 from . import blocks as B
 from . import queries as Q
+from . import segments
 from .metrics import (
     MetricSpec,
     Unavailable,
@@ -130,6 +131,7 @@ class _Data:
     shadow: tuple[Any, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)  # metric -> what its figures leave out
     unavailable: dict[str, dict[str, Unavailable]] = field(default_factory=dict)  # metric -> variant -> why
+    cuped: dict[str, tuple[dict[str, S.CupedMeanStats], int]] = field(default_factory=dict)  # metric -> CUPED sums
 
     def stats_of(self, spec: MetricSpec, variant: str) -> Any:
         missing = self.unavailable.get(spec.name, {}).get(variant)
@@ -158,10 +160,11 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
         exposed[cell["variant"]] = exposed.get(cell["variant"], 0) + int(cell["units"])
     srm = B.srm_result(keys, arms, exposed)
     data = _collect(conn, scope, exp.key, specs, keys, options, exposed_days)
+    data.cuped = segments.cuped_stats(conn, scope, exp, specs, keys)
 
     analyses = {(s.name, t): _analyze(s, data, control, t, options) for s in specs for t in treatments}
     adjusted, family = _holm(analyses, options.alpha)
-    metrics = tuple(_metric(s, data, keys, treatments, analyses, adjusted, options) for s in specs)
+    metrics = tuple(_metric(s, data, keys, treatments, analyses, adjusted, options, exp) for s in specs)
     days_elapsed = _days(exp.started_at, now)
     quality = quality_section(conn, scope, exp) if options.metrics is None else None
     floors = {v.key: _quality_floor(v, quality, options.alpha) for v in arms if v.quality_min_agreement is not None}
@@ -185,6 +188,8 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
         latency_histogram=data.histogram,
         shadow=data.shadow,
         quality=quality,
+        segments=(segments.segment_sections(conn, scope, exp, specs, arms, control, treatments, options.alpha)
+                  or None) if options.metrics is None else None,
     ))
 
 
@@ -311,6 +316,8 @@ def _quantiles(conn: Any, scope: Q.Scope, keys: Sequence[str], sketches: Mapping
 def _analyze(spec: MetricSpec, data: _Data, control: str, treatment: str,
              options: ReportOptions) -> S.MetricAnalysis:
     c, t = data.stats_of(spec, control), data.stats_of(spec, treatment)
+    if spec.name in data.cuped:  # regression-adjusted (CUPED) with the pair's pooled theta
+        c, t = S.cuped_adjust(data.cuped[spec.name][0][control], data.cuped[spec.name][0][treatment])
     comparison = (S.compare_quantiles(c, t, options.alpha) if spec.shape == "quantile"
                   else compare(c, t, options.alpha))
     return S.analyze(comparison, spec.higher_is_better, options.n_star)
@@ -326,13 +333,14 @@ def _holm(analyses: Mapping[tuple[str, str], S.MetricAnalysis],
 
 def _metric(spec: MetricSpec, data: _Data, keys: Sequence[str], treatments: Sequence[str],
             analyses: Mapping[tuple[str, str], S.MetricAnalysis],
-            adjusted: Mapping[tuple[str, str], float | None], options: ReportOptions) -> MetricResult:
+            adjusted: Mapping[tuple[str, str], float | None], options: ReportOptions, exp: Any = None) -> MetricResult:
     return MetricResult(
         spec.name, spec.kind, spec.shape, spec.role, "increase" if spec.higher_is_better else "decrease",
         spec.margin, spec.event_name, spec.window_s if spec.event_name is not None else None,
         {v: estimate_view(data.stats_of(spec, v), options.alpha) for v in keys},
         tuple(comparison_view(t, analyses[(spec.name, t)], adjusted[(spec.name, t)], options.alpha)
-              for t in treatments), note=data.notes.get(spec.name))
+              for t in treatments), note=data.notes.get(spec.name),
+        cuped=segments.cuped_view(exp, *data.cuped[spec.name], keys[0], treatments) if spec.name in data.cuped else None)
 
 
 def _days(started: datetime | None, now: datetime) -> float | None:

@@ -238,6 +238,45 @@ def _quality(report: Report) -> str:
             f'{escape(q.note)}</p>')
 
 
+def _cuped(report: Report) -> str:
+    rows = "".join(
+        f'<tr><td class="l">{escape(m.name)}</td><td>{escape(a.variant)}</td><td>{m.cuped.lookback_days} days</td>'
+        f'<td>{m.cuped.units_with_history} of {m.cuped.units}</td><td>{_num(a.theta, 3)}</td>'
+        f'<td>{_pct(a.variance_reduction)}</td></tr>'
+        for m in report.metrics if m.cuped is not None for a in m.cuped.adjustments)
+    if not rows:
+        return ""
+    return ('<h2>Variance reduction (CUPED)</h2><table id="cuped-table"><tr><th class="l">metric</th><th>variant</th>'
+            '<th>lookback</th><th>units with history</th><th>theta</th><th>variance reduction</th></tr>'
+            + rows + '</table>')
+
+
+_BAD, _GOOD = ' style="color:#c5221f;font-weight:600"', ' style="color:#137333;font-weight:600"'
+
+
+def _segments(report: Report) -> str:
+    out = []
+    for sec in report.segments or ():
+        rows = "".join(
+            f'<tr><td class="l">{escape(lv.level)}</td><td>{" / ".join(str(n) for n in lv.units.values())}</td>'
+            f'<td{_BAD if lv.srm_flagged else ""}>{_p(lv.srm_p_value)}</td>'
+            f'<td class="l">{escape(c.metric)}</td><td>{escape(c.variant)}</td>'
+            f'<td>{_num(c.control_estimate, 4)} → {_num(c.treatment_estimate, 4)}</td>'
+            f'<td>{_num(c.absolute, 3)} ({_num(c.ci_lower, 3)} to {_num(c.ci_upper, 3)})</td>'
+            f'<td>{_pct(c.relative)}</td><td>{_p(c.p_value)}</td>'
+            f'<td{_GOOD if c.significant else ""}>{_p(c.adjusted_p_value)}</td></tr>'
+            for lv in sec.levels for c in lv.comparisons if c.error is None)
+        inter = "; ".join(f"{escape(i.metric)} ({escape(i.variant)}): Q = {_num(i.q, 3)}, df {i.df}, p {_p(i.p_value)}"
+                          for i in sec.interactions if i.q is not None)
+        out.append(f'<h2>Segments by {escape(sec.dimension)}</h2><table class="segment-table" id="segments-'
+                   f'{escape(sec.dimension)}"><tr><th class="l">level</th><th>units (variants)</th><th>SRM p</th>'
+                   '<th class="l">metric</th><th>variant</th><th>control → treatment</th>'
+                   '<th>difference (95% CI)</th><th>relative</th><th>p</th><th>BH-adjusted p</th></tr>'
+                   + rows + f'</table><p class="meta">Benjamini-Hochberg across every segment comparison. '
+                   f'Interaction (does the effect differ between levels?): {inter or "not testable"}.</p>')
+    return "".join(out)
+
+
 def _histogram_input(report: Report) -> dict[str, Any] | None:
     h = report.latency_histogram
     if h is None:
@@ -278,7 +317,7 @@ def render_html(report: Report) -> str:
         '<h2>Latency distributions</h2><div class="card">', histogram_plot(_histogram_input(report), colors=colors),
         "</div>", '<h2>Cumulative effect over time</h2><div class="card">',
         timeseries_plot(_timeseries_input(report), colors=colors), "</div>", _shadow(report), _quality(report),
-        _definitions(report),
+        _cuped(report), _segments(report), _definitions(report),
     ]
     title = escape(f'{report.experiment.name} — abtest report')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

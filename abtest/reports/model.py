@@ -125,6 +125,70 @@ class ComparisonResult:
 
 
 @dataclass(frozen=True)
+class CupedAdjustment:
+    """CUPED for one treatment: the pooled ``theta`` and the variance reduction of the difference."""
+
+    variant: str
+    theta: float | None
+    variance_reduction: float | None
+
+
+@dataclass(frozen=True)
+class CupedView:
+    """A metric's regression adjustment: lookback, units with history (of all units), per treatment."""
+
+    lookback_days: int
+    units_with_history: int
+    units: int
+    adjustments: tuple[CupedAdjustment, ...]
+
+
+@dataclass(frozen=True)
+class SegmentComparison:
+    metric: str
+    variant: str
+    control_estimate: float | None
+    treatment_estimate: float | None
+    absolute: float | None
+    ci_lower: float | None
+    ci_upper: float | None
+    relative: float | None
+    p_value: float | None
+    adjusted_p_value: float | None  # Benjamini-Hochberg across every segment comparison of the report
+    significant: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SegmentLevel:
+    level: str
+    units: Mapping[str, int]
+    srm_p_value: float | None
+    srm_flagged: bool
+    comparisons: tuple[SegmentComparison, ...]
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """Cochran's Q: does the metric's effect differ between the dimension's levels?"""
+
+    metric: str
+    variant: str
+    q: float | None
+    df: int
+    p_value: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SegmentSection:
+    dimension: str
+    adjustment: str
+    levels: tuple[SegmentLevel, ...]
+    interactions: tuple[Interaction, ...]
+
+
+@dataclass(frozen=True)
 class MetricResult:
     name: str
     kind: str
@@ -139,6 +203,7 @@ class MetricResult:
     # What the reader must know to read the figures, e.g. requests logged before a column existed
     # and left out ("312 requests logged before token counts were recorded are left out").
     note: str | None = field(default=None, metadata={"omit_none": True})
+    cuped: CupedView | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def higher_is_better(self) -> bool:
@@ -393,6 +458,7 @@ class Report:
     latency_histogram: Histogram | None
     shadow: tuple[ShadowSummary, ...]
     quality: QualitySection | None = None
+    segments: tuple[SegmentSection, ...] | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def control(self) -> str:

@@ -392,3 +392,4 @@ def _dicts(rows: Iterable[Sequence[Any]], names: Sequence[str]) -> list[dict[str
                 value, str) else float(value)
         out.append(item)
     return out
+

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..db import Database, is_outage
 from ..evaluator import Assignment, ExperimentConfig, assign
 from ..models import Exposure
+from ..validation.experiments import segment_levels
 from .experiments import get_experiment, to_config
 
 __all__ = ["ConfigCache", "Assigner", "exposure_upsert", "aggregate_exposures"]
@@ -72,16 +73,18 @@ def exposure_upsert(dialect: str):  # type: ignore[no-untyped-def]
     )
 
 
-def aggregate_exposures(items: list[tuple[int, int, str, str, datetime]]) -> list[dict[str, Any]]:
-    """(experiment_id, phase, unit_id, variant, seen) items to one row per unit: an upsert
-    statement must not touch the same row twice. Rows come in key order, so concurrent
-    writers lock the same rows in the same order (no deadlock between API processes)."""
+def aggregate_exposures(items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """(experiment_id, phase, unit_id, variant, seen[, segments]) items to one row per unit: an
+    upsert statement must not touch the same row twice. Rows come in key order, so concurrent
+    writers lock the same rows in the same order (no deadlock between API processes). The
+    segments are the unit's first (an upsert never changes them)."""
     merged: dict[tuple[int, int, str], dict[str, Any]] = {}
-    for exp_id, phase, unit, variant, seen in items:
+    for exp_id, phase, unit, variant, seen, *rest in items:
         row = merged.get((exp_id, phase, unit))
         if row is None:
             merged[(exp_id, phase, unit)] = {"experiment_id": exp_id, "phase": phase, "unit_id": unit,
-                                             "variant": variant, "first_seen": seen, "last_seen": seen, "count": 1}
+                                             "variant": variant, "first_seen": seen, "last_seen": seen, "count": 1,
+                                             "segments": rest[0] if rest else None}
         else:
             row["first_seen"], row["last_seen"] = min(row["first_seen"], seen), max(row["last_seen"], seen)
             row["count"] += 1
@@ -99,5 +102,6 @@ class Assigner:
         config = self.configs.get(experiment)
         result = assign(config, unit_id, attributes)
         if record and result.in_experiment:
-            self._record((config.id, config.phase, unit_id, result.variant, datetime.now(timezone.utc)))
+            self._record((config.id, config.phase, unit_id, result.variant, datetime.now(timezone.utc),
+                          segment_levels(list(config.dimensions), attributes)))
         return result, config

@@ -73,6 +73,8 @@ def create_experiment(
         decision=f.choice("decision", list(spec.DECISIONS), "superiority"),
         quality_sample=_quality_sample(f),
     )
+    exp.cuped, exp.cuped_lookback_days = spec.parse_cuped(f._get("cuped", True))
+    exp.dimensions = spec.parse_dimensions(f.list("dimensions", []), exp.targeting)
     metrics = spec.parse_metrics(f.list("metrics", []))
     spec.parse_policy(exp.decision, metrics, exp.quality_sample, variants)
     exp.variants = [Variant(position=i, **v) for i, v in enumerate(variants)]
@@ -198,6 +200,11 @@ def update_experiment(
         exp.decision = f.choice("decision", list(spec.DECISIONS))
     if f.has("quality_sample"):
         exp.quality_sample = _quality_sample(f)
+    if f.has("cuped"):
+        exp.cuped, exp.cuped_lookback_days = spec.parse_cuped(f._get("cuped", True))
+    if f.has("dimensions") or f.has("targeting"):
+        exp.dimensions = spec.parse_dimensions(f.list("dimensions") if f.has("dimensions") else exp.dimensions or [],
+                                               exp.targeting)
     metrics = spec.parse_metrics(f.list("metrics")) if f.has("metrics") else [
         {c: getattr(m, c) for c in ("name", "event_name", "kind", "role", "direction", "margin", "test")}
         for m in exp.metrics]
@@ -299,6 +306,9 @@ def experiment_view(exp: Experiment) -> dict[str, Any]:
         "key": exp.key, "name": exp.name, "hypothesis": exp.hypothesis, "owner": exp.owner,
         "status": exp.status, "coverage": exp.coverage, "phase": exp.phase,
         "decision": exp.decision, "quality_sample": exp.quality_sample,
+        "cuped": {"enabled": bool(exp.cuped is not False),
+                  "lookback_days": exp.cuped_lookback_days or spec.DEFAULT_LOOKBACK_DAYS},
+        "dimensions": list(exp.dimensions or []),
         "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight,
                       "control": v.is_control, "shadow": v.shadow,
                       **({"quality_reference": v.quality_reference} if v.quality_reference else {}),
@@ -327,6 +337,7 @@ def to_config(exp: Experiment) -> ExperimentConfig:
         targeting=tuple(exp.targeting or ()), forced=dict(exp.forced or {}),
         layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
         treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample,
+        dimensions=tuple(exp.dimensions or ()),
     )
 
 

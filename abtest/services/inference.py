@@ -40,6 +40,7 @@ from ..errors import (ABTestError, RateLimited, ServiceUnavailable, UpstreamErro
                       ValidationError)
 from ..evaluator import Assignment, ExperimentConfig
 from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
+from ..validation.experiments import segment_levels
 from .assigner import Assigner
 from .outcomes import OutcomeLog
 
@@ -141,15 +142,18 @@ class InferenceService:
         """``arrived``: the request's arrival (``time.perf_counter()``), default now."""
         t0 = time.perf_counter() if arrived is None else arrived
         assignment, config = self.assigner.assign(experiment, unit_id, attributes, record=False)
-        return self.serve(assignment, config, unit_id, params, t0)[0]
+        segments = segment_levels(list(config.dimensions), attributes) if config is not None else None
+        return self.serve(assignment, config, unit_id, params, t0, segments)[0]
 
     def serve(self, assignment: Assignment, config: ExperimentConfig | None, unit_id: str, params: InferParams,
-              arrived: float) -> tuple[dict[str, Any], Mapping[str, Any]]:
+              arrived: float, segments: dict[str, str] | None = None) -> tuple[dict[str, Any], Mapping[str, Any]]:
         """Run an assigned request (``config`` None: an engine called directly, outside any
-        experiment, whose row has no experiment); the answer's body and the engine's result."""
+        experiment, whose row has no experiment); the answer's body and the engine's result.
+        ``segments``: the unit's levels of the experiment's dimensions, kept with its exposure."""
         self.admit(assignment.engine)
         try:
-            return self._serve(unit_id, params, assignment, config, str(uuid.uuid4()), arrived, started_at(arrived))
+            return self._serve(unit_id, params, assignment, config, str(uuid.uuid4()), arrived, started_at(arrived),
+                               segments)
         finally:
             self.release(assignment.engine)
 
@@ -169,9 +173,12 @@ class InferenceService:
             self._inflight[engine] -= 1
 
     def _serve(self, unit_id: str, params: InferParams, assignment: Assignment, config: ExperimentConfig | None,
-               request_id: str, t0: float, started: datetime) -> tuple[dict[str, Any], Mapping[str, Any]]:
+               request_id: str, t0: float, started: datetime,
+               segments: dict[str, str] | None = None) -> tuple[dict[str, Any], Mapping[str, Any]]:
         experiment = assignment.experiment
         row = new_row(request_id, assignment, config, unit_id, started)
+        if segments is not None:
+            row["segments"] = segments  # the exposure's, not a request column: _finish takes it off
         shadow = self.start_shadow(assignment, config, unit_id, params)
         control: Mapping[str, Any] | None = None
         try:
@@ -263,7 +270,8 @@ class InferenceService:
                        completion_tokens=result["completion_tokens"], batch_size=result["batch_size"],
                        **_cost_columns(result, self.prices.get(row["engine"])))
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
-        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"])
+        segments = row.pop("segments", None)
+        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"], segments)
                     if row["in_experiment"] else None)  # committed with its outcome row
         # the commit may take what is left of the caller's timeout, plus at most a second
         self.outcomes.write(row, exposure, timeout=min(5.0, max(1.0, t0 + self.timeout_s + 0.9 - time.perf_counter())))

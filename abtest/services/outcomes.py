@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 STATUSES = ("ok", "error", "timeout", "rejected", "unavailable", "cancelled")
 _COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
 
-# An exposure to upsert: (experiment_id, phase, unit_id, variant, seen); not the Exposure model.
-ExposureItem = tuple[int, int, str, str, datetime]
+# An exposure to upsert: (experiment_id, phase, unit_id, variant, seen[, segment levels]); not the
+# Exposure model.
+ExposureItem = tuple[int, int, str, str, datetime] | tuple[int, int, str, str, datetime, 'dict[str, str] | None']
 _Entry = tuple["dict[str, Any] | None", "ExposureItem | None", "Future[None]"]
 
 

@@ -43,7 +43,8 @@ and percentile_cont), ``frequentist`` (Welch test, relative lift),
 ``quantiles`` (cluster-aware quantile CIs), ``sketch`` (the mergeable latency
 sketch reports read quantiles from), ``srm``, ``sequential``
 (confidence sequences), ``bayesian`` (chance to win, expected loss),
-``multiple`` (Holm, Benjamini-Hochberg), ``power``, ``noninferiority``
+``multiple`` (Holm, Benjamini-Hochberg), ``cuped`` (regression adjustment on a pre-exposure
+covariate), ``heterogeneity`` (Cochran's Q across segments), ``power``, ``noninferiority``
 (one-sided tests against a margin, TOST), ``decision`` (recommendation; ``wording`` puts its
 numbers in plain words), ``analysis`` (all views of one comparison). Each module's
 docstring states its exact definitions and the reference it matches.
@@ -76,7 +77,9 @@ from .decision import (
     primary_status,
     recommend,
 )
+from .cuped import Adjusted, CupedMeanStats, CupedRatioStats, cuped_adjust, impute_missing, variance_reduction
 from .frequentist import Comparison, VariantEstimate, compare_estimates, variant_estimate, welch_test
+from .heterogeneity import HeterogeneityResult, heterogeneity_test
 from .multiple import AdjustedPValues, adjust_p_values
 from .noninferiority import EquivalenceResult, NonInferiorityResult, equivalence_test, noninferiority_test
 from .power import (
@@ -115,6 +118,8 @@ from .sufficient import Estimable, MeanStats, RatioStats
 __all__ = [
     # sufficient statistics
     "Estimable", "MeanStats", "RatioStats",
+    # regression adjustment (CUPED)
+    "Adjusted", "CupedMeanStats", "CupedRatioStats", "cuped_adjust", "impute_missing", "variance_reduction",
     # capping
     "DEFAULT_CAP_LEVEL", "apply_cap", "choose_cap", "percentile_cont", "percentile_cont_ranks",
     # frequentist
@@ -132,6 +137,8 @@ __all__ = [
     "sequential_radius", "always_valid_p_value", "mixture_rho", "radius_ratio",
     # bayesian
     "BayesianResult", "bayesian_test", "gaussian_chance_and_loss",
+    # interaction across segments
+    "HeterogeneityResult", "heterogeneity_test",
     # multiple comparisons
     "AdjustedPValues", "adjust_p_values",
     # power

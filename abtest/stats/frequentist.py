@@ -155,8 +155,18 @@ def welch_test(control: Estimable, treatment: Estimable, alpha: float = 0.05) ->
     if m_c == 0.0:
         return Comparison(**base, absolute=absolute, relative=None,
                           relative_error=MSG_ZERO_BASELINE)
-    rel_var = v_t / (n_t * m_c**2) + v_c * m_t**2 / (n_c * m_c**4)
-    relative = _t_effect(m_t / m_c - 1.0, math.sqrt(rel_var), df, alpha)
+    base_c = getattr(control, "unadjusted_mean", None)
+    if base_c is None:
+        rel_var = v_t / (n_t * m_c**2) + v_c * m_t**2 / (n_c * m_c**4)
+        relative = _t_effect(m_t / m_c - 1.0, math.sqrt(rel_var), df, alpha)
+        return Comparison(**base, absolute=absolute, relative=relative)
+    # Regression-adjusted (CUPED): the difference of adjusted means over the control's plain
+    # mean, with the plain means in the delta method (gbstats' frequentist_variance).
+    base_t = getattr(treatment, "unadjusted_mean", m_t)
+    if base_c == 0.0:
+        return Comparison(**base, absolute=absolute, relative=None, relative_error=MSG_ZERO_BASELINE)
+    rel_var = v_t / (n_t * base_c**2) + v_c * base_t**2 / (n_c * base_c**4)
+    relative = _t_effect((m_t - m_c) / base_c, math.sqrt(rel_var), df, alpha)
     return Comparison(**base, absolute=absolute, relative=relative)
 
 

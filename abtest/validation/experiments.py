@@ -56,6 +56,9 @@ __all__ = [
     "parse_targeting",
     "parse_forced",
     "parse_policy",
+    "parse_cuped",
+    "parse_dimensions",
+    "UNIT_ATTRIBUTES",
     "DECISIONS",
     "METRIC_KINDS",
 ]
@@ -65,7 +68,7 @@ __all__ = [
 BUILTIN_METRICS: dict[str, str] = builtin_directions()
 DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
 MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics",
-                  "decision", "quality_sample", "treatment_paused")
+                  "decision", "quality_sample", "cuped", "dimensions", "treatment_paused")
 DECISIONS = ("superiority", "non_inferiority")
 METRIC_KINDS = ("binary", "count", "sum", "cost_per_event")
 CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])
@@ -76,6 +79,16 @@ WEIGHT_TOLERANCE = 1e-6
 # a longer one, which could never match, is refused rather than stored).
 MAX_TARGETING_TEXT = 200
 MAX_UNIT_ID = 200
+# Segments: the unit attributes a dimension may break results down by (besides those the
+# experiment targets on), at most MAX_DIMENSIONS of them with at most MAX_LEVELS named levels
+# each (every other value counts as "other"), and the longest CUPED lookback.
+UNIT_ATTRIBUTES = ("country", "region", "language", "device", "platform", "os", "browser", "app_version",
+                   "plan", "tier", "channel", "cohort")
+MAX_DIMENSIONS = 5
+MAX_LEVELS = 20
+OTHER_LEVEL = "other"
+MAX_LOOKBACK_DAYS = 365
+DEFAULT_LOOKBACK_DAYS = 14
 
 
 def parse_variants(raw: Any, is_engine: Callable[[str], bool]) -> list[dict[str, Any]]:
@@ -201,6 +214,67 @@ def parse_policy(decision: str, metrics: list[dict[str, Any]], quality_sample: f
         if v.get("quality_reference") is not None and quality_sample is None and not v["shadow"]:
             raise ValidationError(f"variants[{i}].quality_reference",
                                   "needs quality_sample (the share of requests to score) on the experiment")
+
+
+def parse_cuped(raw: Any) -> tuple[bool, int]:
+    """``"cuped": {"enabled": true, "lookback_days": 14}`` (both optional) or ``false`` to turn
+    regression adjustment off: (enabled, lookback in whole days, 1 to 365)."""
+    if isinstance(raw, bool):
+        return raw, DEFAULT_LOOKBACK_DAYS
+    c = Fields({"cuped": raw}, ["cuped"]).obj("cuped")
+    f = Fields(c, ["enabled", "lookback_days"], "cuped")
+    days = f.num("lookback_days", DEFAULT_LOOKBACK_DAYS)
+    if days != int(days) or not 1 <= days <= MAX_LOOKBACK_DAYS:
+        raise ValidationError("cuped.lookback_days", f"must be a whole number of days from 1 to "
+                              f"{MAX_LOOKBACK_DAYS} (the window before a unit's first exposure), got {days!r}")
+    return bool(f.bool("enabled", True)), int(days)
+
+
+def parse_dimensions(raw: Any, targeting: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``"dimensions": [{"attribute": "country", "levels": ["US", "DE"]}]``: the unit attributes
+    the report breaks every metric down by. ``attribute`` is one of :data:`UNIT_ATTRIBUTES` or an
+    attribute the experiment targets on; ``levels`` (1 to :data:`MAX_LEVELS` distinct strings,
+    not "other") are kept as they are and every other value as "other"."""
+    items = Fields({"dimensions": raw}, ["dimensions"]).list("dimensions", max_len=MAX_DIMENSIONS)
+    known = {*UNIT_ATTRIBUTES, *(r["attribute"] for r in targeting)}
+    out, seen = [], set()
+    for i, item in enumerate(items):
+        path = f"dimensions[{i}]"
+        d = Fields(item, ["attribute", "levels"], path)
+        attribute = d.str("attribute", max_len=100)
+        if attribute not in known:
+            raise ValidationError(f"{path}.attribute", f"unknown attribute {attribute!r}: a dimension is one of "
+                                  f"{', '.join(sorted(known))}")
+        if attribute in seen:
+            raise ValidationError(f"{path}.attribute", f"duplicate dimension {attribute!r}")
+        seen.add(attribute)
+        levels = d.list("levels", max_len=10_000)
+        if not 1 <= len(levels) <= MAX_LEVELS:
+            raise ValidationError(f"{path}.levels", f"a dimension has 1 to {MAX_LEVELS} levels (the rest count as "
+                                  f"{OTHER_LEVEL!r}), got {len(levels)}")
+        for j, level in enumerate(levels):
+            if not isinstance(level, str) or not level or len(level) > 100 or level == OTHER_LEVEL:
+                raise ValidationError(f"{path}.levels[{j}]", f"must be a non-empty string of at most 100 "
+                                      f"characters other than {OTHER_LEVEL!r}")
+        if len(set(levels)) != len(levels):
+            raise ValidationError(f"{path}.levels", "levels must be distinct")
+        check_json(levels, f"{path}.levels", max_len=100)
+        out.append({"attribute": attribute, "levels": list(levels)})
+    return out
+
+
+def segment_levels(dimensions: list[dict[str, Any]] | None, attributes: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """A unit's level per dimension: its attribute's value when declared, else "other"."""
+    if not dimensions:
+        return None
+    attributes = attributes or {}
+    out = {}
+    for d in dimensions:
+        value = attributes.get(d["attribute"])
+        value = value if isinstance(value, str) else (str(value) if isinstance(value, (int, float))
+                                                      and not isinstance(value, bool) else None)
+        out[d["attribute"]] = value if value in d["levels"] else OTHER_LEVEL
+    return out
 
 
 def parse_targeting(raw: Any) -> list[dict[str, Any]]:

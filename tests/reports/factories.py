@@ -44,9 +44,11 @@ class Factory:
     def close(self) -> None:
         self.engine.dispose()
 
-    def exposure(self, unit: str, variant: str, first_seen: datetime = T0, *, phase: int | None = None) -> None:
+    def exposure(self, unit: str, variant: str, first_seen: datetime = T0, *, phase: int | None = None,
+                 segments: dict[str, str] | None = None) -> None:
         row = {"experiment_id": self.experiment_id, "phase": self.phase if phase is None else phase, "unit_id": unit,
-               "variant": variant, "first_seen": first_seen, "last_seen": first_seen, "count": 1}
+               "variant": variant, "first_seen": first_seen, "last_seen": first_seen, "count": 1,
+               "segments": segments}
         self.log.exposures.append(row)
 
     def request(self, unit: str, variant: str, latency_ms: float, status: str = "ok", *,
