@@ -47,8 +47,8 @@ def cli() -> None:
 # --- serve -------------------------------------------------------------------------------
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every interface)")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port to listen on")
 @click.option("--workers", default=1, show_default=True, type=int, help="gunicorn worker processes")
 @click.option("--threads", default=None, type=int,
               help="threads per worker (default: every engine's in-flight limit plus 8)")
@@ -69,7 +69,8 @@ def serve(host: str, port: int, workers: int, threads: int | None) -> None:
 @click.option("--engine", required=True, help="engine name, e.g. v1-fp32 or v2-int4")
 @click.option("--device", default=None, help="override the spec's device, e.g. cuda:0")
 @click.option("--concurrency", default=None, type=int, help="worker threads (default: the batch size, at most 64)")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True,
+              help="Celery's log level in text mode (in JSON mode ABTEST_LOG_LEVEL applies)")
 def worker(engine: str, device: str | None, concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker for one engine's queue (needs ABTEST_BROKER_URL)."""
     from .config import ConfigError

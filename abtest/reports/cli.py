@@ -27,7 +27,7 @@ __all__ = ["report"]
 @click.option("--cap", type=click.FloatRange(0.5, 1.0, min_open=True, max_open=True),
               help="winsorize latency at this pooled quantile level, e.g. 0.99")
 @click.option("--alpha", type=click.FloatRange(0.0, 0.5, min_open=True, max_open=True), default=0.05,
-              show_default=True)
+              show_default=True, help="significance level of every CI and test (0.05: 95 % intervals)")
 @click.option("--mde", type=click.FloatRange(0.0, min_open=True), default=0.05, show_default=True,
               help="relative minimum detectable effect for the power plan")
 @click.option("--phase", type=click.IntRange(min=1), default=None,
