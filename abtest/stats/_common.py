@@ -26,6 +26,7 @@ __all__ = [
     "MSG_TOO_FEW_UNITS",
     "MSG_ZERO_VARIANCE",
     "MSG_ZERO_BASELINE",
+    "MSG_ZERO_RELATIVE_VARIANCE",
     "MSG_ZERO_DENOMINATOR",
     "MSG_TOO_FEW_FOR_QUANTILE",
     "check_alpha",
@@ -59,6 +60,10 @@ MSG_EMPTY_VARIANT = Failure("empty_variant", "a variant has no units yet")
 MSG_TOO_FEW_UNITS = Failure("too_few_units", "a variant has fewer than 2 units; its variance is undefined")
 MSG_ZERO_VARIANCE = Failure("zero_variance", "both variants have zero variance; no test is possible")
 MSG_ZERO_BASELINE = Failure("zero_baseline", "the control mean is zero; a relative lift is undefined")
+MSG_ZERO_RELATIVE_VARIANCE = Failure(
+    "zero_relative_variance",
+    "the treatment is constant at zero, so the relative lift's delta-method variance is zero; "
+    "read the absolute difference")
 MSG_ZERO_DENOMINATOR = Failure("zero_denominator", "a ratio metric has a zero denominator sum (no requests)")
 MSG_TOO_FEW_FOR_QUANTILE = Failure(
     "too_few_for_quantile", "too few requests for a confidence interval at this quantile level"

@@ -41,6 +41,7 @@ from ._common import (
     MSG_TOO_FEW_UNITS,
     MSG_ZERO_BASELINE,
     MSG_ZERO_DENOMINATOR,
+    MSG_ZERO_RELATIVE_VARIANCE,
     MSG_ZERO_VARIANCE,
     Effect,
     check_alpha,
@@ -158,6 +159,8 @@ def welch_test(control: Estimable, treatment: Estimable, alpha: float = 0.05) ->
     base_c = getattr(control, "unadjusted_mean", None)
     if base_c is None:
         rel_var = v_t / (n_t * m_c**2) + v_c * m_t**2 / (n_c * m_c**4)
+        if not rel_var > 0.0:  # treatment constant at 0 (e.g. no conversion at all): no relative CI
+            return Comparison(**base, absolute=absolute, relative=None, relative_error=MSG_ZERO_RELATIVE_VARIANCE)
         relative = _t_effect(m_t / m_c - 1.0, math.sqrt(rel_var), df, alpha)
         return Comparison(**base, absolute=absolute, relative=relative)
     # Regression-adjusted (CUPED): the difference of adjusted means over the control's plain
@@ -166,6 +169,8 @@ def welch_test(control: Estimable, treatment: Estimable, alpha: float = 0.05) ->
     if base_c == 0.0:
         return Comparison(**base, absolute=absolute, relative=None, relative_error=MSG_ZERO_BASELINE)
     rel_var = v_t / (n_t * base_c**2) + v_c * base_t**2 / (n_c * base_c**4)
+    if not rel_var > 0.0:
+        return Comparison(**base, absolute=absolute, relative=None, relative_error=MSG_ZERO_RELATIVE_VARIANCE)
     relative = _t_effect((m_t - m_c) / base_c, math.sqrt(rel_var), df, alpha)
     return Comparison(**base, absolute=absolute, relative=relative)
 
