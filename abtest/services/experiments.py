@@ -71,7 +71,7 @@ def create_experiment(
         forced=spec.parse_forced(f.obj("forced", {}), keys),
         created_at=now(), updated_at=now(), version=1, treatment_paused=False,
         decision=f.choice("decision", list(spec.DECISIONS), "superiority"),
-        quality_sample=_quality_sample(f),
+        quality_sample=_quality_sample(f), sticky=f.bool("sticky", False),
     )
     metrics = spec.parse_metrics(f.list("metrics", []))
     spec.parse_policy(exp.decision, metrics, exp.quality_sample, variants)
@@ -198,6 +198,8 @@ def update_experiment(
         exp.decision = f.choice("decision", list(spec.DECISIONS))
     if f.has("quality_sample"):
         exp.quality_sample = _quality_sample(f)
+    if f.has("sticky"):
+        exp.sticky = f.bool("sticky")
     metrics = spec.parse_metrics(f.list("metrics")) if f.has("metrics") else [
         {c: getattr(m, c) for c in ("name", "event_name", "kind", "role", "direction", "margin", "test")}
         for m in exp.metrics]
@@ -298,7 +300,7 @@ def experiment_view(exp: Experiment) -> dict[str, Any]:
     return {
         "key": exp.key, "name": exp.name, "hypothesis": exp.hypothesis, "owner": exp.owner,
         "status": exp.status, "coverage": exp.coverage, "phase": exp.phase,
-        "decision": exp.decision, "quality_sample": exp.quality_sample,
+        "decision": exp.decision, "quality_sample": exp.quality_sample, "sticky": exp.sticky,
         "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight,
                       "control": v.is_control, "shadow": v.shadow,
                       **({"quality_reference": v.quality_reference} if v.quality_reference else {}),
@@ -326,7 +328,7 @@ def to_config(exp: Experiment) -> ExperimentConfig:
                        for v in exp.variants),
         targeting=tuple(exp.targeting or ()), forced=dict(exp.forced or {}),
         layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
-        treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample,
+        treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample, sticky=bool(exp.sticky),
     )
 
 

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from ..errors import (ABTestError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout,
                       ValidationError)
-from ..evaluator import Assignment, ExperimentConfig
+from ..evaluator import Assignment, ExperimentConfig, should_store
 from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
 from .assigner import Assigner
 from .outcomes import OutcomeLog
@@ -157,7 +157,8 @@ class InferenceService:
                config: ExperimentConfig, request_id: str, t0: float, started: datetime) -> dict[str, Any]:
         row = {"request_id": request_id, "experiment_id": config.id, "phase": config.phase,
                "variant": assignment.variant, "engine": assignment.engine, "unit_id": unit_id,
-               "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started}
+               "in_experiment": assignment.in_experiment, "shadow": False, "started_at": started,
+               "sticky_fresh": should_store(config, assignment)}  # not a column: goes with the exposure
         shadow = self._start_shadow(assignment, config, unit_id, params)
         control: Mapping[str, Any] | None = None
         try:
@@ -244,7 +245,8 @@ class InferenceService:
                        completion_tokens=result["completion_tokens"], batch_size=result["batch_size"],
                        **_cost_columns(result, self.prices.get(row["engine"])))
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
-        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"])
+        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"],
+                     bool(row.get("sticky_fresh")))
                     if row["in_experiment"] else None)  # committed with its outcome row
         # the commit may take what is left of the caller's timeout, plus at most a second
         self.outcomes.write(row, exposure, timeout=min(5.0, max(1.0, t0 + self.timeout_s + 0.9 - time.perf_counter())))
