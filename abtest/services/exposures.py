@@ -103,12 +103,19 @@ def ingest_exposures(db: Database, config_of: Callable[[str], ExperimentConfig],
     raw = body["exposures"]
     if len(raw) > MAX_BATCH:
         raise PayloadTooLarge(f"at most {MAX_BATCH} exposures per request, got {len(raw)}")
+    known: dict[str, ExperimentConfig] = {}
+
+    def config(key: str) -> ExperimentConfig:  # one lookup per experiment and batch
+        if key not in known:
+            known[key] = config_of(key)
+        return known[key]
+
     items: dict[str, tuple[Any, ...]] = {}
     rejected: list[Rejection] = []
     valid = 0
     for i, item in enumerate(raw):
         try:
-            exposure_id, entry = _item(item, config_of, now + MAX_FUTURE)
+            exposure_id, entry = _item(item, config, now + MAX_FUTURE)
         except _Bad as exc:
             rejected.append(Rejection(i, str(exc)))
             continue
@@ -120,10 +127,11 @@ def ingest_exposures(db: Database, config_of: Callable[[str], ExperimentConfig],
 
 def _store(db: Database, items: dict[str, tuple[Any, ...]], now: datetime) -> int:
     insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
-    ids = (insert(ExposureId).on_conflict_do_nothing(index_elements=["exposure_id"])
-           .returning(ExposureId.exposure_id))
+    table = ExposureId.__table__
+    ids = insert(table).on_conflict_do_nothing(index_elements=["exposure_id"]).returning(table.c.exposure_id)
     with db.transaction() as session:
-        new = set(session.scalars(ids, [{"exposure_id": k, "received_at": now} for k in sorted(items)]))
+        conn = session.connection()  # Core: one multi-row INSERT ... RETURNING per batch
+        new = set(conn.execute(ids, [{"exposure_id": k, "received_at": now} for k in sorted(items)]).scalars())
         fresh = [items[k] for k in sorted(new)]
         if fresh:
             session.execute(exposure_upsert(db.dialect), aggregate_exposures(fresh))
