@@ -109,8 +109,8 @@ class AsyncClient:
             if not local.started:
                 await local.start()
             result = local.evaluator.assign(experiment, unit_id, attributes)
-            if len(local.evaluator.exposures) >= self._options.batch_size:
-                await local.drain()
+            if len(local.evaluator.exposures) >= self._options.max_buffer:
+                await local.drain()  # awaits only while the pipeline's buffer is full
             return result
         call = assign_call(experiment, unit_id, attributes)  # ValueError before any request
         return await self._request(call, timeout)  # type: ignore[no-any-return]

@@ -55,7 +55,7 @@ class AsyncLocal:
         self.evaluator.accept(response)
 
     async def drain(self) -> None:
-        for item in self.evaluator.exposures.drain():
+        for item in self.evaluator.exposures.drain():  # awaits only when the buffer is full ("block")
             await self.exposures.put(item)
 
     async def _refresh_loop(self) -> None:

@@ -65,13 +65,11 @@ class _Local(NamedTuple):
     push: PushListener | None
 
     def drain(self) -> None:
-        for item in self.evaluator.exposures.drain():
-            self.exposures.put(item)
+        _drain(self.evaluator, self.exposures)
 
 
 def _drain(evaluator: LocalEvaluator, exposures: EventPipeline) -> None:
-    for item in evaluator.exposures.drain():
-        exposures.put(item)
+    exposures.put_many(evaluator.exposures.drain())
 
 
 def _pushed(evaluator: LocalEvaluator, refresher: Refresher, version: str) -> None:
@@ -231,8 +229,8 @@ class Client:
             if self._closed:
                 raise ClientClosedError("client is closed")
             result = local.evaluator.assign(experiment, unit_id, attributes)
-            if len(local.evaluator.exposures) >= self._options.batch_size:
-                local.drain()
+            if len(local.evaluator.exposures) >= self._options.max_buffer:
+                local.refresher.drain_soon()  # the refresher thread drains; assign never blocks
             return result
         return self._request(assign_call(experiment, unit_id, attributes), timeout)  # type: ignore[no-any-return]
 

@@ -27,13 +27,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import httpx
 
 from . import definitions as defs
-from ._events import check_json, check_text
+from ._events import MAX_LENGTHS, check_json, check_text
 from ._exceptions import DefinitionsUnavailableError, NotFoundError
 from ._models import AssignResult
 from .evaluation import ExperimentConfig, assign, should_store
@@ -46,6 +45,7 @@ DEFINITIONS_PATH = "/v1/sdk/definitions"
 STREAM_PATH = "/v1/sdk/definitions/stream"
 EVALUATIONS = ("remote", "local")
 UNAVAILABLE_POLICIES = ("fallback", "raise")
+_MAX_UNIT = MAX_LENGTHS["unit_id"]
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,12 @@ class ExposureBuffer:
     def drain(self) -> list[dict[str, Any]]:
         with self._lock:
             items, self._items = self._items, {}
-        return [{"exposure_id": f"{self._prefix}-{next(self._ids)}", "experiment": exp, "phase": phase,
-                 "unit_id": unit, "variant": variant, "first_seen": _iso(first), "last_seen": _iso(last),
+        prefix, ids = self._prefix, self._ids
+        # times as seconds since the epoch (the server takes them or ISO-8601): cheap to write
+        return [{"exposure_id": f"{prefix}-{next(ids)}", "experiment": exp, "phase": phase,
+                 "unit_id": unit, "variant": variant, "first_seen": round(first, 3), "last_seen": round(last, 3),
                  "count": count, "sticky": sticky}
                 for (exp, phase, unit), (variant, first, last, count, sticky) in items.items()]
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 class LocalEvaluator:
@@ -121,7 +119,7 @@ class LocalEvaluator:
         self._confirmed_at: float | None = None
         self._counts = dict.fromkeys(("fetched", "not_modified", "rejected", "refresh_failures"), 0)
         self._last_error: str | None = None
-        self._results: dict[tuple[Any, ...], AssignResult] = {}
+        self._results: dict[int, tuple[Any, AssignResult]] = {}
 
     @property
     def loaded(self) -> bool:
@@ -168,12 +166,14 @@ class LocalEvaluator:
     # ------------------------------------------------------------ assignment
     def assign(self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None) -> AssignResult:
         """The remote ``assign``'s answer, computed here; records the exposure to send."""
-        check_text("experiment", experiment)
-        check_text("unit_id", unit_id)
+        if not (type(unit_id) is str and 0 < len(unit_id) <= _MAX_UNIT and unit_id.isascii()
+                and "\x00" not in unit_id and not unit_id.isspace()):
+            check_text("unit_id", unit_id)  # the common case above; the full check says what is wrong
         if attributes is not None:
             check_json("attributes", attributes)
-        config = self.configs.get(experiment)
+        config = self.configs.get(experiment) if type(experiment) is str else None
         if config is None:
+            check_text("experiment", experiment)  # a known key is valid: only unknown ones are checked
             if not self.loaded:
                 return self._unavailable(experiment)
             raise NotFoundError(404, "not_found", f"no experiment with key {experiment!r}",
@@ -186,18 +186,20 @@ class LocalEvaluator:
             sticky.save(experiment, unit_id, result.variant)
         if result.in_experiment:
             self.exposures.add(experiment, config.phase, unit_id, result.variant, fresh)
-        return self._result(experiment, result.variant, result.engine, result.in_experiment, result.reason)
+        # The evaluator answers with one object per distinct answer of a snapshot, and so do we.
+        # Each entry holds its Assignment, so that id cannot be reused while the entry exists.
+        entry = self._results.get(id(result))
+        if entry is None or entry[0] is not result:
+            entry = self._results[id(result)] = (result, self._result(
+                experiment, result.variant, result.engine, result.in_experiment, result.reason))
+        return entry[1]
 
-    def _result(self, experiment: str, variant: str | None, engine: str | None, enrolled: bool,
+    @staticmethod
+    def _result(experiment: str, variant: str | None, engine: str | None, enrolled: bool,
                 reason: str) -> AssignResult:
-        key = (experiment, variant, engine, enrolled, reason)
-        found = self._results.get(key)
-        if found is None:  # results are immutable: one object per distinct answer
-            found = self._results[key] = AssignResult(
-                experiment, variant, engine, enrolled, reason,
-                raw={"experiment": experiment, "variant": variant, "engine": engine,
-                     "in_experiment": enrolled, "reason": reason})
-        return found
+        return AssignResult(experiment, variant, engine, enrolled, reason,
+                            raw={"experiment": experiment, "variant": variant, "engine": engine,
+                                 "in_experiment": enrolled, "reason": reason})
 
     def _unavailable(self, experiment: str) -> AssignResult:
         if self.on_unavailable == "raise":

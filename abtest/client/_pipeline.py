@@ -123,6 +123,23 @@ class EventPipeline:
             if self._thread is None:
                 self._start_thread()
 
+    def put_many(self, events: list[dict[str, Any]]) -> None:
+        """``put`` of each event in order, under one lock (the exposure drain's hot path)."""
+        with self._cond:
+            if self._closing:
+                raise ClientClosedError("put on a closed client")
+            was_empty = not self._buf
+            for event in events:
+                if len(self._buf) >= self._capacity:
+                    self._make_room()
+                self._seq += 1
+                self._buf.append(_Record(self._seq, self._clock(), event))
+            self._counts["tracked"] += len(events)
+            if events and (was_empty or len(self._buf) >= self._batch_size):
+                self._cond.notify_all()
+            if events and self._thread is None:
+                self._start_thread()
+
     def _make_room(self) -> None:
         """Called with the lock held and the buffer full."""
         if self._on_full == "raise":

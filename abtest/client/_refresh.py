@@ -45,25 +45,33 @@ class Refresher:
         self._fetch, self._drain = fetch, drain
         self.refresh_interval, self.flush_interval = refresh_interval, flush_interval
         self._wake, self._stop = threading.Event(), threading.Event()
+        self._refresh_now = False
         self.refreshes = 0  # definitions requests made by this thread
         self._thread = threading.Thread(target=self._run, name="abtest-definitions", daemon=True)
         self._thread.start()
 
     def poke(self) -> None:
         """Refresh now (a push said the definitions changed)."""
+        self._refresh_now = True
         self._wake.set()
+
+    def drain_soon(self) -> None:
+        """Hand the exposures to the pipeline now (the aggregate is large), without a refresh."""
+        if not self._wake.is_set():  # called on every assign while the aggregate is large
+            self._wake.set()
 
     def _run(self) -> None:
         clock = time.monotonic
         next_refresh = clock() + self.refresh_interval
         while not self._stop.is_set():
-            woke = self._wake.wait(max(0.0, min(next_refresh - clock(), self.flush_interval)))
+            self._wake.wait(max(0.0, min(next_refresh - clock(), self.flush_interval)))
             if self._stop.is_set():
                 return
             self._wake.clear()
+            pushed, self._refresh_now = self._refresh_now, False
             try:
                 self._drain()
-                if woke or clock() >= next_refresh:
+                if pushed or clock() >= next_refresh:
                     next_refresh = clock() + self.refresh_interval
                     self._fetch()
                     self.refreshes += 1

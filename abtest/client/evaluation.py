@@ -54,8 +54,15 @@ _SCALE = float(2**64)
 
 def bucket(namespace: str, unit_id: str) -> float:
     """Uniform, deterministic position of ``unit_id`` in [0, 1) for ``namespace``."""
-    digest = hashlib.sha256(f"{namespace}{_SEP}{unit_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / _SCALE
+    return _position(f"{namespace}{_SEP}".encode(), unit_id)
+
+
+def _position(prefix: bytes, unit_id: str) -> float:
+    """``bucket`` with the namespace and separator already encoded (the hot path)."""
+    return int.from_bytes(_sha256(prefix + unit_id.encode()).digest()[:8], "big") / _SCALE
+
+
+_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True)
@@ -88,12 +95,40 @@ class ExperimentConfig:
     quality_sample: float | None = None  # share of served requests scored for output quality
     sticky: bool = False  # units keep their variant across weight changes (see the module doc)
 
+    # Derived once per snapshot (the hot path reads these, never recomputes them).
+    _control: VariantConfig | None = field(default=None, init=False, repr=False, compare=False)
+    _by_key: Mapping[str, VariantConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _cumulative: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
+    _prefixes: tuple[bytes, bytes, bytes] = field(default=(b"", b"", b""), init=False, repr=False, compare=False)
+    _memo: dict[tuple[str | None, str], "Assignment"] = field(default_factory=dict, init=False, repr=False,
+                                                               compare=False)
+
+    def __post_init__(self) -> None:
+        total, running, cumulative = sum(v.weight for v in self.variants), 0.0, []
+        for v in self.variants:
+            running += v.weight / total if total else 0.0
+            cumulative.append(running)
+        derived = {
+            "_control": next((v for v in self.variants if v.is_control), None),
+            "_by_key": {v.key: v for v in reversed(self.variants)},  # the first of a key wins, as next() did
+            "_cumulative": tuple(cumulative),
+            "_prefixes": tuple(f"{ns}{_SEP}".encode() for ns in (
+                f"layer:{self.layer}", f"{self.salt}:coverage", f"{self.salt}:{self.phase}:variant")),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
     @property
     def control(self) -> VariantConfig:
-        return next(v for v in self.variants if v.is_control)
+        if self._control is None:
+            raise StopIteration  # as before: an experiment without a control cannot assign
+        return self._control
 
     def variant(self, key: str) -> VariantConfig:
-        return next(v for v in self.variants if v.key == key)
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise StopIteration from None
 
 
 @dataclass(frozen=True)
@@ -118,21 +153,22 @@ def assign(
     control = exp.control
     if exp.status != "running":
         return _out(exp, control, "not_running")
-    if unit_id in exp.forced:
+    if exp.forced and unit_id in exp.forced:
         # QA allow-list: the unit sees its forced variant, but is left out of the analysis.
         forced = exp.variant(exp.forced[unit_id])
         return Assignment(exp.key, forced.key, forced.engine, False, "forced")
     if exp.targeting and not matches_targeting(exp.targeting, attributes or {}):
         return _out(exp, control, "targeting")
-    if sticky is not None and exp.sticky and any(v.key == sticky for v in exp.variants):
-        return _served(exp, exp.variant(sticky), "sticky")
+    if sticky is not None and exp.sticky and sticky in exp._by_key:
+        return _served(exp, exp._by_key[sticky], "sticky")
+    layer_ns, coverage_ns, variant_ns = exp._prefixes
     if exp.layer is not None:
-        pos = bucket(f"layer:{exp.layer}", unit_id)
+        pos = _position(layer_ns, unit_id)
         if not exp.layer_start <= pos < exp.layer_end:
             return _out(exp, control, "layer")
-    if bucket(f"{exp.salt}:coverage", unit_id) >= exp.coverage:
+    if exp.coverage < 1.0 and _position(coverage_ns, unit_id) >= exp.coverage:
         return _out(exp, control, "coverage")
-    chosen = _pick(exp.variants, bucket(f"{exp.salt}:{exp.phase}:variant", unit_id))
+    chosen = _pick_cumulative(exp, _position(variant_ns, unit_id))
     return _served(exp, chosen, "assigned")
 
 
@@ -141,22 +177,31 @@ def should_store(exp: ExperimentConfig, result: Assignment) -> bool:
     return exp.sticky and result.reason == "assigned"
 
 
-def _pick(variants: Sequence[VariantConfig], position: float) -> VariantConfig:
-    total = sum(v.weight for v in variants)
-    cumulative = 0.0
-    for v in variants:
-        cumulative += v.weight / total
+def _pick_cumulative(exp: ExperimentConfig, position: float) -> VariantConfig:
+    """The variant whose cumulative share (weights in variant order, precomputed) first exceeds ``position``."""
+    for v, cumulative in zip(exp.variants, exp._cumulative):
         if position < cumulative:
             return v
-    return variants[-1]  # float rounding at the very top of [0, 1)
+    return exp.variants[-1]  # float rounding at the very top of [0, 1)
 
 
 def _out(exp: ExperimentConfig, control: VariantConfig, reason: str) -> Assignment:
-    return Assignment(exp.key, control.key, control.engine, False, reason)
+    found = exp._memo.get((None, reason))
+    if found is None:  # answers are immutable and few per snapshot: built once each
+        found = exp._memo[(None, reason)] = Assignment(exp.key, control.key, control.engine, False, reason)
+    return found
 
 
 def _served(exp: ExperimentConfig, chosen: VariantConfig, reason: str) -> Assignment:
-    control = exp.control
+    found = exp._memo.get((chosen.key, reason))
+    if found is None:
+        found = exp._memo[(chosen.key, reason)] = _serve(exp, chosen, reason)
+    return found
+
+
+def _serve(exp: ExperimentConfig, chosen: VariantConfig, reason: str) -> Assignment:
+    control = exp._control
+    assert control is not None
     if chosen.shadow:
         # Shadow variants are dark launches: the control serves, the shadow engine gets a copy.
         return Assignment(exp.key, chosen.key, control.engine, True, reason, chosen.engine)

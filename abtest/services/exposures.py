@@ -11,7 +11,8 @@ against the experiment (its variants, its current phase); a bad item is rejected
 siblings are stored.
 
 Item: ``{"exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen",
-"last_seen", "count", "sticky"}`` (``count`` >= 1, default 1; ``sticky`` default false).
+"last_seen", "count", "sticky"}`` (``count`` >= 1, default 1; ``sticky`` default false; times
+as ISO-8601 or seconds since the epoch).
 """
 
 from __future__ import annotations
@@ -54,9 +55,17 @@ def _text(item: dict[str, Any], key: str) -> str:
 
 
 def _time(item: dict[str, Any], key: str, latest: datetime) -> datetime:
+    """ISO-8601 (naive means UTC) or seconds since the epoch (what the SDK sends)."""
     raw = item.get(key)
+    if type(raw) in (int, float):
+        if not 0 <= raw < 253_402_300_800:  # up to 9999-12-31
+            raise _Bad(f"{key}: seconds since the epoch must be in [0, 253402300800)")
+        ts = datetime.fromtimestamp(raw, timezone.utc)
+        if ts > latest:
+            raise _Bad(f"{key}: more than {int(MAX_FUTURE.total_seconds() // 60)} minutes in the future")
+        return ts
     if type(raw) is not str:
-        raise _Bad(f"{key}: must be an ISO-8601 date-time string")
+        raise _Bad(f"{key}: must be an ISO-8601 date-time string or seconds since the epoch")
     try:
         ts = datetime.fromisoformat(raw)
         ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
