@@ -125,20 +125,22 @@ class EventPipeline:
 
     def put_many(self, events: list[dict[str, Any]]) -> None:
         """``put`` of each event in order, under one lock (the exposure drain's hot path)."""
+        if not events:
+            return
         with self._cond:
             if self._closing:
                 raise ClientClosedError("put on a closed client")
-            was_empty = not self._buf
+            if self._thread is None:
+                self._start_thread()
+            self._cond.notify_all()  # the sender decides: a batch may be due as the buffer fills
             for event in events:
                 if len(self._buf) >= self._capacity:
+                    self._cond.notify_all()
                     self._make_room()
                 self._seq += 1
                 self._buf.append(_Record(self._seq, self._clock(), event))
-            self._counts["tracked"] += len(events)
-            if events and (was_empty or len(self._buf) >= self._batch_size):
-                self._cond.notify_all()
-            if events and self._thread is None:
-                self._start_thread()
+                self._counts["tracked"] += 1
+            self._cond.notify_all()
 
     def _make_room(self) -> None:
         """Called with the lock held and the buffer full."""

@@ -140,3 +140,14 @@ def test_async_client_evaluates_locally_with_the_same_results() -> None:
     with Client("http://x", "k", transport=httpx.MockTransport(server.handler), evaluation="local") as c:
         assert [c.assign("exp", f"u{i}") for i in range(50)] == results
     assert {r.reason for r in results} == {"assigned"} and len({r.variant for r in results}) == 2
+
+
+def test_more_exposures_than_the_buffer_holds_are_all_delivered() -> None:
+    server = Definitions(defs.document([_config(weight=0.5)]))
+    with Client("http://x", "k", transport=httpx.MockTransport(server.handler), evaluation="local",
+                refresh_interval=3600, batch_size=50, max_buffer=50) as c:
+        for i in range(1000):  # 1000 distinct units: one aggregated item each, 20x the buffer
+            c.assign("exp", f"u{i}")
+        assert c.flush(timeout=30)
+        stats = c.exposure_stats
+        assert stats is not None and (stats.tracked, stats.sent, stats.dropped) == (1000, 1000, 0)
