@@ -135,3 +135,12 @@ def test_a_stored_variant_that_no_longer_exists_is_ignored(stored: str, expected
     result = assign(config, "u", None, stored)
     assert result.reason == expected[1]
     assert result.variant == (expected[0] or "control")
+
+
+def test_the_cli_update_flag_sets_sticky() -> None:
+    from abtest.cli_experiments_flags import patch_body
+
+    opts = {f: None for f in ("name", "owner", "hypothesis", "coverage", "decision", "quality_sample", "weights")}
+    body = patch_body({"variants": [], "forced": {}}, {}, {**opts, "force": (), "unforce": (), "files": {},
+                                                          "sticky": True})
+    assert body == {"sticky": True}
