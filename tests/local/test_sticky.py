@@ -144,3 +144,17 @@ def test_the_cli_update_flag_sets_sticky() -> None:
     body = patch_body({"variants": [], "forced": {}}, {}, {**opts, "force": (), "unforce": (), "files": {},
                                                           "sticky": True})
     assert body == {"sticky": True}
+
+
+def test_the_server_assigns_by_plain_hashing_while_its_redis_store_is_down(
+        client, sdk, services, make_experiment) -> None:
+    from abtest.config import Settings
+    from abtest.services.sticky import server_sticky
+
+    services.assigner.sticky = server_sticky(Settings(sticky_redis_url="redis://127.0.0.1:1/0"), services.db)
+    make_experiment("ramp", start=True, sticky=True, variants=_variants(0.5))
+    config = services.configs.get("ramp")
+    replies = [client.post("/v1/assign", json={"experiment": "ramp", "unit_id": u}, headers=sdk) for u in UNITS[:30]]
+    assert {r.status_code for r in replies} == {200}
+    assert [r.get_json()["variant"] for r in replies] == [assign(config, u).variant for u in UNITS[:30]]
+    assert services.assigner.sticky.failures >= 1
