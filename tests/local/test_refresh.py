@@ -81,3 +81,28 @@ def test_a_change_reaches_a_pushed_client_without_a_poll(server: Any) -> None:
         status = client.definitions
         assert status is not None and status.fetched == 2  # the first load, then the pushed change
         print(f"push: seen {time.monotonic() - changed_at:.3f}s after the change (no poll due for an hour)")
+
+
+def test_an_async_client_gets_pushed_changes_too(server: Any) -> None:
+    import asyncio
+
+    from abtest.client import AsyncClient
+
+    base_url, admin, sdk_key = server
+    _start(base_url, admin, "push-async")
+
+    async def run() -> tuple[str | None, str | None, int]:
+        async with AsyncClient(base_url, sdk_key, evaluation="local", refresh_interval=3600, push=True) as client:
+            before = (await client.assign("push-async", "u1")).variant
+            version = client.definitions.version  # type: ignore[union-attr]
+            await asyncio.sleep(0.5)  # lets the stream connect (the change is pushed either way once it has)
+            await asyncio.to_thread(_ramp, base_url, admin, "push-async")
+            end = asyncio.get_running_loop().time() + 60  # a hang guard, not a timing assertion
+            while client.definitions.version == version:  # type: ignore[union-attr]
+                assert asyncio.get_running_loop().time() < end, "the change never arrived"
+                await asyncio.sleep(0.02)
+            after = (await client.assign("push-async", "u1")).variant
+            return before, after, client.definitions.fetched  # type: ignore[union-attr]
+
+    before, after, fetched = asyncio.run(run())
+    assert (before, after, fetched) == ("control", "treatment", 2)
