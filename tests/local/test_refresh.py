@@ -4,7 +4,6 @@ the change; by push, at once (no poll is due). Against a real ``abtest serve``."
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import httpx
