@@ -220,8 +220,8 @@ Examples:
 
 \b
 Mutable fields (-f): name, hypothesis, owner, coverage, variants, targeting, forced,
-metrics, decision, quality_sample, cuped, dimensions, treatment_paused. A targeting rule is
-{"attribute": "country", "op": "in", "value": ["US", "CA"]}; CUPED options are
+metrics, decision, quality_sample, cuped, dimensions, sticky, treatment_paused. A targeting
+rule is {"attribute": "country", "op": "in", "value": ["US", "CA"]}; CUPED options are
 {"enabled": true, "lookback_days": 14}; a dimension is {"attribute": "country", "levels": ["US", "DE"]}.
 """
 
@@ -250,6 +250,8 @@ metrics, decision, quality_sample, cuped, dimensions, treatment_paused. A target
 @click.option("--decision", metavar="POLICY", help="the decision policy: superiority or non_inferiority")
 @click.option("--quality-sample", metavar="SHARE|none",
               help="share of requests whose completions are scored, in (0, 1]; none: no scoring")
+@click.option("--sticky/--no-sticky", default=None,
+              help="keep each unit's variant when the weights change (new units follow the new weights)")
 @click.option("-y", "--yes", is_flag=True, help="apply a change that opens a new phase without asking")
 @click.option("--dry-run", is_flag=True, help="validate and print what would change; write nothing")
 @_writes

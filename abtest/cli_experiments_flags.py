@@ -85,6 +85,8 @@ def patch_body(current: Mapping[str, Any], base: Any, opts: Mapping[str, Any]) -
             payload[field] = opts[field]
     if opts["quality_sample"] is not None:
         payload["quality_sample"] = share_or_none(opts["quality_sample"])
+    if opts.get("sticky") is not None:
+        payload["sticky"] = opts["sticky"]
     if opts["weights"] is not None:
         payload["variants"] = weights(opts["weights"], payload.get("variants", current["variants"]))
     if opts["force"] or opts["unforce"]:

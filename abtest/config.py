@@ -60,6 +60,14 @@ class Settings:
     key_cache_grace_s: float = 300.0
     # In-process cache of experiment configs and API keys (other processes see changes after it).
     cache_ttl_s: float = 2.0
+    # Sticky bucketing: the server's store of sticky assignments. Unset: the database's
+    # sticky_assignments table; a redis:// URL: that Redis (shared with locally evaluating
+    # clients that use a RedisStickyStore on it). Either way rows are written with exposures.
+    sticky_redis_url: str | None = None
+    # GET /v1/sdk/definitions: the refresh interval advertised to clients, and how often a
+    # server-sent-event stream checks for a new version.
+    definitions_refresh_s: float = 30.0
+    definitions_push_check_s: float = 1.0
     # Guardrail checks of running experiments every this many seconds (0 turns them off).
     guardrail_interval_s: float = 300.0
     # When set, an admin API key with this exact value is ensured at start-up (for bootstrapping).

@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 from .config import Settings
 from .db import Database
 from .services.assigner import Assigner, ConfigCache
+from .services.definitions import Definitions
 from .services.inference import Dispatcher, InferenceService
 from .services.keys import KeyCache
 from .services.outcomes import OutcomeLog
 from .services.probe import Probe
 from .services.quality import QualityService
+from .services.sticky import server_sticky
 
 if TYPE_CHECKING:
     from .services.monitor import GuardrailMonitor
@@ -77,7 +79,8 @@ class Services:
         self.keys = KeyCache(settings.cache_ttl_s, settings.key_cache_grace_s)
         self.configs = ConfigCache(self.db, settings.cache_ttl_s, settings.key_cache_grace_s)
         self.outcomes = OutcomeLog(self.db)
-        self.assigner = Assigner(self.configs, self.outcomes.write_exposure)
+        self.assigner = Assigner(self.configs, self.outcomes.write_exposure, server_sticky(settings, self.db))
+        self.definitions = Definitions(self.db, settings.cache_ttl_s)
         self.is_engine = EngineNames(settings)
         self.monitor: GuardrailMonitor | None = None
         self.quality: QualityService | None = None  # built with the inference service
@@ -160,7 +163,11 @@ class Services:
 
             interval = self.settings.guardrail_interval_s
             lock = redis_round_lock(self.settings.broker_url, interval) if self.settings.broker_url else None
-            self.monitor = GuardrailMonitor(self.db, interval, lock, on_pause=self.configs.invalidate).start()
+            self.monitor = GuardrailMonitor(self.db, interval, lock, on_pause=self._paused).start()
+
+    def _paused(self, key: str | None = None) -> None:
+        self.configs.invalidate(key)
+        self.definitions.invalidate()
 
     @property
     def closed(self) -> bool:

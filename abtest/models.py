@@ -10,6 +10,8 @@ Tables
     metrics         metric definitions (built-ins are implicit; event metrics are rows)
     audit_log       append-only record of every change (who, when, what)
     exposures       one row per (experiment, phase, unit): variant, first/last seen, count
+    sticky_assignments  per (experiment, unit) of a sticky experiment: the variant it keeps
+    exposure_ids    ids of exposures sent by locally evaluating clients (idempotency)
     requests        one row per inference request: the outcome log
     events          client-reported events (conversions, values), idempotent by event_id
 
@@ -43,6 +45,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -55,6 +58,8 @@ __all__ = [
     "Metric",
     "AuditEntry",
     "Exposure",
+    "StickyAssignment",
+    "ExposureId",
     "RequestLog",
     "Event",
     "UnitOutcome",
@@ -131,6 +136,8 @@ class Experiment(Base):
     cuped_lookback_days: Mapped[int] = mapped_column(Integer, default=14, server_default="14")
     # Segment dimensions: [{"attribute": "country", "levels": ["US", "DE"]}]; others are "other".
     dimensions: Mapped[list[Any] | None] = mapped_column(JSON, default=list)
+    # Sticky bucketing: units keep their variant across weight changes (sticky_assignments).
+    sticky: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -211,6 +218,29 @@ class Exposure(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     # The unit's level per declared dimension at its first exposure ({"country": "US"}).
     segments: Mapped[dict[str, str] | None] = mapped_column(JSON)
+
+
+class StickyAssignment(Base):
+    """The variant a unit of a sticky experiment keeps, and the phase it was assigned in."""
+
+    __tablename__ = "sticky_assignments"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    unit_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(100))
+    phase: Mapped[int] = mapped_column(Integer)
+    assigned_at: Mapped[datetime]
+
+
+class ExposureId(Base):
+    """Ids of client-sent exposures already counted (a resent batch counts once)."""
+
+    __tablename__ = "exposure_ids"
+
+    exposure_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[datetime]
 
 
 class RequestLog(Base):

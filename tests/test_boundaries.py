@@ -92,6 +92,12 @@ RULES = [
          ("abtest/stats/frequentist.py", "from abtest.db.session import Session\n")),
     Rule("the assignment evaluator is pure", ("abtest/evaluator.py",), PURE,
          ("abtest/evaluator.py", "from .models import Experiment\n")),
+    # (the Redis sticky store imports redis on demand, in RedisStickyStore.from_url)
+    Rule("the shared evaluator, definitions and sticky stores import no server code and no HTTP",
+         ("abtest/client/evaluation.py", "abtest/client/definitions.py", "abtest/client/sticky.py"),
+         (*(m for m in PURE if m != "redis"), "httpx", "abtest.client._client", "abtest.client._async",
+          "abtest.client._http"),
+         ("abtest/client/evaluation.py", "import httpx\n")),
     Rule("the models and the database know no HTTP", ("abtest/models.py", "abtest/db.py"),
          ("flask", "werkzeug", "abtest.app", "abtest.api"),
          ("abtest/db.py", "import flask.globals\n")),

@@ -29,6 +29,7 @@ def create() -> Response:
     with svc.db.transaction() as session:
         exp = svc_exp.create_experiment(session, payload, g.principal.name, svc.is_engine)
         view = svc_exp.experiment_view(exp)
+    svc.definitions.invalidate()
     return _reply(view, 201)
 
 
@@ -60,6 +61,7 @@ def update(key: str) -> Response:
         svc_exp.update_experiment(session, exp, payload, g.principal.name, svc.is_engine)
         view = svc_exp.experiment_view(exp)
     svc.configs.invalidate(key)
+    svc.definitions.invalidate()
     return _reply(view)
 
 
@@ -70,6 +72,7 @@ def _transition(key: str, *, action: str) -> Response:
         svc_exp.transition(session, exp, action, g.principal.name)
         view = svc_exp.experiment_view(exp)
     svc.configs.invalidate(key)
+    svc.definitions.invalidate()
     return _reply(view)
 
 

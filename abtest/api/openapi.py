@@ -24,7 +24,7 @@ _EXPERIMENT_FIELDS = dict(
     name=_STR, hypothesis=_STR, owner=_STR, coverage=_NUM,
     variants={"type": "array", "items": _VARIANT, "minItems": 2},
     targeting={"type": "array", "items": _RULE}, forced=_OBJ,
-    metrics={"type": "array", "items": _METRIC},
+    metrics={"type": "array", "items": _METRIC}, sticky=_BOOL,
 )
 SCHEMAS: dict[str, Any] = {
     "Error": _obj(["error"], error=_obj(["code", "message"], code=_STR, message=_STR, details={}),
@@ -66,6 +66,15 @@ SCHEMAS: dict[str, Any] = {
     "OpenAICompletion": {"type": "object", "description": "chat.completion / text_completion, or SSE chunks "
                          "ending with data: [DONE]; errors in OpenAI's shape {error: {message, type, param, code}}"},
     "ModelList": {"type": "object", "description": "running experiments (and engines for an admin key)"},
+    "Definitions": _obj(["version", "experiments"], version=_STR, experiments={"type": "array", "items": _OBJ}),
+    "EventStream": {"type": "string", "description": "text/event-stream: `event: definitions` frames with "
+                    "{\"version\"}, `: keep-alive` comments; ends after ?max_s seconds"},
+    "Exposure": _obj(["exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen", "last_seen"],
+                     exposure_id={"type": "string", "maxLength": 64}, experiment=_STR, phase=_INT, unit_id=_STR,
+                     variant=_STR, first_seen={}, last_seen={}, count={"type": "integer", "minimum": 1},
+                     sticky=_BOOL),
+    "ExposureBatch": _obj(["exposures"], exposures={"type": "array", "maxItems": 1000,
+                                                    "items": {"$ref": "#/components/schemas/Exposure"}}),
 }
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -91,6 +100,10 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("phase", {"type": "integer", "minimum": 1},
                "read this phase's results (1 = the first); default: the current phase; a phase the "
                "experiment never had is a 404"),
+    ],
+    ("get", "/v1/sdk/definitions/stream"): [
+        _query("max_s", {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 3600, "default": 300},
+               "end the stream after this many seconds (clients reconnect)"),
     ],
     ("get", "/v1/experiments/{key}/export"): [
         {**_query("table", {"type": "string", "enum": ["exposures", "requests", "events"]},
@@ -124,6 +137,12 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("post", "/v1/completions", "OpenAI-compatible text completion", "sdk", "CompletionRequest", 200,
      "OpenAICompletion"),
     ("get", "/v1/models", "OpenAI-compatible model list", "sdk", None, 200, "ModelList"),
+    ("get", "/v1/sdk/definitions", "Every experiment's assignment config, for local evaluation (ETag, 304)",
+     "sdk", None, 200, "Definitions"),
+    ("get", "/v1/sdk/definitions/stream", "Server-sent events announcing new definitions versions", "sdk",
+     None, 200, "EventStream"),
+    ("post", "/v1/exposures", "Exposures of local assignments (idempotent by exposure_id)", "sdk",
+     "ExposureBatch", 202, "EventBatchResult"),
 ]
 
 

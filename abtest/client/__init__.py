@@ -36,6 +36,7 @@ from ._exceptions import (
     TimeoutError,
     TransportError,
 )
+from ._exceptions import DefinitionsUnavailableError
 from ._models import AssignResult, ClientStats, InferResult
 
 __all__ = [
@@ -62,4 +63,5 @@ __all__ = [
     "TimeoutError",
     "BufferFullError",
     "ClientClosedError",
+    "DefinitionsUnavailableError",
 ]

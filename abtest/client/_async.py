@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Mapping, Sequence
@@ -19,6 +20,7 @@ import httpx
 
 from . import _http
 from ._async_pipeline import AsyncEventPipeline
+from ._async_refresh import AsyncLocal
 from ._common import (
     DEFAULTS,
     HEALTH_CALL,
@@ -32,13 +34,19 @@ from ._common import (
 )
 from ._events import make_event
 from ._exceptions import ClientClosedError
+from ._local import DefinitionsStatus, LocalEvaluator
 from ._models import AssignResult, ClientStats, InferResult
+from .sticky import StickyStore
 
 __all__ = ["AsyncClient"]
 
 
 class AsyncClient:
-    """Asyncio client for the abtest HTTP API (see :class:`Client` for policies)."""
+    """Asyncio client for the abtest HTTP API (see :class:`Client` for policies).
+
+    ``evaluation="local"``: as for :class:`Client`; the first load happens in ``async with``
+    (or the first ``assign``), and the refresh and push run as tasks on the client's loop.
+    """
 
     def __init__(
         self,
@@ -56,6 +64,12 @@ class AsyncClient:
         backoff_base: float = DEFAULTS.backoff_base,
         backoff_max: float = DEFAULTS.backoff_max,
         max_retry_after: float = DEFAULTS.max_retry_after,
+        evaluation: str = DEFAULTS.evaluation,
+        refresh_interval: float = DEFAULTS.refresh_interval,
+        push: bool = DEFAULTS.push,
+        sticky_store: StickyStore | None = None,
+        fallback_variant: str = DEFAULTS.fallback_variant,
+        on_unavailable: str = DEFAULTS.on_unavailable,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
@@ -64,6 +78,8 @@ class AsyncClient:
             timeout=timeout, max_retries=max_retries, batch_size=batch_size, flush_interval=flush_interval,
             max_buffer=max_buffer, on_full=on_full, block_timeout=block_timeout, close_timeout=close_timeout,
             backoff_base=backoff_base, backoff_max=backoff_max, max_retry_after=max_retry_after,
+            evaluation=evaluation, refresh_interval=refresh_interval, push=push,
+            fallback_variant=fallback_variant, on_unavailable=on_unavailable,
         )  # ValueError on invalid options
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
@@ -74,11 +90,28 @@ class AsyncClient:
         self._headers = _http.auth_headers(api_key, USER_AGENT)
         self._closed = False
         self._pipeline = AsyncEventPipeline(self._post_events, **options.pipeline_options(self._backoff, sleep))
+        self._local: AsyncLocal | None = None
+        if options.local:
+            evaluator = LocalEvaluator(sticky_store=sticky_store, fallback_variant=fallback_variant,
+                                       on_unavailable=on_unavailable)
+            exposures = AsyncEventPipeline(self._post_exposures, **options.pipeline_options(self._backoff, sleep))
+            self._local = AsyncLocal(self._http, self._headers, evaluator, exposures, timeout=timeout,
+                                     refresh_interval=refresh_interval, flush_interval=flush_interval, push=push)
 
     async def assign(
         self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None,
         *, timeout: float | None = None,
     ) -> AssignResult:
+        local = self._local
+        if local is not None:
+            if self._closed:
+                raise ClientClosedError("client is closed")
+            if not local.started:
+                await local.start()
+            result = local.evaluator.assign(experiment, unit_id, attributes)
+            if len(local.evaluator.exposures) >= self._options.max_buffer:
+                await local.drain()  # awaits only while the pipeline's buffer is full
+            return result
         call = assign_call(experiment, unit_id, attributes)  # ValueError before any request
         return await self._request(call, timeout)  # type: ignore[no-any-return]
 
@@ -141,22 +174,51 @@ class AsyncClient:
             "/v1/events", json={"events": events}, headers=self._headers, timeout=timeout
         )
 
+    async def _post_exposures(self, exposures: list[dict[str, Any]], timeout: float) -> httpx.Response:
+        return await self._http.post(
+            "/v1/exposures", json={"exposures": exposures}, headers=self._headers, timeout=timeout
+        )
+
     async def flush(self, timeout: float | None = None) -> bool:
-        return await self._pipeline.flush(timeout)
+        local = self._local
+        if local is None:
+            return await self._pipeline.flush(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        await local.drain()
+        done = await local.exposures.flush(timeout)
+        return await self._pipeline.flush(None if end is None else max(0.0, end - time.monotonic())) and done
 
     @property
     def stats(self) -> ClientStats:
         return self._pipeline.stats()
 
+    @property
+    def exposure_stats(self) -> ClientStats | None:
+        return None if self._local is None else self._local.exposures.stats()
+
+    @property
+    def definitions(self) -> DefinitionsStatus | None:
+        return None if self._local is None else self._local.evaluator.status
+
+    async def refresh(self) -> DefinitionsStatus:
+        if self._local is None:
+            raise RuntimeError("refresh() needs evaluation='local'")
+        await self._local.fetch()
+        return self._local.evaluator.status
+
     async def aclose(self, timeout: float | None = None) -> ClientStats:
         """Deliver queued events (up to ``timeout``), then close the connections."""
         if not self._closed:
             self._closed = True
+            if self._local is not None:
+                await self._local.close(self.close_timeout if timeout is None else timeout)
             await self._pipeline.close(self.close_timeout if timeout is None else timeout)
             await self._http.aclose()
         return self.stats
 
     async def __aenter__(self) -> "AsyncClient":
+        if self._local is not None:
+            await self._local.start()
         return self
 
     async def __aexit__(

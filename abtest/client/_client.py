@@ -8,7 +8,7 @@ import weakref
 from functools import partial
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import httpx
 
@@ -29,8 +29,11 @@ from ._common import (
 )
 from ._events import make_event
 from ._exceptions import ClientClosedError
+from ._local import DefinitionsStatus, LocalEvaluator
 from ._models import AssignResult, ClientStats, InferResult
 from ._pipeline import EventPipeline
+from ._refresh import PushListener, Refresher, fetch_definitions
+from .sticky import StickyStore
 
 # assign_payload, infer_payload, check_event_options and USER_AGENT live in _common
 # (shared with AsyncClient); re-exported here, where they used to be defined.
@@ -46,13 +49,49 @@ def _post_events(
     return http.post("/v1/events", json={"events": events}, headers=headers, timeout=timeout)
 
 
-def _shutdown(pipeline: EventPipeline, http: httpx.Client, owns_http: bool, timeout: float) -> None:
+def _post_exposures(
+    http: httpx.Client, headers: dict[str, str], exposures: list[dict[str, Any]], timeout: float
+) -> httpx.Response:
+    """POST one exposures batch (local evaluation), like :func:`_post_events`."""
+    return http.post("/v1/exposures", json={"exposures": exposures}, headers=headers, timeout=timeout)
+
+
+class _Local(NamedTuple):
+    """What local evaluation adds to a client: its evaluator, exposure pipeline and threads."""
+
+    evaluator: LocalEvaluator
+    exposures: EventPipeline
+    refresher: Refresher
+    push: PushListener | None
+
+    def drain(self) -> None:
+        _drain(self.evaluator, self.exposures)
+
+
+def _drain(evaluator: LocalEvaluator, exposures: EventPipeline) -> None:
+    exposures.put_many(evaluator.exposures.drain())
+
+
+def _pushed(evaluator: LocalEvaluator, refresher: Refresher, version: str) -> None:
+    if version != evaluator.version:
+        refresher.poke()
+
+
+def _shutdown(pipeline: EventPipeline, http: httpx.Client, owns_http: bool, timeout: float,
+              local: _Local | None = None) -> None:
     """Finalizer: runs at ``close()``, at GC of the client, or at interpreter exit.
 
-    Module-level and given only the pipeline and transport (never the client)
+    Module-level and given only the pipelines, threads and transport (never the client)
     so the registered finalizer does not keep the client alive.
     """
-    pipeline.close(timeout)
+    deadline = time.monotonic() + timeout
+    if local is not None:
+        if local.push is not None:
+            local.push.stop()
+        local.refresher.stop()
+        local.drain()  # the last exposures go out with the rest
+        local.exposures.close(timeout)
+    pipeline.close(max(0.0, deadline - time.monotonic()))
     if owns_http:
         http.close()
 
@@ -88,6 +127,19 @@ class Client:
     server certainly did not act: connection failures before the request was
     sent, 429 and 503 (honouring ``Retry-After``).
 
+    ``evaluation="local"`` evaluates ``assign`` in process (see docs/sdk.md): the client
+    loads the definitions of every experiment at construction (``GET /v1/sdk/definitions``,
+    waiting at most ``timeout``), refreshes them every ``refresh_interval`` seconds in a
+    background thread (``If-None-Match``: a 304 costs no body) and at once on a server push
+    with ``push=True``, and sends the exposures of enrolled units, aggregated per unit, in
+    batches through a second lossless pipeline (``POST /v1/exposures``, idempotent ids;
+    ``exposure_stats``). ``sticky_store`` (e.g. :class:`~abtest.client.sticky.RedisStickyStore`)
+    keeps units of sticky experiments in their variant; a failing store means plain hashing,
+    counted in ``definitions.sticky_failures``. With no definitions loaded yet, ``assign``
+    answers ``fallback_variant`` with reason ``definitions_unavailable`` (or raises
+    :class:`DefinitionsUnavailableError` with ``on_unavailable="raise"``); stale ones keep
+    serving, their age in ``definitions.age_s``.
+
     ``sleep`` and ``rng`` exist so tests can observe backoff without waiting;
     ``transport`` or ``http_client`` let callers plug in their own httpx setup.
     """
@@ -108,6 +160,12 @@ class Client:
         backoff_base: float = DEFAULTS.backoff_base,
         backoff_max: float = DEFAULTS.backoff_max,
         max_retry_after: float = DEFAULTS.max_retry_after,
+        evaluation: str = DEFAULTS.evaluation,
+        refresh_interval: float = DEFAULTS.refresh_interval,
+        push: bool = DEFAULTS.push,
+        sticky_store: StickyStore | None = None,
+        fallback_variant: str = DEFAULTS.fallback_variant,
+        on_unavailable: str = DEFAULTS.on_unavailable,
         transport: httpx.BaseTransport | None = None,
         http_client: httpx.Client | None = None,
         sleep: Callable[[float], None] | None = None,
@@ -117,11 +175,14 @@ class Client:
             timeout=timeout, max_retries=max_retries, batch_size=batch_size, flush_interval=flush_interval,
             max_buffer=max_buffer, on_full=on_full, block_timeout=block_timeout, close_timeout=close_timeout,
             backoff_base=backoff_base, backoff_max=backoff_max, max_retry_after=max_retry_after,
+            evaluation=evaluation, refresh_interval=refresh_interval, push=push,
+            fallback_variant=fallback_variant, on_unavailable=on_unavailable,
         )  # ValueError on invalid options
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.close_timeout = close_timeout
         self._sleep = sleep or time.sleep
+        self._sleep_arg = sleep
         self._backoff = options.make_backoff(rng)
         self._owns_http = owns_http = http_client is None
         self._http = http_client or httpx.Client(
@@ -133,9 +194,24 @@ class Client:
         self._pipeline = EventPipeline(
             partial(_post_events, self._http, self._headers), **options.pipeline_options(self._backoff, sleep)
         )
+        self._local = self._start_local(sticky_store) if options.local else None
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._pipeline, self._http, owns_http, close_timeout
+            self, _shutdown, self._pipeline, self._http, owns_http, close_timeout, self._local
         )
+
+    def _start_local(self, sticky_store: StickyStore | None) -> _Local:
+        options = self._options
+        evaluator = LocalEvaluator(sticky_store=sticky_store, fallback_variant=options.fallback_variant,
+                                   on_unavailable=options.on_unavailable)
+        exposures = EventPipeline(partial(_post_exposures, self._http, self._headers),
+                                  **options.pipeline_options(self._backoff, self._sleep_arg))
+        fetch = partial(fetch_definitions, self._http, self._headers, evaluator, options.timeout)
+        fetch()  # the first load, before any assign (failures are recorded, not raised)
+        refresher = Refresher(fetch, partial(_drain, evaluator, exposures),
+                              refresh_interval=options.refresh_interval, flush_interval=options.flush_interval)
+        push = (PushListener(self._http, self._headers, partial(_pushed, evaluator, refresher),
+                             connect_timeout=options.timeout) if options.push else None)
+        return _Local(evaluator, exposures, refresher, push)
 
     # ------------------------------------------------------------ API calls
     def assign(
@@ -145,8 +221,17 @@ class Client:
         """Which variant serves ``unit_id`` in ``experiment`` (records an exposure).
 
         Raises ValueError, before any request, for arguments the server would refuse
-        (empty or over-long ids, NUL or lone surrogates, non-finite numbers).
+        (empty or over-long ids, NUL or lone surrogates, non-finite numbers). With
+        ``evaluation="local"`` no request is made: the same answer is computed in process.
         """
+        local = self._local
+        if local is not None:
+            if self._closed:
+                raise ClientClosedError("client is closed")
+            result = local.evaluator.assign(experiment, unit_id, attributes)
+            if len(local.evaluator.exposures) >= self._options.max_buffer:
+                local.refresher.drain_soon()  # the refresher thread drains; assign never blocks
+            return result
         return self._request(assign_call(experiment, unit_id, attributes), timeout)  # type: ignore[no-any-return]
 
     def infer(
@@ -222,13 +307,38 @@ class Client:
 
         Returns False if ``timeout`` (seconds) expired first; the events stay
         queued and keep being retried. ``None`` waits as long as it takes.
+        Local evaluation: the exposures recorded so far are flushed too.
         """
-        return self._pipeline.flush(timeout)
+        local = self._local
+        if local is None:
+            return self._pipeline.flush(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        local.drain()
+        done = local.exposures.flush(timeout)
+        return self._pipeline.flush(None if end is None else max(0.0, end - time.monotonic())) and done
 
     @property
     def stats(self) -> ClientStats:
         """Snapshot of the event counters (see :class:`ClientStats`)."""
         return self._pipeline.stats()
+
+    @property
+    def exposure_stats(self) -> ClientStats | None:
+        """Local evaluation: the exposure pipeline's counters (``tracked`` counts aggregated
+        items, one per experiment, phase and unit per flush); None in remote mode."""
+        return None if self._local is None else self._local.exposures.stats()
+
+    @property
+    def definitions(self) -> DefinitionsStatus | None:
+        """Local evaluation: the definitions' version, age and refresh counters; None in remote mode."""
+        return None if self._local is None else self._local.evaluator.status
+
+    def refresh(self) -> DefinitionsStatus:
+        """Local evaluation: ask for the definitions now (blocking); returns the new status."""
+        if self._local is None:
+            raise RuntimeError("refresh() needs evaluation='local'")
+        fetch_definitions(self._http, self._headers, self._local.evaluator, self._options.timeout)
+        return self._local.evaluator.status
 
     # ------------------------------------------------------------ lifecycle
     def close(self, timeout: float | None = None) -> ClientStats:
@@ -241,7 +351,7 @@ class Client:
         if self._finalizer.detach() is not None:
             _shutdown(
                 self._pipeline, self._http, self._owns_http,
-                self.close_timeout if timeout is None else timeout,
+                self.close_timeout if timeout is None else timeout, self._local,
             )
         return self.stats
 

@@ -18,6 +18,7 @@ import httpx
 from ._events import MAX_BATCH, ON_FULL_POLICIES, check_json, check_text
 from ._exceptions import APIError
 from ._http import API_RETRY_STATUSES, Backoff, json_body, parse_result, request_not_sent
+from ._local import EVALUATIONS, UNAVAILABLE_POLICIES
 from ._models import AssignResult, InferResult
 
 __all__ = [
@@ -69,11 +70,26 @@ class ClientOptions:
     backoff_base: float = 0.1
     backoff_max: float = 10.0
     max_retry_after: float = 60.0
+    evaluation: str = "remote"
+    refresh_interval: float = 30.0
+    push: bool = False
+    fallback_variant: str = "control"
+    on_unavailable: str = "fallback"
 
     def __post_init__(self) -> None:
         check_event_options(self.batch_size, self.flush_interval, self.max_buffer, self.on_full)
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.evaluation not in EVALUATIONS:
+            raise ValueError(f"evaluation must be one of {EVALUATIONS}, got {self.evaluation!r}")
+        if not self.refresh_interval > 0:
+            raise ValueError(f"refresh_interval must be > 0, got {self.refresh_interval}")
+        if self.on_unavailable not in UNAVAILABLE_POLICIES:
+            raise ValueError(f"on_unavailable must be one of {UNAVAILABLE_POLICIES}, got {self.on_unavailable!r}")
+
+    @property
+    def local(self) -> bool:
+        return self.evaluation == "local"
 
     def make_backoff(self, rng: random.Random | None) -> Backoff:
         """The backoff shared by API retries and event-batch resends."""

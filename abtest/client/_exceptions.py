@@ -194,3 +194,10 @@ def api_error_class(status: int) -> type[APIError]:
     if status >= 500:
         return ServerError
     return APIError
+
+
+class DefinitionsUnavailableError(ABTestError):
+    """``evaluation="local"`` with ``on_unavailable="raise"``: no definitions could be loaded yet."""
+
+
+__all__ += ["DefinitionsUnavailableError"]

@@ -123,6 +123,25 @@ class EventPipeline:
             if self._thread is None:
                 self._start_thread()
 
+    def put_many(self, events: list[dict[str, Any]]) -> None:
+        """``put`` of each event in order, under one lock (the exposure drain's hot path)."""
+        if not events:
+            return
+        with self._cond:
+            if self._closing:
+                raise ClientClosedError("put on a closed client")
+            if self._thread is None:
+                self._start_thread()
+            self._cond.notify_all()  # the sender decides: a batch may be due as the buffer fills
+            for event in events:
+                if len(self._buf) >= self._capacity:
+                    self._cond.notify_all()
+                    self._make_room()
+                self._seq += 1
+                self._buf.append(_Record(self._seq, self._clock(), event))
+                self._counts["tracked"] += 1
+            self._cond.notify_all()
+
     def _make_room(self) -> None:
         """Called with the lock held and the buffer full."""
         if self._on_full == "raise":

@@ -158,7 +158,10 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
     exposed: dict[str, int] = {}
     for cell in exposed_days:
         exposed[cell["variant"]] = exposed.get(cell["variant"], 0) + int(cell["units"])
-    srm = B.srm_result(keys, arms, exposed)
+    # a sticky experiment's later phase also holds units kept from earlier ones: SRM counts
+    # only the units drawn with this phase's weights
+    srm_counts = Q.fresh_exposure_counts(conn, scope) if getattr(exp, "sticky", False) else exposed
+    srm = B.srm_result(keys, arms, srm_counts)
     data = _collect(conn, scope, exp.key, specs, keys, options, exposed_days)
     data.cuped = segments.cuped_stats(conn, scope, exp, specs, keys)
 
@@ -179,7 +182,7 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
         options=Options(options.alpha, options.cap, data.cap_value, data.quantile_method, options.mde,
                         options.n_star, MultipleTesting("holm", family), _BASIS,
                         decision=getattr(exp, "decision", None) or "superiority", phase=scope.phase),
-        srm=B.srm_block(srm, keys, exposed, arms),
+        srm=B.srm_block(srm, keys, srm_counts, arms),
         variants=B.variant_summaries(arms, exposed, data.requests_by_variant),
         metrics=with_counts(metrics, {s.name: {v: data.stats_of(s, v) for v in keys}
                                       for s in specs if s.shape != "quantile"}),

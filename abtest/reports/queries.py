@@ -81,6 +81,7 @@ __all__ = [
     "last_audit_entry",
     "tune_session",
     "exposure_days",
+    "fresh_exposure_counts",
     "unit_rows",
     "request_rows",
     "indicator_rows",
@@ -161,6 +162,17 @@ def exposure_days(conn: Connection, scope: Scope) -> list[dict[str, Any]]:
         SELECT variant, {_day(scope, 'first_seen')} AS day, COUNT(*) FROM exposures
         WHERE experiment_id = :e AND phase = :p GROUP BY 1, 2 ORDER BY 1, 2"""
     return _dicts(conn.execute(text(sql), scope.params), ("variant", "day", "units"))
+
+
+def fresh_exposure_counts(conn: Connection, scope: Scope) -> dict[str, int]:
+    """Sticky experiments: exposed units per variant that were *assigned* in this phase (their
+    sticky row's phase), the only ones expected to follow this phase's weights; units kept
+    from an earlier phase follow the weights of theirs (see :mod:`abtest.stats.allocation`)."""
+    sql = """
+        SELECT x.variant, COUNT(*) FROM exposures x
+        JOIN sticky_assignments s ON s.experiment_id = x.experiment_id AND s.unit_id = x.unit_id
+        WHERE x.experiment_id = :e AND x.phase = :p AND s.phase = :p GROUP BY 1"""
+    return {str(v): int(n) for v, n in conn.execute(text(sql), scope.params)}
 
 
 _PAIRS = tuple(RATIO_SOURCES.values())

@@ -20,7 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..db import Database, is_outage
-from ..evaluator import Assignment, ExperimentConfig, assign
+from ..client.sticky import GuardedSticky
+from ..evaluator import Assignment, ExperimentConfig, assign, should_store
 from ..models import Exposure
 from ..validation.experiments import segment_levels
 from .experiments import get_experiment, to_config
@@ -74,34 +75,47 @@ def exposure_upsert(dialect: str):  # type: ignore[no-untyped-def]
 
 
 def aggregate_exposures(items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """(experiment_id, phase, unit_id, variant, seen[, segments]) items to one row per unit: an
-    upsert statement must not touch the same row twice. Rows come in key order, so concurrent
-    writers lock the same rows in the same order (no deadlock between API processes). The
-    segments are the unit's first (an upsert never changes them)."""
+    """(experiment_id, phase, unit_id, variant, seen[, segments[, sticky[, count, first_seen]]])
+    items to one row per unit: an upsert statement must not touch the same row twice. Rows come
+    in key order, so concurrent writers lock the same rows in the same order (no deadlock between
+    API processes). The segments are the unit's first (an upsert never changes them);
+    ``count``/``first_seen`` are a client's aggregate of several exposures."""
     merged: dict[tuple[int, int, str], dict[str, Any]] = {}
-    for exp_id, phase, unit, variant, seen, *rest in items:
+    for item in items:
+        exp_id, phase, unit, variant, seen = item[:5]
+        segments = item[5] if len(item) > 5 else None
+        count = item[7] if len(item) > 7 else 1
+        first = item[8] if len(item) > 8 else seen
         row = merged.get((exp_id, phase, unit))
         if row is None:
             merged[(exp_id, phase, unit)] = {"experiment_id": exp_id, "phase": phase, "unit_id": unit,
-                                             "variant": variant, "first_seen": seen, "last_seen": seen, "count": 1,
-                                             "segments": rest[0] if rest else None}
+                                             "variant": variant, "first_seen": first, "last_seen": seen,
+                                             "count": count, "segments": segments}
         else:
-            row["first_seen"], row["last_seen"] = min(row["first_seen"], seen), max(row["last_seen"], seen)
-            row["count"] += 1
+            row["first_seen"], row["last_seen"] = min(row["first_seen"], first), max(row["last_seen"], seen)
+            row["count"] += count
     return [merged[key] for key in sorted(merged)]
 
 
 class Assigner:
-    def __init__(self, configs: ConfigCache, record: Callable[[tuple], None]) -> None:
-        self.configs, self._record = configs, record
+    """``sticky``: where sticky experiments' stored assignments are read (and saved); None
+    treats every experiment as non-sticky."""
+
+    def __init__(self, configs: ConfigCache, record: Callable[[tuple], None],
+                 sticky: GuardedSticky | None = None) -> None:
+        self.configs, self._record, self.sticky = configs, record, sticky
 
     def assign(self, experiment: str, unit_id: str, attributes: Mapping[str, Any] | None = None, *,
                record: bool = True) -> tuple[Assignment, ExperimentConfig]:
         """Assign; with ``record`` the exposure is committed before this returns (callers that
         commit it with their own row, like /v1/infer, pass ``record=False``)."""
         config = self.configs.get(experiment)
-        result = assign(config, unit_id, attributes)
+        stored = self.sticky.get(config.key, unit_id) if config.sticky and self.sticky is not None else None
+        result = assign(config, unit_id, attributes, stored)
+        fresh = should_store(config, result)
+        if fresh and self.sticky is not None:
+            self.sticky.save(config.key, unit_id, result.variant)
         if record and result.in_experiment:
             self._record((config.id, config.phase, unit_id, result.variant, datetime.now(timezone.utc),
-                          segment_levels(list(config.dimensions), attributes)))
+                          segment_levels(list(config.dimensions), attributes), fresh))
         return result, config

@@ -71,7 +71,7 @@ def create_experiment(
         forced=spec.parse_forced(f.obj("forced", {}), keys),
         created_at=now(), updated_at=now(), version=1, treatment_paused=False,
         decision=f.choice("decision", list(spec.DECISIONS), "superiority"),
-        quality_sample=_quality_sample(f),
+        quality_sample=_quality_sample(f), sticky=f.bool("sticky", False),
     )
     exp.cuped, exp.cuped_lookback_days = spec.parse_cuped(f._get("cuped", True))
     exp.dimensions = spec.parse_dimensions(f.list("dimensions", []), exp.targeting)
@@ -205,6 +205,8 @@ def update_experiment(
     if f.has("dimensions") or f.has("targeting"):
         exp.dimensions = spec.parse_dimensions(f.list("dimensions") if f.has("dimensions") else exp.dimensions or [],
                                                exp.targeting)
+    if f.has("sticky"):
+        exp.sticky = f.bool("sticky")
     metrics = spec.parse_metrics(f.list("metrics")) if f.has("metrics") else [
         {c: getattr(m, c) for c in ("name", "event_name", "kind", "role", "direction", "margin", "test")}
         for m in exp.metrics]
@@ -305,7 +307,7 @@ def experiment_view(exp: Experiment) -> dict[str, Any]:
     return {
         "key": exp.key, "name": exp.name, "hypothesis": exp.hypothesis, "owner": exp.owner,
         "status": exp.status, "coverage": exp.coverage, "phase": exp.phase,
-        "decision": exp.decision, "quality_sample": exp.quality_sample,
+        "decision": exp.decision, "quality_sample": exp.quality_sample, "sticky": exp.sticky,
         "cuped": {"enabled": bool(exp.cuped is not False),
                   "lookback_days": exp.cuped_lookback_days or spec.DEFAULT_LOOKBACK_DAYS},
         "dimensions": list(exp.dimensions or []),
@@ -337,7 +339,7 @@ def to_config(exp: Experiment) -> ExperimentConfig:
         targeting=tuple(exp.targeting or ()), forced=dict(exp.forced or {}),
         layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
         treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample,
-        dimensions=tuple(exp.dimensions or ()),
+        dimensions=tuple(exp.dimensions or ()), sticky=bool(exp.sticky),
     )
 
 

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from ..errors import (ABTestError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout,
                       ValidationError)
-from ..evaluator import Assignment, ExperimentConfig
+from ..evaluator import Assignment, ExperimentConfig, should_store
 from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
 from ..validation.experiments import segment_levels
 from .assigner import Assigner
@@ -270,8 +270,9 @@ class InferenceService:
                        completion_tokens=result["completion_tokens"], batch_size=result["batch_size"],
                        **_cost_columns(result, self.prices.get(row["engine"])))
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
-        segments = row.pop("segments", None)
-        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"], segments)
+        segments, sticky = row.pop("segments", None), bool(row.pop("sticky_fresh", False))
+        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"], segments,
+                     sticky)
                     if row["in_experiment"] else None)  # committed with its outcome row
         # the commit may take what is left of the caller's timeout, plus at most a second
         self.outcomes.write(row, exposure, timeout=min(5.0, max(1.0, t0 + self.timeout_s + 0.9 - time.perf_counter())))
@@ -359,7 +360,9 @@ def new_row(request_id: str, assignment: Assignment, config: ExperimentConfig | 
     return {"request_id": request_id, "experiment_id": config.id if config else None,
             "phase": config.phase if config else None, "variant": assignment.variant if config else None,
             "engine": assignment.engine, "unit_id": unit_id, "in_experiment": assignment.in_experiment and config is not None,
-            "shadow": False, "started_at": started}
+            "shadow": False, "started_at": started,
+            # not a column: whether the exposure stores a fresh sticky assignment (finish takes it off)
+            "sticky_fresh": config is not None and should_store(config, assignment)}
 
 
 def log_outcome(row: Mapping[str, Any], status: str, http_status: int, code: str | None, message: str) -> None:

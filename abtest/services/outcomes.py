@@ -34,13 +34,13 @@ from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from datetime import datetime
 from typing import Any
 
 from ..db import Database, is_outage
 from ..errors import BadRequest, ServiceUnavailable
 from ..models import RequestLog
 from .assigner import aggregate_exposures, exposure_upsert
+from .sticky import sticky_insert, sticky_rows
 from ..reports.rollups import insert_outcomes
 
 __all__ = ["OutcomeLog", "STATUSES", "ExposureItem"]
@@ -54,9 +54,10 @@ log = logging.getLogger(__name__)
 STATUSES = ("ok", "error", "timeout", "rejected", "unavailable", "cancelled")
 _COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
 
-# An exposure to upsert: (experiment_id, phase, unit_id, variant, seen[, segment levels]); not the
-# Exposure model.
-ExposureItem = tuple[int, int, str, str, datetime] | tuple[int, int, str, str, datetime, 'dict[str, str] | None']
+# An exposure to upsert: (experiment_id, phase, unit_id, variant, seen[, segment levels[, sticky[,
+# count, first_seen]]]); not the Exposure model. ``sticky`` True: a fresh assignment of a sticky
+# experiment, stored with it; ``count``/``first_seen``: a client's aggregate of several.
+ExposureItem = tuple[Any, ...]
 _Entry = tuple["dict[str, Any] | None", "ExposureItem | None", "Future[None]"]
 
 
@@ -68,6 +69,7 @@ class OutcomeLog:
         self._commit_lock = threading.Lock()
         self._closed = False
         self._exposures = exposure_upsert(db.dialect)
+        self._sticky = sticky_insert(db.dialect)
         self.dropped: Counter[str] = Counter()  # entries the database refused: "requests" / "exposures"
         self._thread = threading.Thread(target=self._run, name="outcome-log", daemon=True)
         self._thread.start()
@@ -159,12 +161,15 @@ class OutcomeLog:
 
     def _transaction(self, batch: list[_Entry]) -> None:
         rows = [row for row, _, _ in batch if row is not None]
-        exposures = aggregate_exposures([e for _, e, _ in batch if e is not None])
+        items = [e for _, e, _ in batch if e is not None]
+        exposures, sticky = aggregate_exposures(items), sticky_rows(items)
         with self.db.transaction() as session:
             if rows:
                 insert_outcomes(session, rows)
             if exposures:
                 session.execute(self._exposures, exposures)
+            if sticky:
+                session.execute(self._sticky, sticky)
 
     def _refuse(self, entry: _Entry, exc: Exception) -> None:
         row, exposure, done = entry

@@ -9,7 +9,7 @@ Payload (POST /v1/experiments; PATCH takes the mutable subset)::
      "targeting": [{"attribute": "country", "op": "in", "value": ["US", "CA"]}],
      "forced": {"qa-user-1": "treatment"},
      "layer": "homepage", "layer_share": 0.5,
-     "decision": "non_inferiority", "quality_sample": 0.05,
+     "decision": "non_inferiority", "quality_sample": 0.05, "sticky": true,
      "metrics": [{"name": "conversion", "event": "purchase", "kind": "binary",
                   "role": "primary", "direction": "increase", "attribution_window_hours": 24,
                   "margin": 0.02}]}
@@ -27,6 +27,9 @@ Decision policies and margins (relative: 0.02 = "at most 2 % worse"):
 
 Metric kinds: built-ins (no event), ``binary`` / ``count`` / ``sum`` of an event, and
 ``cost_per_event`` (the unit's cost of inference over its number of ``event`` events).
+
+Sticky bucketing: ``"sticky": true`` keeps each enrolled unit's variant when a weight change
+opens a new phase (new units follow the new weights); see :mod:`abtest.client.evaluation`.
 
 Quality sampling: ``quality_sample`` in (0, 1] is the share of served requests whose
 completions are scored off the request path; a variant's ``quality_reference`` names a
@@ -68,7 +71,7 @@ __all__ = [
 BUILTIN_METRICS: dict[str, str] = builtin_directions()
 DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
 MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics",
-                  "decision", "quality_sample", "cuped", "dimensions", "treatment_paused")
+                  "decision", "quality_sample", "cuped", "dimensions", "sticky", "treatment_paused")
 DECISIONS = ("superiority", "non_inferiority")
 METRIC_KINDS = ("binary", "count", "sum", "cost_per_event")
 CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])

@@ -33,8 +33,8 @@ def test_both_clients_take_the_shared_options_with_the_shared_defaults() -> None
     shared = {f.name: f.default for f in dataclasses.fields(ClientOptions)}
     sync, async_ = _keyword_defaults(Client), _keyword_defaults(AsyncClient)
     assert {k: sync[k] for k in shared} == shared == {k: async_[k] for k in shared}
-    assert set(sync) - set(shared) == {"transport", "http_client", "sleep", "rng"}
-    assert set(async_) - set(shared) == {"transport", "sleep", "rng"}
+    assert set(sync) - set(shared) == {"transport", "http_client", "sleep", "rng", "sticky_store"}
+    assert set(async_) - set(shared) == {"transport", "sleep", "rng", "sticky_store"}
 
 
 @pytest.mark.parametrize("options", [{"batch_size": 1001}, {"batch_size": 0}, {"on_full": "spill"},

@@ -1,0 +1,152 @@
+"""The definitions document: every experiment's assignment config, as JSON, both ways.
+
+``GET /v1/sdk/definitions`` serves :func:`document` of the server's configs; a locally
+evaluating client reads it back with :func:`parse`, which validates the whole document and
+raises :class:`DefinitionsError` naming the first bad field, so a bad payload is refused
+whole (the client keeps the definitions it had). Both directions live here, next to the
+evaluator, so what the server writes is what the client reads::
+
+    {"version": "<sha256 of the experiments>", "experiments": [
+        {"id": 3, "key": "checkout", "status": "running", "salt": "9f..", "phase": 2,
+         "coverage": 1.0, "layer": null, "layer_start": 0.0, "layer_end": 1.0,
+         "treatment_paused": false, "sticky": true,
+         "variants": [{"key": "control", "engine": "v1", "weight": 0.5, "control": true,
+                       "shadow": false}, ...],
+         "targeting": [{"attribute": "country", "op": "in", "value": ["US"]}],
+         "forced": {"qa-1": "treatment"}}]}
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .evaluation import TARGETING_OPERATORS, ExperimentConfig, VariantConfig
+
+__all__ = ["DefinitionsError", "experiment_dict", "document", "parse"]
+
+
+class DefinitionsError(ValueError):
+    """A definitions document that cannot be used; ``field`` is where it went wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def experiment_dict(c: ExperimentConfig) -> dict[str, Any]:
+    return {
+        "id": c.id, "key": c.key, "status": c.status, "salt": c.salt, "phase": c.phase,
+        "coverage": c.coverage, "layer": c.layer, "layer_start": c.layer_start, "layer_end": c.layer_end,
+        "treatment_paused": c.treatment_paused, "sticky": c.sticky,
+        "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight, "control": v.is_control,
+                      "shadow": v.shadow} for v in c.variants],
+        "targeting": [dict(r) for r in c.targeting], "forced": dict(c.forced),
+    }
+
+
+def document(configs: Iterable[ExperimentConfig]) -> dict[str, Any]:
+    """The document of ``configs`` (sorted by key); ``version`` changes exactly when they do."""
+    experiments = [experiment_dict(c) for c in sorted(configs, key=lambda c: c.key)]
+    canonical = json.dumps(experiments, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return {"version": hashlib.sha256(canonical.encode()).hexdigest(), "experiments": experiments}
+
+
+# --- reading it back ---------------------------------------------------------------------
+
+def _get(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in obj:
+        raise DefinitionsError(f"{where}.{name}", "is missing")
+    value = obj[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds):
+        raise DefinitionsError(f"{where}.{name}", f"must be {_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+                        list: "a list", dict: "an object", type(None): "null"}.get(k, k.__name__) for k in kinds)
+
+
+def _fraction(obj: Mapping[str, Any], name: str, where: str) -> float:
+    value = float(_get(obj, name, (int, float), where))
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise DefinitionsError(f"{where}.{name}", f"must be in [0, 1], got {value!r}")
+    return value
+
+
+def _variant(raw: Any, where: str) -> VariantConfig:
+    if not isinstance(raw, dict):
+        raise DefinitionsError(where, "must be an object")
+    weight = float(_get(raw, "weight", (int, float), where))
+    if not (math.isfinite(weight) and weight >= 0):
+        raise DefinitionsError(f"{where}.weight", f"must be a finite number >= 0, got {weight!r}")
+    return VariantConfig(_get(raw, "key", str, where), _get(raw, "engine", str, where), weight,
+                         _get(raw, "control", bool, where), _get(raw, "shadow", bool, where))
+
+
+def _rule(raw: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise DefinitionsError(where, "must be an object")
+    op = _get(raw, "op", str, where)
+    if op not in TARGETING_OPERATORS:
+        raise DefinitionsError(f"{where}.op", f"must be one of {sorted(TARGETING_OPERATORS)}, got {op!r}")
+    _get(raw, "attribute", str, where)
+    if "value" not in raw:
+        raise DefinitionsError(f"{where}.value", "is missing")
+    if op in ("in", "not_in") and not isinstance(raw["value"], list):
+        raise DefinitionsError(f"{where}.value", f"must be a list for {op!r}")
+    return {"attribute": raw["attribute"], "op": op, "value": raw["value"]}
+
+
+def _experiment(raw: Any, where: str) -> ExperimentConfig:
+    if not isinstance(raw, dict):
+        raise DefinitionsError(where, "must be an object")
+    variants = tuple(_variant(v, f"{where}.variants[{i}]")
+                     for i, v in enumerate(_get(raw, "variants", list, where)))
+    if sum(v.is_control for v in variants) != 1:
+        raise DefinitionsError(f"{where}.variants", "must have exactly one control")
+    if sum(v.weight for v in variants) <= 0:
+        raise DefinitionsError(f"{where}.variants", "weights must not all be 0")
+    keys = {v.key for v in variants}
+    forced = _get(raw, "forced", dict, where)
+    for unit, variant in forced.items():
+        if variant not in keys:
+            raise DefinitionsError(f"{where}.forced[{unit!r}]", f"names no variant: {variant!r}")
+    phase = _get(raw, "phase", int, where)
+    if phase < 1:
+        raise DefinitionsError(f"{where}.phase", f"must be >= 1, got {phase}")
+    layer = _get(raw, "layer", (str, type(None)), where)
+    start, end = _fraction(raw, "layer_start", where), _fraction(raw, "layer_end", where)
+    if start > end:
+        raise DefinitionsError(f"{where}.layer_end", "must not be below layer_start")
+    return ExperimentConfig(
+        id=_get(raw, "id", int, where), key=_get(raw, "key", str, where), status=_get(raw, "status", str, where),
+        salt=_get(raw, "salt", str, where), phase=phase, coverage=_fraction(raw, "coverage", where),
+        variants=variants,
+        targeting=tuple(_rule(r, f"{where}.targeting[{i}]") for i, r in enumerate(_get(raw, "targeting", list, where))),
+        forced=dict(forced), layer=layer, layer_start=start, layer_end=end,
+        treatment_paused=_get(raw, "treatment_paused", bool, where), sticky=_get(raw, "sticky", bool, where),
+    )
+
+
+def parse(doc: Any) -> tuple[str, dict[str, ExperimentConfig]]:
+    """(version, configs by key) of a definitions document; :class:`DefinitionsError` if any
+    part of it is invalid (nothing of it is used then)."""
+    if not isinstance(doc, dict):
+        raise DefinitionsError("definitions", "must be a JSON object")
+    version = _get(doc, "version", str, "definitions")
+    configs: dict[str, ExperimentConfig] = {}
+    for i, raw in enumerate(_get(doc, "experiments", list, "definitions")):
+        config = _experiment(raw, f"experiments[{i}]")
+        if config.key in configs:
+            raise DefinitionsError(f"experiments[{i}].key", f"appears twice: {config.key!r}")
+        configs[config.key] = config
+    return version, configs
