@@ -95,21 +95,24 @@ def test_full_queue_is_429_with_retry_after(pg_url, redis_url, tiny_registry, tm
     os.killpg(worker.proc.pid, signal.SIGSTOP)  # a hung worker: it still counts as the queue's consumer
     app = make_app(pg_url, tiny_registry, broker_url=redis_url, infer_timeout_s=0.5, queue_limit=3,
                    consumer_stale_s=600.0)
-    headers = admin_headers(app)
-    only_v1(app, headers)
-    client = app.test_client()
-    statuses = []
-    for i in range(6):
-        reply = client.post("/v1/infer", json={"experiment": "e2e", "unit_id": f"q{i}", "prompt": "x"}, headers=headers)
-        statuses.append(reply.status_code)
-        time.sleep(0.25)  # let the cached queue depth refresh
-    # the hung worker's pending pop may have taken the first message off the queue before it stopped
-    taken = statuses[3] == 504
-    assert statuses == [504] * (3 + taken) + [429] * (3 - taken)
-    assert reply.headers["Retry-After"] == "1"
-    rows = outcome_rows(app.extensions["abtest"])
-    assert sorted(r.status for r in rows) == ["rejected"] * (3 - taken) + ["timeout"] * (3 + taken)
-    redis_lib.Redis.from_url(redis_url).delete("engine.v1-fp32")
-    os.killpg(worker.proc.pid, signal.SIGCONT)
-    worker.stop()
-    app.extensions["abtest"].close()
+    try:
+        headers = admin_headers(app)
+        only_v1(app, headers)
+        client = app.test_client()
+        statuses = []
+        for i in range(6):
+            reply = client.post("/v1/infer", json={"experiment": "e2e", "unit_id": f"q{i}", "prompt": "x"},
+                                headers=headers)
+            statuses.append(reply.status_code)
+            time.sleep(0.25)  # let the cached queue depth refresh
+        # the hung worker's pending pop may have taken the first message off the queue before it stopped
+        taken = statuses[3] == 504
+        assert statuses == [504] * (3 + taken) + [429] * (3 - taken)
+        assert reply.headers["Retry-After"] == "1"
+        rows = outcome_rows(app.extensions["abtest"])
+        assert sorted(r.status for r in rows) == ["rejected"] * (3 - taken) + ["timeout"] * (3 + taken)
+    finally:  # never leave a stopped worker behind for later tests
+        redis_lib.Redis.from_url(redis_url).delete("engine.v1-fp32")
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+        worker.stop()
+        app.extensions["abtest"].close()
