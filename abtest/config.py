@@ -83,6 +83,9 @@ class Settings:
     # Scoring jobs of sampled completions waiting for the quality scorer; a full queue drops the
     # job (counted in the report), it never delays a request.
     quality_queue_size: int = 1024
+    # A probe ping of the database or the broker unanswered this long marks it down (a hung
+    # server); raise it on a machine so loaded that a healthy server can stall that long.
+    probe_stale_s: float = 0.75
     log_level: str = "INFO"
     # "text" for people, "json" for one JSON object per line (request ids as fields).
     log_format: str = "text"

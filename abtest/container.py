@@ -73,7 +73,8 @@ class Services:
                            pool_timeout_s=settings.db_pool_timeout_s)
         # down within a second of the database failing or hanging; then the request threads
         # stuck on it are freed, and every endpoint answers 503 until a ping succeeds again
-        self.db_probe = Probe("database", self.db.ping, on_down=self.db.abort_connections)
+        self.db_probe = Probe("database", self.db.ping, on_down=self.db.abort_connections,
+                              stale_s=self.settings.probe_stale_s)
         self.db.on_outage(self.db_probe.report)
         self.db.refuse_connects_while(self.db_probe.reason)
         self.keys = KeyCache(settings.cache_ttl_s, settings.key_cache_grace_s)

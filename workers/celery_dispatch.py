@@ -125,7 +125,7 @@ class CeleryDispatcher:
         self._depth_cache: dict[str, tuple[float, int]] = {}
         pinger = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=0.5, socket_timeout=0.5)
         self.probe = Probe("broker", pinger.ping, on_down=lambda: self.listener.fail_pending(
-            "broker_unavailable", "the broker (Redis) stopped answering"))
+            "broker_unavailable", "the broker (Redis) stopped answering"), stale_s=settings.probe_stale_s)
         self.consumers = ConsumerView(settings.broker_url or "", settings.consumer_stale_s)
         self.engines = tuple(load_registry(settings.engine_registry, settings.checkpoint_dir))
         # streamed requests' tokens: blocking XREADs of at most a second, so a 5 s socket timeout
