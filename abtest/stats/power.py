@@ -108,6 +108,17 @@ def required_units_per_variant(delta: float, variance_sum: float, alpha: float =
     return n if exact else float(math.ceil(n - 1e-9))
 
 
+def _check_plan(alpha: float, power: float, name: str, effect: float,
+                days_elapsed: float | None) -> tuple[float, float]:
+    """The arguments every plan shares: alpha, power, a positive effect size and elapsed days."""
+    alpha, power = check_alpha(alpha), check_probability(power, "power")
+    if not effect > 0:
+        raise ValueError(f"{name} must be > 0, got {effect!r}")
+    if days_elapsed is not None and not days_elapsed > 0:
+        raise ValueError("days_elapsed must be > 0")
+    return alpha, power
+
+
 def power_analysis(control: Estimable, treatment: Estimable, mde: float,
                    relative: bool = True, alpha: float = 0.05, power: float = 0.8,
                    days_elapsed: float | None = None) -> PowerResult:
@@ -118,11 +129,7 @@ def power_analysis(control: Estimable, treatment: Estimable, mde: float,
     arms. ``days_elapsed`` (> 0) gives the observed daily rate of units for
     ``days_to_go``.
     """
-    alpha, power = check_alpha(alpha), check_probability(power, "power")
-    if not mde > 0:
-        raise ValueError(f"mde must be > 0, got {mde!r}")
-    if days_elapsed is not None and not days_elapsed > 0:
-        raise ValueError("days_elapsed must be > 0")
+    alpha, power = _check_plan(alpha, power, "mde", mde, days_elapsed)
     current = min(control.n, treatment.n)
 
     def failed(msg: str) -> PowerResult:
@@ -196,11 +203,7 @@ def noninferiority_plan(control: Estimable, treatment: Estimable, margin: float,
                         n_star: float = DEFAULT_N_STAR) -> PowerResult:
     """Units needed per variant to show non-inferiority at ``margin`` (a fraction of the control
     mean when ``relative``), assuming a true difference of 0; see the module docstring."""
-    alpha, power = check_alpha(alpha), check_probability(power, "power")
-    if not margin > 0:
-        raise ValueError(f"margin must be > 0, got {margin!r}")
-    if days_elapsed is not None and not days_elapsed > 0:
-        raise ValueError("days_elapsed must be > 0")
+    alpha, power = _check_plan(alpha, power, "margin", margin, days_elapsed)
     current = min(control.n, treatment.n)
 
     def failed(msg: str) -> PowerResult:
