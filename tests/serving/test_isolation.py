@@ -140,7 +140,7 @@ def test_a_dead_engine_takes_no_threads_from_the_rest(pg_url, redis_url, healthy
     redis_lib.Redis.from_url(redis_url).delete("engine.v2-int4")
     env = {"ABTEST_BROKER_URL": redis_url, "ABTEST_ENGINE_REGISTRY": healthy_registry}
     v2 = hung_worker("v2-int4", env, str(tmp_path / "v2-hung.log"))  # the dead engine
-    timeout = 2.0
+    timeout = 4.0  # far above what an answer at once takes, even on a loaded 2-core machine
     app = make_app(pg_url, healthy_registry, broker_url=redis_url, infer_timeout_s=timeout,
                    max_inflight_per_engine=4, consumer_stale_s=600.0)
     headers = admin_headers(app)
@@ -161,10 +161,10 @@ def test_a_dead_engine_takes_no_threads_from_the_rest(pg_url, redis_url, healthy
             health_took = time.monotonic() - started
             results = [f.result() for f in stuck]
         assert healthy[0] == 200 and assign[0] == 200 and events[0] == 202 and health.status_code == 200
-        assert max(healthy[2], assign[2], events[2], health_took) < 1.0  # nobody waited on the dead engine
+        assert max(healthy[2], assign[2], events[2], health_took) < timeout / 2  # nobody waited on the dead engine
         statuses = sorted(r[0] for r in results)
         assert statuses == [429] * 16 + [504] * 4
-        assert max(r[2] for r in results if r[0] == 429) < 1.0  # refused at once, not after the 2 s timeout
+        assert max(r[2] for r in results if r[0] == 429) < timeout / 2  # refused at once, not after the timeout
         assert max(r[2] for r in results) < timeout + 1.0  # nobody waits past the timeout + 1 s
         rows = outcome_rows(app.extensions["abtest"])
         assert sorted(r.status for r in rows if r.engine == "v2-int4") == ["timeout"] * 4  # 429s wrote nothing
