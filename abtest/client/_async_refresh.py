@@ -29,6 +29,7 @@ class AsyncLocal:
             timeout, refresh_interval, flush_interval, push)
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._handing_over = asyncio.Lock()
         self.refreshes = 0
 
     @property
@@ -55,8 +56,11 @@ class AsyncLocal:
         self.evaluator.accept(response)
 
     async def drain(self) -> None:
-        for item in self.evaluator.exposures.drain():  # awaits only when the buffer is full ("block")
-            await self.exposures.put(item)
+        # One drain at a time: a flush's drain waits until a drain in progress has put its items
+        # into the pipeline (it may await a full buffer), so the flush waits for them too.
+        async with self._handing_over:
+            for item in self.evaluator.exposures.drain():  # awaits only when the buffer is full ("block")
+                await self.exposures.put(item)
 
     async def _refresh_loop(self) -> None:
         assert self._wake is not None

@@ -69,7 +69,8 @@ class _Local(NamedTuple):
 
 
 def _drain(evaluator: LocalEvaluator, exposures: EventPipeline) -> None:
-    exposures.put_many(evaluator.exposures.drain())
+    with evaluator.exposures.handing_over:  # a flush that drains next waits for these items
+        exposures.put_many(evaluator.exposures.drain())
 
 
 def _pushed(evaluator: LocalEvaluator, refresher: Refresher, version: str) -> None:

@@ -70,11 +70,16 @@ class DefinitionsStatus:
 class ExposureBuffer:
     """Exposures aggregated per (experiment, phase, unit) until :meth:`drain`: one item per key,
     with its count and first/last time, and an id unique to this client (``<uuid>-<n>``) that
-    the server deduplicates on, so a resent batch counts once."""
+    the server deduplicates on, so a resent batch counts once.
+
+    ``handing_over`` is held by whoever drains into a pipeline until the drained items are in
+    it, so a ``flush`` that drains after it sees them: otherwise a flush could find the buffer
+    empty while a background drain still held the items, and return before they were sent."""
 
     def __init__(self) -> None:
         self._items: dict[tuple[str, int, str], list[Any]] = {}
         self._lock = threading.Lock()
+        self.handing_over = threading.Lock()
         self._prefix = uuid.uuid4().hex
         self._ids = itertools.count(1)
 

@@ -151,3 +151,36 @@ def test_more_exposures_than_the_buffer_holds_are_all_delivered() -> None:
         assert c.flush(timeout=30)
         stats = c.exposure_stats
         assert stats is not None and (stats.tracked, stats.sent, stats.dropped) == (1000, 1000, 0)
+
+
+def test_flush_waits_for_exposures_a_background_drain_is_still_handing_over() -> None:
+    """The refresher drains the aggregate, then puts the items into the pipeline, blocking while
+    its buffer is full. A flush that starts meanwhile finds the aggregate empty; it must still
+    wait for the items that drain holds, or it returns with most of them unsent."""
+    import threading
+    import time
+
+    server = Definitions(defs.document([_config(weight=0.5)]))
+    gate, posted = threading.Event(), threading.Event()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/exposures":
+            posted.set()
+            gate.wait(10)
+            time.sleep(0.01)  # each batch takes a while, so a flush that did not wait returns early
+        return server.handler(request)
+
+    with Client("http://x", "k", transport=httpx.MockTransport(slow), evaluation="local",
+                refresh_interval=3600, batch_size=10, max_buffer=10) as c:
+        for i in range(300):
+            c.assign("exp", f"u{i}")  # past max_buffer: the refresher drains in the background
+        assert posted.wait(10)  # the first batch is on the wire; the drain is blocked on a full buffer
+        done: list[bool] = []
+        flusher = threading.Thread(target=lambda: done.append(c.flush(timeout=60)))
+        flusher.start()
+        time.sleep(0.2)
+        gate.set()
+        flusher.join(60)
+        stats = c.exposure_stats
+        assert done == [True]
+        assert stats is not None and (stats.tracked, stats.sent, stats.dropped) == (300, 300, 0)
