@@ -1,0 +1,133 @@
+"""Batched INT4 matmul for CPUs: kernel choice at run time, packing, and the matmul itself.
+
+Two CPU kernels multiply bf16 activations by group-wise INT4 weights (``w = (q - 8) * s + z``):
+
+- ``"batched"``: this package's C++ kernel (``kernel.cpp``, built on first use): each group of
+  weight codes is unpacked once per 64 output columns and reused for every row of the batch,
+  fp32 FMAs in a fixed reduction order, so a row's result is bit-identical whatever else is in
+  the batch. Needs AVX-512 F (Intel Skylake-SP and later, AMD Zen 4 and later).
+- ``"aten"``: torch's ``_weight_int4pack_mm_for_cpu`` (4 rows at a time, fp32 arithmetic, B
+  re-read for every 4 rows). Any CPU; the fallback.
+
+``kernel="auto"`` picks ``batched`` when the CPU has the flags and the kernel builds and loads;
+otherwise ``aten``, with one logged warning saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from engines.int4 import layout
+from engines.spec import INT4_KERNELS
+
+__all__ = ["KERNELS", "cpu_flags", "cpu_supports_batched", "kernel_available", "resolve_kernel",
+           "pack", "packed_kernel", "matmul", "dequant_matmul", "unpack_codes", "build_seconds"]
+
+log = logging.getLogger(__name__)
+
+KERNELS = INT4_KERNELS
+_FLAGS = ("avx512f", "fma")
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty when unreadable."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_supports_batched(flags: frozenset[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return all(f in flags for f in _FLAGS)
+
+
+def kernel_available() -> bool:
+    """Whether ``batched`` runs here: CPU flags present, kernel built and loaded (once per process;
+    a failure is logged once and remembered)."""
+    with _lock:
+        if "ok" not in _state:
+            if not cpu_supports_batched():
+                _state["ok"] = False
+                _state["why"] = f"CPU lacks one of {', '.join(_FLAGS)}"
+            else:
+                from engines.int4.build import load_kernel
+
+                try:
+                    _state["build_s"] = load_kernel()
+                    _state["ok"] = True
+                except Exception as e:  # noqa: BLE001 - any build/load failure: fall back
+                    _state["ok"] = False
+                    _state["why"] = f"kernel build failed: {type(e).__name__}: {str(e)[-500:]}"
+            if not _state["ok"]:
+                log.warning("int4: using torch's _weight_int4pack_mm_for_cpu (%s)", _state["why"])
+        return bool(_state["ok"])
+
+
+def resolve_kernel(kernel: str, device: torch.device | str = "cpu") -> str:
+    """``"auto"``/``"batched"``/``"aten"`` -> the kernel a CPU layer will use (``"cuda"`` on a GPU).
+    ``"batched"`` asked for explicitly but unavailable falls back to ``"aten"`` the same way."""
+    if kernel not in KERNELS:
+        raise ValueError(f"int4 kernel must be one of {KERNELS}, got {kernel!r}")
+    if torch.device(device).type == "cuda":
+        return "cuda"
+    if kernel == "aten":
+        return "aten"
+    return "batched" if kernel_available() else "aten"
+
+
+def pack(codes: torch.Tensor) -> torch.Tensor:
+    """Raw codes [n, k] -> the ``batched`` layout (uint8 [n/16, k/4, 32])."""
+    return layout.pack(codes)
+
+
+def packed_kernel(shape: tuple[int, ...], n: int, k: int) -> str:
+    """Which CPU kernel a packed weight of this shape belongs to."""
+    return "batched" if tuple(shape) == layout.packed_shape(n, k) else "aten"
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    return layout.unpack(packed)
+
+
+def matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    """bf16 [m, k] x ``batched``-packed weight -> bf16 [m, n] (fp32 sums, rounded once)."""
+    if not _state.get("ok") and not kernel_available():
+        raise RuntimeError(f"the batched int4 kernel is unavailable here ({_state.get('why')})")
+    return torch.ops.abtest_int4.int4_mm(x, packed, group_size, scales_and_zeros)
+
+
+_scratch = threading.local()
+
+
+def dequant_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int,
+                   scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    """bf16 [m, k] x ``batched``-packed weight via the weight dequantized to bf16 (each value
+    rounded once) and one oneDNN bf16 GEMM (AMX where the CPU has it): much faster for many
+    rows, but rounds differently from :func:`matmul` and oneDNN picks its algorithm by shape, so
+    a row's result can change with the batch. The bf16 weight goes into a per-thread scratch
+    buffer reused from call to call."""
+    if not _state.get("ok") and not kernel_available():
+        raise RuntimeError(f"the batched int4 kernel is unavailable here ({_state.get('why')})")
+    n, k = packed.shape[0] * 16, packed.shape[1] * 2
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < n * k:
+        buf = _scratch.buf = torch.empty(n * k, dtype=torch.bfloat16)
+    wt = torch.ops.abtest_int4.int4_dequant_t(packed, group_size, scales_and_zeros, buf[: n * k])
+    return torch.mm(x, wt.view(k, n))
+
+
+def build_seconds() -> float | None:
+    """How long this process spent building/loading the kernel (None: not loaded)."""
+    v = _state.get("build_s")
+    return float(v) if v is not None else None

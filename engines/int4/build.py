@@ -1,0 +1,63 @@
+"""Just-in-time build and load of the batched INT4 C++ kernel (``torch.ops.abtest_int4``).
+
+Compiled once per source version and torch version with ``torch.utils.cpp_extension.load``
+into ``$ABTEST_TORCH_EXTENSIONS_DIR`` (default ``var/torch_extensions`` under the current
+directory), under a file lock so two processes never build into the same folder at once; later
+processes only load the cached shared library. No Python bindings (a ``TORCH_LIBRARY`` op):
+one translation unit, about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+__all__ = ["SOURCE", "CFLAGS", "build_dir", "load_kernel"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernel.cpp")
+# ISA of the kernel: AVX-512 F (plus FMA); dispatch checks the CPU's flags at run time before
+# loading it.
+CFLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mfma"]
+
+
+def build_dir(root: str | os.PathLike | None = None) -> Path:
+    import torch
+
+    base = Path(root or os.environ.get("ABTEST_TORCH_EXTENSIONS_DIR") or "var/torch_extensions").absolute()
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + torch.__version__.encode())
+    return base / f"abtest_int4-{digest.hexdigest()[:12]}"
+
+
+def load_kernel(root: str | os.PathLike | None = None, *, verbose: bool = False) -> float:
+    """Build (when not cached) and load the kernel library; returns the seconds it took.
+    Raises whatever the compiler or loader raised."""
+    import torch
+    from torch.utils import cpp_extension
+
+    t0 = time.perf_counter()
+    d = build_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / ".abtest-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cpp_extension.load(
+                name="abtest_int4",
+                sources=[str(SOURCE)],
+                extra_cflags=CFLAGS,
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(d),
+                is_python_module=False,
+                with_cuda=False,
+                verbose=verbose,
+            )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    if not hasattr(torch.ops.abtest_int4, "int4_mm"):
+        raise RuntimeError("abtest_int4 library loaded without its int4_mm op")
+    return time.perf_counter() - t0
