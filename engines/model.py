@@ -100,8 +100,10 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 
 
 def load_model(checkpoint: str | Path, precision: str = "fp32", device: str = "cpu",
-               group_size: int | None = None, attention: str | None = None) -> LoadedModel:
-    """Load a HF checkpoint dir (fp32/bf16/fp16) or an INT4 artifact dir (precision 'int4')."""
+               group_size: int | None = None, attention: str | None = None,
+               int4_kernel: str = "auto") -> LoadedModel:
+    """Load a HF checkpoint dir (fp32/bf16/fp16) or an INT4 artifact dir (precision 'int4').
+    ``int4_kernel``: the CPU int4 matmul (``engines.int4.KERNELS``)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -123,7 +125,7 @@ def load_model(checkpoint: str | Path, precision: str = "fp32", device: str = "c
         meta = read_int4_config(path)
         if group_size is not None and group_size != meta["group_size"]:
             raise ValueError(f"spec group_size {group_size} != artifact group size {meta['group_size']}")
-        model = _load_int4(path, config, meta, dev)
+        model = _load_int4(path, config, meta, dev, int4_kernel)
         dtype = torch.float32
     else:
         if is_int4_artifact(path):
@@ -138,7 +140,7 @@ def load_model(checkpoint: str | Path, precision: str = "fp32", device: str = "c
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, int4=meta, dtype=dtype, device=dev)
 
 
-def _load_int4(path: Path, config, meta: dict, dev: torch.device) -> nn.Module:
+def _load_int4(path: Path, config, meta: dict, dev: torch.device, kernel: str = "auto") -> nn.Module:
     """Meta-device model + Int4Linear modules, filled by load_state_dict(assign=True)."""
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
@@ -159,7 +161,7 @@ def _load_int4(path: Path, config, meta: dict, dev: torch.device) -> nn.Module:
         def install(target_name, parts, gs, in_f):
             codes, scales, zeros, biases = zip(*parts)
             out_f = sum(c.shape[0] for c in codes)
-            kt = Int4Linear.kernel_tensors(torch.cat(codes), torch.cat(scales), torch.cat(zeros), dev)
+            kt = Int4Linear.kernel_tensors(torch.cat(codes), torch.cat(scales), torch.cat(zeros), dev, kernel)
             has_bias = any(b is not None for b in biases)
             mod = Int4Linear(in_f, out_f, has_bias, gs, device="meta", packed_shape=tuple(kt["weight_packed"].shape))
             state[f"{target_name}.weight_packed"] = kt["weight_packed"]

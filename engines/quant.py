@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engines import int4 as _int4
+
 __all__ = [
     "ARTIFACT_FILE",
     "ARTIFACT_CONFIG",
@@ -209,8 +211,10 @@ def can_quantize(linear: nn.Module, group_size: int) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _kernel_pack(codes: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _kernel_pack(codes: torch.Tensor, device: torch.device, kernel: str = "aten") -> torch.Tensor:
     """Raw codes [out,in] -> the packed layout of this device's int4 matmul kernel."""
+    if kernel == "batched":
+        return _int4.pack(codes).to(device)
     if device.type == "cuda":
         c = codes.to(torch.int32)
         w_uint8 = ((c[:, ::2] << 4) | c[:, 1::2]).to(torch.uint8).to(device)
@@ -272,6 +276,7 @@ class Int4Linear(nn.Module):
         self.group_size = group_size
         # shape of the packed weight depends on the kernel; set properly by from_codes()
         shape = packed_shape or (out_features, in_features // 2)
+        self.kernel = _int4.packed_kernel(shape, out_features, in_features)  # CPU: "batched" | "aten"
         self.register_buffer("weight_packed", torch.empty(shape, dtype=torch.uint8, device=device))
         self.register_buffer(
             "scales_and_zeros",
@@ -283,10 +288,19 @@ class Int4Linear(nn.Module):
             self.bias = None
 
     @staticmethod
-    def kernel_tensors(codes, scales, zeros, device) -> dict[str, torch.Tensor]:
+    def kernel_tensors(codes, scales, zeros, device, kernel: str = "auto") -> dict[str, torch.Tensor]:
+        """Packed weight and scales for ``device``. ``kernel`` (CPU only): ``"auto"`` (this
+        project's batched kernel where the CPU runs it, else torch's), ``"batched"`` or
+        ``"aten"`` (force torch's ``_weight_int4pack_mm_for_cpu``); see :mod:`engines.int4`.
+        A layer built with the packed shape runs the kernel that layout belongs to."""
         device = torch.device(device)
+        n, k = codes.shape
+        group_size = k // scales.shape[1]
+        kernel = _int4.resolve_kernel(kernel, device)
+        if kernel == "batched" and not _int4.layout.supports(n, k, group_size):
+            kernel = "aten"
         return {
-            "weight_packed": _kernel_pack(codes, device),
+            "weight_packed": _kernel_pack(codes, device, kernel),
             "scales_and_zeros": _scales_and_zeros(scales, zeros).to(device),
         }
 
@@ -301,7 +315,10 @@ class Int4Linear(nn.Module):
         """The bf16 weight [out, in] = (q - 8) * scale + zero, unpacked from the CPU kernel layout
         (one rounding to bf16 of the exact value; see :func:`cpu_dequant_supported`)."""
         n, k, g = self.out_features, self.in_features, self.group_size
-        codes = _unpack_cpu_kernel_layout(self.weight_packed, n, k).view(n, k // g, g)
+        if self.kernel == "batched":
+            codes = _int4.unpack_codes(self.weight_packed).view(n, k // g, g)
+        else:
+            codes = _unpack_cpu_kernel_layout(self.weight_packed, n, k).view(n, k // g, g)
         sz = self.scales_and_zeros  # [k/g, n, 2]
         scale = sz[:, :, 0].t().contiguous().unsqueeze(-1)
         zero = sz[:, :, 1].t().contiguous().unsqueeze(-1)
@@ -312,6 +329,11 @@ class Int4Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
         if self.reference_weight is not None:
             y = F.linear(x2.float(), self.reference_weight)
+        elif self.kernel == "batched" and not x2.is_cuda:
+            if 0 < DEQUANT_MIN_ROWS <= x2.shape[0]:  # opt-in: bf16 weight, one oneDNN GEMM
+                y = _int4.dequant_matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
+            else:  # codes unpacked once per batch; a row's bits do not depend on the batch
+                y = _int4.matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
         elif (0 < DEQUANT_MIN_ROWS <= x2.shape[0] and not x2.is_cuda and self.out_features % 64 == 0
               and cpu_dequant_supported()):
             # many rows (prefill, big batches): dequantize once, one bf16 GEMM

@@ -20,11 +20,13 @@ __all__ = [
     "PRECISIONS",
     "ATTENTIONS",
     "GROUP_SIZES",
+    "INT4_KERNELS",
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int4")
 ATTENTIONS = ("dense", "hybrid")
 GROUP_SIZES = (32, 64, 128)
+INT4_KERNELS = ("auto", "batched", "aten")  # engines.int4.KERNELS (kept torch-free here)
 DEVICES = ("cpu", "cuda")
 # The checkpoint directories `engines build-demo` writes under its root.
 DEMO_DIRS = ("v1-fp32", "v2-fp32", "v2-int4")
@@ -52,6 +54,10 @@ class EngineSpec:
     # Embedded mode: load at start-up (True) or on first use (False; e.g. a quality reference,
     # which only scoring jobs call, off the request path).
     preload: bool = True
+    # int4 on CPU: which matmul kernel ("auto": the batched kernel where the CPU has AVX-512,
+    # else torch's _weight_int4pack_mm_for_cpu; "batched"; "aten": always torch's). See
+    # engines/int4.
+    int4_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         problems = validate_fields(dataclasses.asdict(self))
@@ -96,6 +102,8 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
         p.append(f"field 'device' must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {dev!r}")
     if not isinstance(d.get("preload", True), bool):
         p.append(f"field 'preload' must be true or false, got {d.get('preload')!r}")
+    if d.get("int4_kernel", "auto") not in INT4_KERNELS:
+        p.append(f"field 'int4_kernel' must be one of {INT4_KERNELS}, got {d.get('int4_kernel')!r}")
     nt = d.get("num_threads")
     if nt is not None and (not isinstance(nt, int) or isinstance(nt, bool) or nt < 1):
         p.append(f"field 'num_threads' must be a positive integer or null, got {nt!r}")
