@@ -226,3 +226,21 @@ def test_engine_on_the_aten_kernel_agrees(tiny_specs, tiny_engines):
         assert rel < 0.1 and agree >= 0.9
     finally:
         old.close()
+
+
+@needs_kernel
+def test_many_rows_take_the_gemm_path_only_when_opted_in(monkeypatch):
+    import engines.quant as q
+
+    codes, scales, zeros = _weights(128, 512, 64, seed=8)
+    lin = _layer(codes, scales, zeros, "batched")
+    x = torch.randn(40, 512, generator=torch.Generator().manual_seed(9))
+    ref = x.to(torch.bfloat16).float() @ dequantize(codes, scales, zeros, 64).t()
+    orig = int4.dequant_matmul
+    for rows in (0, 16, 41):  # off (the default); from 16 rows on; from 41 rows on
+        monkeypatch.setattr(q, "DEQUANT_MIN_ROWS", rows)
+        calls = []
+        monkeypatch.setattr(int4, "dequant_matmul", lambda *a: calls.append(1) or orig(*a))
+        y = lin(x)
+        assert bool(calls) == (rows == 16)
+        assert _rel(y, ref) < 2 * REL_TOL

@@ -149,11 +149,12 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
     assert e_gptq < 0.8 * e_rtn, (float(e_gptq), float(e_rtn))
 
 
-def _int4_layer(n, k, g, seed=0):
+def _int4_layer(n, k, g, seed=0, kernel="aten"):
+    # torch's kernel layout: the one cpu_dequant_supported() and the unpacker are about
     torch.manual_seed(seed)
     w = torch.randn(n, k) * 0.05
     codes, scales, zeros = quantize_weight(w, g)
-    kt = Int4Linear.kernel_tensors(codes, scales, zeros, "cpu")
+    kt = Int4Linear.kernel_tensors(codes, scales, zeros, "cpu", kernel=kernel)
     lin = Int4Linear(k, n, bias=False, group_size=g, packed_shape=tuple(kt["weight_packed"].shape))
     lin.load_state_dict(kt, assign=True)
     return lin, dequantize(codes, scales, zeros, g)
