@@ -268,6 +268,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--root", default=None, help="checkpoint root (default $ABTEST_CHECKPOINT_DIR or var/checkpoints)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    ap.add_argument("--int4-kernel", default="auto", choices=("auto", "batched", "aten"),
+                    help="V2 INT4's CPU matmul (default auto: the batched kernel where the CPU has AVX-512)")
     args = ap.parse_args(argv)
     try:
         check_device(args.device)
@@ -299,7 +301,7 @@ def main(argv=None) -> int:
     v1s = replace(specs["v1-fp32"], device=args.device)
     from engines.quant import read_int4_config
 
-    v2q_s = replace(specs["v2-int4"], device=args.device,
+    v2q_s = replace(specs["v2-int4"], device=args.device, int4_kernel=args.int4_kernel,
                     group_size=read_int4_config(root / "v2-int4")["group_size"])
     v2f_s = EngineSpec(name="v2-fp32", checkpoint=str(root / "v2-fp32"), precision="fp32", attention="hybrid",
                        context_window=8192, sliding_window=1024, device=args.device)
@@ -317,6 +319,10 @@ def main(argv=None) -> int:
         _log(f"loading {s.name}")
         engines[s.name] = load_engine(s)
         engines[s.name].eos_ids = set()  # fixed-length generations for speed measurements
+    from engines.quant import Int4Linear
+
+    report["host"]["int4_kernel"] = "cuda" if args.device != "cpu" else sorted(
+        {m.kernel for m in engines["v2-int4"].loaded.model.modules() if isinstance(m, Int4Linear)})
     prompts = _prompts(engines["v1-fp32"], 32, 32, held)
     report["engines"] = {}
     for name, eng in engines.items():
