@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 __all__ = ["SOURCE", "CFLAGS", "build_dir", "load_kernel"]
-
-log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
 # ISA of the kernel: AVX-512 F (plus FMA); dispatch checks the CPU's flags at run time before
@@ -34,6 +32,18 @@ def build_dir(root: str | os.PathLike | None = None) -> Path:
     return base / f"abtest_int4-{digest.hexdigest()[:12]}"
 
 
+def _ninja_on_path() -> None:
+    """cpp_extension runs ``ninja`` from PATH: add the pip package's binary when the
+    environment's bin folder is not on PATH (a venv's python run without activating it)."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja
+    except ImportError:
+        return  # cpp_extension then raises a clear error, and dispatch falls back
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def load_kernel(root: str | os.PathLike | None = None, *, verbose: bool = False) -> float:
     """Build (when not cached) and load the kernel library; returns the seconds it took.
     Raises whatever the compiler or loader raised."""
@@ -41,6 +51,7 @@ def load_kernel(root: str | os.PathLike | None = None, *, verbose: bool = False)
     from torch.utils import cpp_extension
 
     t0 = time.perf_counter()
+    _ninja_on_path()
     d = build_dir(root)
     d.mkdir(parents=True, exist_ok=True)
     with open(d / ".abtest-build.lock", "w") as lock:

@@ -8,7 +8,7 @@ import torch
 
 from engines import int4
 from engines.int4 import layout
-from engines.quant import Int4Linear, _scales_and_zeros, dequantize, quantize_weight
+from engines.quant import Int4Linear, dequantize, quantize_weight
 
 needs_kernel = pytest.mark.skipif(not int4.kernel_available(),
                                   reason="the batched int4 kernel needs an AVX-512 CPU (falls back to aten)")
