@@ -32,6 +32,15 @@ def build_dir(root: str | os.PathLike | None = None) -> Path:
     return base / f"abtest_int4-{digest.hexdigest()[:12]}"
 
 
+def _loaded() -> bool:
+    import torch
+
+    try:
+        return hasattr(torch.ops.abtest_int4, "int4_mm")
+    except Exception:  # noqa: BLE001 - no such namespace yet
+        return False
+
+
 def _ninja_on_path() -> None:
     """cpp_extension runs ``ninja`` from PATH: add the pip package's binary when the
     environment's bin folder is not on PATH (a venv's python run without activating it)."""
@@ -47,10 +56,11 @@ def _ninja_on_path() -> None:
 def load_kernel(root: str | os.PathLike | None = None, *, verbose: bool = False) -> float:
     """Build (when not cached) and load the kernel library; returns the seconds it took.
     Raises whatever the compiler or loader raised."""
-    import torch
     from torch.utils import cpp_extension
 
     t0 = time.perf_counter()
+    if _loaded():
+        return 0.0  # a second library registering the same op namespace would abort the process
     _ninja_on_path()
     d = build_dir(root)
     d.mkdir(parents=True, exist_ok=True)
@@ -69,6 +79,6 @@ def load_kernel(root: str | os.PathLike | None = None, *, verbose: bool = False)
             )
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    if not hasattr(torch.ops.abtest_int4, "int4_mm"):
+    if not _loaded():
         raise RuntimeError("abtest_int4 library loaded without its int4_mm op")
     return time.perf_counter() - t0
