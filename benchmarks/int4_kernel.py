@@ -1,7 +1,7 @@
 """INT4 matmul kernels, per-row cost: prints ONE JSON object on stdout.
 
     python -m benchmarks.int4_kernel [--rows 1,4,8,16,32,128,512] [--reps 5] [--threads 1]
-                                     [--layers 8] [--clean-build]
+                                     [--layers 8] [--clean-build] [--engine-rounds N]
 
 Milliseconds per pass over the INT4 layer shapes of the demo model (per decoder layer fused
 q/k/v 1536x1024, o 1024x1024, fused gate/up 5632x1024, down 1024x2816, all g64; the head
@@ -12,6 +12,8 @@ same random weights and activations (the machine may be shared: ratios from
 the same reps are what to read); the median of the reps is reported. Also: each kernel's max
 relative error against the dequantize reference (``engines.quant.dequantize``, fp32 matmul of
 the same bf16 activations) and the kernel's build time (``--clean-build``: into an empty cache).
+``--engine-rounds N``: the demo V2 INT4 engine on each kernel, decode and prefill tok/s, the two
+engines alternating round by round.
 """
 
 from __future__ import annotations
@@ -32,6 +34,45 @@ def _layer_shapes(layers: int) -> list[tuple[int, int, int]]:
     return per_layer * layers + [(8192, 1024, 32)]
 
 
+def engine_rounds(root, rounds: int) -> dict:
+    """The demo V2 INT4 engine loaded twice (aten, batched): per round, each engine's decode
+    tok/s at batch 1, 8 and 32 (16 new tokens) and prefill tok/s (one 256-token prompt)."""
+    import dataclasses
+
+    import torch
+
+    from benchmarks.engines import _decode_rate, _prompts, checkpoint_root
+    from engines import GenerationRequest, load_engine
+    from engines.demo import heldout_texts
+    from engines.spec import builtin_specs
+
+    spec = builtin_specs(checkpoint_root(root))["v2-int4"]
+    engines = {k: load_engine(dataclasses.replace(spec, int4_kernel=k)) for k in ("aten", "batched")}
+    for e in engines.values():
+        e.eos_ids = set()
+    held = heldout_texts()
+    prompts = _prompts(engines["aten"], 32, 32, held)
+    long_prompt = _prompts(engines["aten"], 1, 256, held)[0]
+    out: dict = {"threads": torch.get_num_threads(), "rounds": rounds}
+    rates: dict = {}
+    for r in range(rounds):
+        for kind in ("aten", "batched") if r % 2 == 0 else ("batched", "aten"):
+            eng = engines[kind]
+            for b in (1, 8, 32):
+                rates.setdefault((kind, f"decode_b{b}"), []).append(_decode_rate(eng, prompts[:b], 16)["decode_tok_s"])
+            t0 = time.perf_counter()
+            res = eng.generate([GenerationRequest(long_prompt, max_new_tokens=1)])[0]
+            rates.setdefault((kind, "prefill"), []).append(res.prompt_tokens / (time.perf_counter() - t0))
+    for what in ("decode_b1", "decode_b8", "decode_b32", "prefill"):
+        a, b = rates[("aten", what)], rates[("batched", what)]
+        out[what] = {"aten_tok_s_best": round(max(a), 1), "batched_tok_s_best": round(max(b), 1),
+                     "ratio_best": round(max(b) / max(a), 2),
+                     "ratio_median": round(statistics.median(y / x for x, y in zip(a, b)), 2)}
+    for e in engines.values():
+        e.close()
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", default="1,4,8,16,32,128,512")
@@ -39,6 +80,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--clean-build", action="store_true", help="time a build into an empty cache")
+    ap.add_argument("--engine-rounds", type=int, default=0,
+                    help="also: the demo V2 INT4 engine on each kernel, decode tok/s at batch 1/8/32 and "
+                         "prefill, alternating, this many rounds (needs the demo checkpoints)")
+    ap.add_argument("--root", default=None, help="demo checkpoint root (default $ABTEST_CHECKPOINT_DIR or var/checkpoints)")
     args = ap.parse_args(argv)
 
     import torch
@@ -117,6 +162,8 @@ def main(argv=None) -> int:
         print(f"[int4_kernel] {row}", file=sys.stderr, flush=True)
     report["ms_per_pass"] = table
     report["layers"] = len(shapes)
+    if args.engine_rounds:
+        report["engine_v2_int4"] = engine_rounds(args.root, args.engine_rounds)
     print(json.dumps(report))
     return 0
 
