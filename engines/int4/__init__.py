@@ -61,9 +61,9 @@ def kernel_available() -> bool:
                 _state["ok"] = False
                 _state["why"] = f"CPU lacks one of {', '.join(_FLAGS)}"
             else:
-                from engines.int4.build import load_kernel
-
                 try:
+                    from engines.int4.build import load_kernel
+
                     _state["build_s"] = load_kernel()
                     _state["ok"] = True
                 except Exception as e:  # noqa: BLE001 - any build/load failure: fall back
@@ -87,7 +87,7 @@ def resolve_kernel(kernel: str, device: torch.device | str = "cpu") -> str:
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
-    """Raw codes [n, k] -> the ``batched`` layout (uint8 [n/16, k/4, 32])."""
+    """Raw codes [n, k] -> the ``batched`` layout (uint8 [n/16, k/2, 16])."""
     return layout.pack(codes)
 
 
