@@ -244,3 +244,23 @@ def test_many_rows_take_the_gemm_path_only_when_opted_in(monkeypatch):
         y = lin(x)
         assert bool(calls) == (rows == 16)
         assert _rel(y, ref) < 2 * REL_TOL
+
+
+@needs_kernel
+def test_two_processes_building_at_once_both_load(tmp_path):
+    """Two processes starting on an empty cache: the lock lets one build while the other waits,
+    then both load the same library."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from engines.int4.build import load_kernel, build_dir; "
+            "load_kernel(sys.argv[1]); import torch; "
+            "print(build_dir(sys.argv[1]), hasattr(torch.ops.abtest_int4, 'int4_mm'))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert out.split()[-1] == "True"
+    folders = [d for d in tmp_path.iterdir() if d.is_dir()]
+    assert len(folders) == 1 and (folders[0] / "abtest_int4.so").is_file()
