@@ -42,7 +42,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
     capped at 64)."""
 
     def __init__(self, engine, *, max_batch_size: int | None = None, max_wait_ms: float | None = None,
-                 max_queue: int | None = None, name: str | None = None):
+                 max_queue: int | None = None, name: str | None = None, idle_gap_ms: float | None = None):
         if max_batch_size is None:
             max_batch_size = min(64, getattr(getattr(engine, "spec", None), "max_batch_size", 64))
         self._live: list[_Live] = []
@@ -50,7 +50,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         self._cap_t = 0
         self.steps_run = 0
         super().__init__(engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         name=name)
+                         name=name, idle_gap_ms=idle_gap_ms)
 
     # ------------------------------------------------------------------ worker
 

@@ -42,6 +42,7 @@ class EngineSpec:
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
     max_batch_size: int = 256  # BatchingScheduler: flush when this many requests wait
     max_wait_ms: float = 50.0  # BatchingScheduler: flush when the oldest waited this long
+    idle_gap_ms: float = 2.0  # ... or when no request arrived for this long (a lone request starts at once)
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
     num_threads: int | None = None  # torch CPU threads for this engine (None: leave as is)
     description: str = ""  # free text shown by `engines list`
@@ -86,9 +87,10 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
     sw = d.get("sliding_window")
     if sw is not None and (not isinstance(sw, int) or isinstance(sw, bool) or sw < 1):
         p.append(f"field 'sliding_window' must be a positive integer or null, got {sw!r}")
-    mw = d.get("max_wait_ms")
-    if not isinstance(mw, (int, float)) or isinstance(mw, bool) or mw < 0:
-        p.append(f"field 'max_wait_ms' must be a number >= 0, got {mw!r}")
+    for f in ("max_wait_ms", "idle_gap_ms"):
+        mw = d.get(f, 0.0)
+        if not isinstance(mw, (int, float)) or isinstance(mw, bool) or not 0 <= mw < float("inf"):
+            p.append(f"field {f!r} must be a number >= 0, got {mw!r}")
     dev = d.get("device")
     try:
         parse_device(dev)

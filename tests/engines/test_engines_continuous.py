@@ -14,7 +14,7 @@ def test_continuous_matches_static_results(tiny_engines, name):
     lens = [3, 17, 8, 25, 1, 12]
     reqs = [GenerationRequest(p, max_new_tokens=n) for p, n in zip(prompts, lens)]
     expected = [r.text for r in eng.generate(reqs)]
-    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5) as s:
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5, idle_gap_ms=5) as s:
         futs = [s.submit(r) for r in reqs]
         res = [f.result(60) for f in futs]
     assert [r.text for r in res] == expected
@@ -24,7 +24,7 @@ def test_continuous_matches_static_results(tiny_engines, name):
 
 def test_continuous_requests_join_and_leave(tiny_engines):
     eng = tiny_engines["v1-fp32"]
-    with ContinuousBatchingScheduler(eng, max_batch_size=8, max_wait_ms=1) as s:
+    with ContinuousBatchingScheduler(eng, max_batch_size=8, max_wait_ms=1, idle_gap_ms=1) as s:
         long = s.submit(GenerationRequest("import os", max_new_tokens=120))
         time.sleep(0.05)
         shorts = [s.submit(GenerationRequest(f"x = {i}", max_new_tokens=3)) for i in range(3)]
@@ -38,7 +38,7 @@ def test_continuous_requests_join_and_leave(tiny_engines):
 
 def test_continuous_errors_and_threads(tiny_engines):
     eng = tiny_engines["v2-int4"]
-    with ContinuousBatchingScheduler(eng, max_batch_size=6, max_wait_ms=5) as s:
+    with ContinuousBatchingScheduler(eng, max_batch_size=6, max_wait_ms=5, idle_gap_ms=5) as s:
         bad = s.submit(GenerationRequest("y" * 6000, max_new_tokens=2))
         zero = s.submit(GenerationRequest("ok", max_new_tokens=0))
         results = {}
