@@ -19,11 +19,13 @@ __all__ = [
     "check_checkpoint",
     "PRECISIONS",
     "ATTENTIONS",
+    "SCHEDULERS",
     "GROUP_SIZES",
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int4")
 ATTENTIONS = ("dense", "hybrid")
+SCHEDULERS = ("static", "continuous")
 GROUP_SIZES = (32, 64, 128)
 DEVICES = ("cpu", "cuda")
 # The checkpoint directories `engines build-demo` writes under its root.
@@ -43,6 +45,9 @@ class EngineSpec:
     max_batch_size: int = 256  # BatchingScheduler: flush when this many requests wait
     max_wait_ms: float = 50.0  # BatchingScheduler: flush when the oldest waited this long
     idle_gap_ms: float = 2.0  # ... or when no request arrived for this long (a lone request starts at once)
+    # Serving: "static" (BatchingScheduler: a batch runs to its end) or "continuous"
+    # (ContinuousBatchingScheduler: requests join and leave a running decode between steps).
+    scheduler: str = "static"
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
     num_threads: int | None = None  # torch CPU threads for this engine (None: leave as is)
     description: str = ""  # free text shown by `engines list`
@@ -78,6 +83,8 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
             p.append(f"field 'group_size' must be one of {GROUP_SIZES} for int4, got {gs!r}")
     elif gs is not None:
         p.append("field 'group_size' is only valid with precision 'int4'")
+    if d.get("scheduler", "static") not in SCHEDULERS:
+        p.append(f"field 'scheduler' must be one of {SCHEDULERS}, got {d.get('scheduler')!r}")
     if d.get("attention") not in ATTENTIONS:
         p.append(f"field 'attention' must be one of {ATTENTIONS}, got {d.get('attention')!r}")
     for f in ("context_window", "max_batch_size", "max_queue"):

@@ -61,3 +61,30 @@ def test_continuous_errors_and_threads(tiny_engines):
     # seeded sampling is reproducible in any batch company
     again = eng.generate([GenerationRequest("value_3 = 3", max_new_tokens=8, seed=3, temperature=0.7)])[0]
     assert again.text == results[3].text
+
+
+@pytest.mark.parametrize("kind", ["static", "continuous"])
+def test_the_spec_chooses_the_serving_scheduler(tiny_specs, tiny_engines, kind):
+    """workers' EngineHost (embedded and Celery serving) builds the scheduler the spec names,
+    and both give the engine's own greedy text."""
+    import dataclasses
+
+    from engines import BatchingScheduler
+    from workers.host import EngineHost
+
+    spec = dataclasses.replace(tiny_specs["v1-fp32"], scheduler=kind)
+    host = EngineHost({"v1-fp32": spec})
+    request = GenerationRequest("def f(x):", max_new_tokens=6)
+    try:
+        scheduler = host.scheduler("v1-fp32")
+        assert type(scheduler) is (ContinuousBatchingScheduler if kind == "continuous" else BatchingScheduler)
+        assert scheduler.submit(request).result(60).text == tiny_engines["v1-fp32"].generate([request])[0].text
+    finally:
+        host.close()
+
+
+def test_an_unknown_scheduler_is_refused_by_name():
+    from engines import EngineSpec
+
+    with pytest.raises(ValueError, match="field 'scheduler' must be one of"):
+        EngineSpec(name="e", checkpoint="c", scheduler="eager")
