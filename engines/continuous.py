@@ -99,8 +99,9 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         n = len(self._live)
         if self._cache is not None and n:
             for (k, v), (nk, nv) in zip(self._cache, new):
-                nk[:n, :, : self._cap_t] = k[:n]
-                nv[:n, :, : self._cap_t] = v[:n]
+                # a sliding layer's ring keeps slot s at s % W: the old entries keep their index
+                nk[:n, :, : k.shape[2]] = k[:n]
+                nv[:n, :, : v.shape[2]] = v[:n]
         self._cache, self._cap_t = new, cap_t
 
     @torch.inference_mode()
@@ -151,9 +152,14 @@ class ContinuousBatchingScheduler(BatchingScheduler):
                 self._resolve(lv)
                 continue
             dst = len(self._live)
+            pad = P - lens[b]
             for (k, v), (tk, tv) in zip(self._cache, tmp):
-                k[dst, :, : lens[b]] = tk[b, :, P - lens[b]:]
-                v[dst, :, : lens[b]] = tv[b, :, P - lens[b]:]
+                if tk.shape[2] < P:  # a ring (slot s at s % R), left-padded: shift to slot 0
+                    k[dst] = torch.roll(tk[b], -pad, dims=1)
+                    v[dst] = torch.roll(tv[b], -pad, dims=1)
+                else:
+                    k[dst, :, : lens[b]] = tk[b, :, pad:]
+                    v[dst, :, : lens[b]] = tv[b, :, pad:]
             lv.slot = lens[b]
             lv.tok = first[b]
             self._live.append(lv)

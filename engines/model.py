@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engines.kv_ring import ragged_ring_valid, ring_step
 from engines.quant import (
     ARTIFACT_FILE,
     BF16Embedding,
@@ -303,6 +304,9 @@ class DecoderRunner:
     Cache layout: per layer K and V tensors [B, n_kv_heads, T, head_dim]; slot ``s`` of row
     ``b`` holds that row's token at slot s (prompts are left-padded so all rows share slot
     indices; padded slots are masked out of attention).
+
+    A sliding-window layer (window W) reads only its last W slots, so its cache holds at most W
+    (:meth:`new_cache`): a ring, see :mod:`engines.kv_ring`.
     """
 
     def __init__(self, loaded: LoadedModel, context_window: int, attention: str = "dense",
@@ -351,13 +355,23 @@ class DecoderRunner:
         xf = x.float()
         return norm.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
+    def cache_lengths(self, length: int) -> list[int]:
+        """Slots per layer of a cache for ``length`` slots: all of them on a global layer, at
+        most the window on a sliding one (a ring)."""
+        return [length if W is None else min(length, W) for W in self.windows]
+
+    def kv_bytes(self, length: int, batch: int = 1) -> int:
+        """Bytes of the K and V tensors :meth:`new_cache` allocates for ``batch`` rows of ``length``."""
+        per_slot = 2 * batch * self.n_kv * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
+        return per_slot * sum(self.cache_lengths(length))
+
     def new_cache(self, batch: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        shape = (batch, self.n_kv, length, self.head_dim)
-        return [
-            (torch.empty(shape, dtype=self.dtype, device=self.device),
-             torch.empty(shape, dtype=self.dtype, device=self.device))
-            for _ in range(self.n_layers)
-        ]
+        caches = []
+        for n in self.cache_lengths(length):
+            shape = (batch, self.n_kv, n, self.head_dim)
+            caches.append((torch.empty(shape, dtype=self.dtype, device=self.device),
+                           torch.empty(shape, dtype=self.dtype, device=self.device)))
+        return caches
 
     @staticmethod
     def select_rows(cache, rows: torch.Tensor):
@@ -413,21 +427,25 @@ class DecoderRunner:
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         for li, layer in enumerate(self.layers):
             W = self.windows[li]
-            kstart = 0 if W is None or q > 1 else max(0, end - W)
-            if W not in masks:
-                if q > 1 and start == 0 and key_valid is None and (W is None or W >= end):
-                    masks[W] = "causal"
-                else:
-                    masks[W] = self._mask(B, q, start, end, kstart, key_valid, W)
-            mask = masks[W]
+            kc, vc = cache[li]
             attn = layer.self_attn
             x = self._norm(layer.input_layernorm, h)
             qs, ks, vs = self._qkv(attn, x, q, cos, sin)
-            kc, vc = cache[li]
-            kc[:, :, start:end] = ks
-            vc[:, :, start:end] = vs
+            if W is not None and kc.shape[2] < end:  # a ring that no longer holds every slot
+                keys, values, mask = ring_step(kc, vc, ks, vs, start, end, key_valid, W, masks, self._mask)
+            else:
+                kstart = 0 if W is None or q > 1 else max(0, end - W)
+                if W not in masks:
+                    if q > 1 and start == 0 and key_valid is None and (W is None or W >= end):
+                        masks[W] = "causal"
+                    else:
+                        masks[W] = self._mask(B, q, start, end, kstart, key_valid, W)
+                mask = masks[W]
+                kc[:, :, start:end] = ks
+                vc[:, :, start:end] = vs
+                keys, values = kc[:, :, kstart:end], vc[:, :, kstart:end]
             o = F.scaled_dot_product_attention(
-                qs, kc[:, :, kstart:end], vc[:, :, kstart:end],
+                qs, keys, values,
                 attn_mask=None if isinstance(mask, str) else mask, is_causal=isinstance(mask, str),
                 scale=self.scaling, enable_gqa=Hkv != H,
             )
@@ -461,16 +479,23 @@ class DecoderRunner:
         rows = torch.arange(B, device=self.device)
         for li, layer in enumerate(self.layers):
             W = self.windows[li]
-            if W not in masks:
-                m = causal if W is None else causal & (kpos > (slots[:, None] - W))
-                masks[W] = m[:, None, None, :]
+            kc, vc = cache[li]
+            ring = W is not None and kc.shape[2] < end
+            key = ("ring", W) if ring else W
+            if key not in masks:
+                if ring:
+                    m = ragged_ring_valid(slots, kc.shape[2])
+                else:
+                    m = causal if W is None else causal & (kpos > (slots[:, None] - W))
+                masks[key] = m[:, None, None, :]
             attn = layer.self_attn
             x = self._norm(layer.input_layernorm, h)
             qs, ks, vs = self._qkv(attn, x, 1, cos, sin)
-            kc, vc = cache[li]
-            kc[rows, :, slots] = ks[:, :, 0]
-            vc[rows, :, slots] = vs[:, :, 0]
-            o = F.scaled_dot_product_attention(qs, kc[:, :, :end], vc[:, :, :end], attn_mask=masks[W],
+            at = slots % kc.shape[2] if ring else slots
+            kc[rows, :, at] = ks[:, :, 0]
+            vc[rows, :, at] = vs[:, :, 0]
+            n = kc.shape[2] if ring else end
+            o = F.scaled_dot_product_attention(qs, kc[:, :, :n], vc[:, :, :n], attn_mask=masks[key],
                                                scale=self.scaling, enable_gqa=Hkv != H)
             o = o.transpose(1, 2).reshape(B, 1, H * D)
             h = h + _linear(attn.o_proj, o)

@@ -213,13 +213,12 @@ class Engine(Scoring):
     def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
         """Split into batches of at most max_batch_size rows whose KV cache fits the budget."""
         r = self.runner
-        per_token = r.n_layers * 2 * r.n_kv * r.head_dim * torch.empty((), dtype=r.dtype).element_size()
         chunks: list[list[_Row]] = []
         cur: list[_Row] = []
         P = L = 0
         for row in rows:
             p2, l2 = max(P, len(row.ids)), max(L, row.limit)
-            if cur and (len(cur) >= self.spec.max_batch_size or (len(cur) + 1) * (p2 + l2) * per_token > _KV_BUDGET_BYTES):
+            if cur and (len(cur) >= self.spec.max_batch_size or r.kv_bytes(p2 + l2, len(cur) + 1) > _KV_BUDGET_BYTES):
                 chunks.append(cur)
                 cur, p2, l2 = [], len(row.ids), row.limit
             cur.append(row)
