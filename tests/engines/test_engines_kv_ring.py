@@ -67,3 +67,16 @@ def test_continuous_batching_with_rings_matches_static(tiny_engines):
     with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5, idle_gap_ms=5) as s:
         got = [f.result(120).token_ids for f in [s.submit(r) for r in requests]]
     assert got == expected
+
+
+def test_the_long_context_benchmark_reports_allocated_bytes(tiny_engines):
+    from benchmarks.long_context import kv_bytes
+
+    v2, v1 = kv_bytes(tiny_engines["v2-int4"], (8, 200)), kv_bytes(tiny_engines["v1-fp32"], (200, 300))
+    runner = tiny_engines["v2-int4"].runner
+    per_slot_layer = 2 * runner.n_kv * runner.head_dim * 4  # fp32 K and V of one slot on one layer
+    n_global = sum(w is None for w in runner.windows)
+    assert v2["8"]["bytes"] == v2["8"]["full_length_bytes"] == 8 * runner.n_layers * per_slot_layer
+    assert v2["200"]["bytes"] == (200 * n_global + W * (runner.n_layers - n_global)) * per_slot_layer
+    assert v2["200"]["ratio_to_full_length"] < 1 and v1["200"]["ratio_to_full_length"] == 1
+    assert v1["300"] == {"error": "context window is 256"}
