@@ -249,6 +249,9 @@ _mount_optional()
 
 
 def main() -> None:
+    from engines import tune_openmp
+
+    tune_openmp()  # before anything imports torch: the engines run in this process or its children
     cli(prog_name="abtest")
 
 

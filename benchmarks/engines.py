@@ -15,14 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-
-os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # before torch loads: see engines/__init__.py
 import platform
 import statistics
 import sys
 import threading
 import time
 from pathlib import Path
+
+from engines import tune_openmp
+
+tune_openmp()  # before torch is imported (main imports it)
 
 
 def _log(msg: str) -> None:
@@ -213,7 +215,7 @@ def dynamic_batching(engine, prompts, new_tokens: int, concurrent: int) -> dict:
         "sequential_tok_s": round(seq_tokens / seq_s, 1),
         "concurrent_tok_s": round(toks / conc_s, 1),
         "speedup": round((toks / conc_s) / (seq_tokens / seq_s), 2),
-        "batch_sizes": sched.batch_sizes,
+        "batch_sizes": list(sched.batch_sizes),
         "queue_ms_p50": round(_pct(q, 0.5), 1),
         "queue_ms_p99": round(_pct(q, 0.99), 1),
         "max_wait_ms": engine.spec.max_wait_ms,

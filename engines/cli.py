@@ -89,6 +89,9 @@ def list_cmd(registry, root) -> None:
 
 
 def main() -> None:  # python -m engines.cli
+    from engines import tune_openmp
+
+    tune_openmp()
     engines(prog_name="engines")
 
 

@@ -24,7 +24,9 @@ from engines.types import EngineClosed, EngineError, GenerationRequest, Overload
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchingScheduler", "RequestFuture", "Expired"]
+__all__ = ["BatchingScheduler", "RequestFuture", "Expired", "BATCH_SIZES_KEPT"]
+
+BATCH_SIZES_KEPT = 4096  # statistics stay bounded however long a scheduler serves
 
 
 class Expired(EngineError):
@@ -81,7 +83,7 @@ class BatchingScheduler:
         self._last_arrival = 0.0  # monotonic time of the latest submit
         self.batches_run = 0
         self.requests_run = 0
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=BATCH_SIZES_KEPT)  # the latest batches' sizes
         label = name or getattr(spec, "name", "engine")
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{label}", daemon=True)
         self._thread.start()

@@ -21,6 +21,9 @@ from abtest.app import create_app
 from abtest.db import upgrade
 from abtest.models import Base
 from abtest.services.keys import create_key
+from engines import tune_openmp
+
+tune_openmp()  # as the abtest and engines commands do, before a test imports torch
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_SERVER_URL = os.environ.get("ABTEST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -249,3 +249,25 @@ def test_the_idle_gap_is_a_spec_field_and_validated():
         EngineSpec(name="e", checkpoint="c", idle_gap_ms=-1)
     with pytest.raises(ValueError, match="idle_gap_ms"):
         BatchingScheduler(FakeEngine(), idle_gap_ms=-1)
+
+
+def test_batch_statistics_stay_bounded():
+    from engines.scheduler import BATCH_SIZES_KEPT
+
+    eng = FakeEngine()
+    with BatchingScheduler(eng, max_batch_size=1, max_wait_ms=0, max_queue=100) as s:
+        s.batch_sizes.extend([1] * (BATCH_SIZES_KEPT + 10))  # as if that many batches had run
+        s.submit(GenerationRequest("last")).result(timeout=10)
+        assert len(s.batch_sizes) == BATCH_SIZES_KEPT and s.batches_run == 1
+
+
+def test_importing_engines_sets_nothing_and_the_entry_points_tune_openmp():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    code = ("import os, engines, engines.spec, engines.types; before = os.environ.get('GOMP_SPINCOUNT'); "
+            "engines.tune_openmp(); print(before, os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "20000"]
