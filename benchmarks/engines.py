@@ -256,9 +256,9 @@ def checkpoint_root(root: str | None = None) -> Path:
     """The demo checkpoint root, absolute, resolved once at start-up: ``--root``, else
     ``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints`` under the working directory (where
     ``abtest engines build-demo`` and ``make demo`` put them when run from the repository root)."""
-    from engines.spec import default_checkpoint_root
+    from engines.spec import CHECKPOINT_DIR_ENV, default_checkpoint_root
 
-    return Path(os.path.abspath(os.path.expanduser(root))) if root else default_checkpoint_root()
+    return default_checkpoint_root(root or os.environ.get(CHECKPOINT_DIR_ENV))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

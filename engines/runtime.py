@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +38,6 @@ __all__ = ["Engine", "load_engine"]
 
 # Bound on the attention score tensor of one prefill chunk (bytes): long prompts prefill in chunks.
 _PREFILL_SCORE_BYTES = 256 * 2**20
-# Bound on one batch's KV cache (bytes); a larger batch is run as several.
-_KV_BUDGET_BYTES = int(float(os.environ.get("ABTEST_ENGINE_KV_BUDGET_GB", "3")) * 2**30)
 
 
 def load_engine(spec: EngineSpec) -> "Engine":
@@ -211,14 +208,15 @@ class Engine(Scoring):
         return out  # type: ignore[return-value]
 
     def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Split into batches of at most max_batch_size rows whose KV cache fits the budget."""
+        """Split into batches of at most max_batch_size rows whose KV cache fits the spec's budget."""
         r = self.runner
+        budget = self.spec.kv_budget_gb * 2**30
         chunks: list[list[_Row]] = []
         cur: list[_Row] = []
         P = L = 0
         for row in rows:
             p2, l2 = max(P, len(row.ids)), max(L, row.limit)
-            if cur and (len(cur) >= self.spec.max_batch_size or r.kv_bytes(p2 + l2, len(cur) + 1) > _KV_BUDGET_BYTES):
+            if cur and (len(cur) >= self.spec.max_batch_size or r.kv_bytes(p2 + l2, len(cur) + 1) > budget):
                 chunks.append(cur)
                 cur, p2, l2 = [], len(row.ids), row.limit
             cur.append(row)

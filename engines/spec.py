@@ -20,12 +20,14 @@ __all__ = [
     "PRECISIONS",
     "ATTENTIONS",
     "SCHEDULERS",
+    "CHECKPOINT_DIR_ENV",
     "GROUP_SIZES",
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int4")
 ATTENTIONS = ("dense", "hybrid")
 SCHEDULERS = ("static", "continuous")
+CHECKPOINT_DIR_ENV = "ABTEST_CHECKPOINT_DIR"  # read by the commands (engines CLI, benchmarks), never here
 GROUP_SIZES = (32, 64, 128)
 DEVICES = ("cpu", "cuda")
 # The checkpoint directories `engines build-demo` writes under its root.
@@ -49,6 +51,7 @@ class EngineSpec:
     # (ContinuousBatchingScheduler: requests join and leave a running decode between steps).
     scheduler: str = "static"
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
+    kv_budget_gb: float = 3.0  # one static batch's KV cache at most this: a larger batch runs as several
     num_threads: int | None = None  # torch CPU threads for this engine (None: leave as is)
     description: str = ""  # free text shown by `engines list`
     # What an hour of this engine's machine costs (any currency, the same for every engine of an
@@ -94,6 +97,9 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
     sw = d.get("sliding_window")
     if sw is not None and (not isinstance(sw, int) or isinstance(sw, bool) or sw < 1):
         p.append(f"field 'sliding_window' must be a positive integer or null, got {sw!r}")
+    kv = d.get("kv_budget_gb", 3.0)
+    if not isinstance(kv, (int, float)) or isinstance(kv, bool) or not 0 < kv < float("inf"):
+        p.append(f"field 'kv_budget_gb' must be a number > 0, got {kv!r}")
     for f in ("max_wait_ms", "idle_gap_ms"):
         mw = d.get(f, 0.0)
         if not isinstance(mw, (int, float)) or isinstance(mw, bool) or not 0 <= mw < float("inf"):
@@ -115,12 +121,12 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
     return p
 
 
-def default_checkpoint_root() -> Path:
-    """``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints``, as an absolute path: a relative value
-    is resolved against the working directory now, so the specs built from it do not move when
-    the directory changes later (or when written into a registry file elsewhere)."""
-    raw = os.environ.get("ABTEST_CHECKPOINT_DIR") or "var/checkpoints"
-    return Path(os.path.abspath(os.path.expanduser(raw)))
+def default_checkpoint_root(raw: str | os.PathLike | None = None) -> Path:
+    """``raw``, else ``var/checkpoints``, as an absolute path: a relative value is resolved
+    against the working directory now, so the specs built from it do not move when the
+    directory changes later (or when written into a registry file elsewhere). The engines read
+    no environment: the commands pass ``$ABTEST_CHECKPOINT_DIR`` in (:data:`CHECKPOINT_DIR_ENV`)."""
+    return Path(os.path.abspath(os.path.expanduser(raw or "var/checkpoints")))
 
 
 def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str, EngineSpec]:

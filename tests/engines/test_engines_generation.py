@@ -217,17 +217,18 @@ def test_closed_engine_refuses(tiny_specs):
 
 
 def test_large_batches_split_by_size_and_kv_budget(tiny_engines, monkeypatch):
-    import engines.runtime as rt
+    from dataclasses import replace
 
     eng = tiny_engines["v1-fp32"]
     reqs = [GenerationRequest(f"x = {i}", max_new_tokens=4) for i in range(6)]
-    monkeypatch.setattr(rt, "_KV_BUDGET_BYTES", 10**12)
-    monkeypatch.setattr(eng, "spec", __import__("dataclasses").replace(eng.spec, max_batch_size=4))
+    monkeypatch.setattr(eng, "spec", replace(eng.spec, max_batch_size=4, kv_budget_gb=1000.0))
     assert [r.batch_size for r in eng.generate(reqs)] == [4, 4, 4, 4, 2, 2]
     r = eng.runner
     per_seq = r.n_layers * 2 * r.n_kv * r.head_dim * 4 * (len(eng.encode("x = 1")) + 4)
-    monkeypatch.setattr(rt, "_KV_BUDGET_BYTES", int(per_seq * 2.5))
+    monkeypatch.setattr(eng, "spec", replace(eng.spec, max_batch_size=4, kv_budget_gb=per_seq * 2.5 / 2**30))
     assert [r.batch_size for r in eng.generate(reqs)] == [2, 2, 2, 2, 2, 2]
+    with pytest.raises(ValueError, match="kv_budget_gb"):
+        replace(eng.spec, kv_budget_gb=0)
 
 
 def test_rope_helper_equals_rotate_half_formula():
