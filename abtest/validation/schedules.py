@@ -86,5 +86,7 @@ def parse_window(start_raw: Any, stop_raw: Any, *, start_given: bool, stop_given
         if stop is not None and stop <= now:
             raise ValidationError("stop_at", f"{stop.isoformat()} is in the past (now {now.isoformat()})")
     if start is not None and stop is not None and stop <= start:
-        raise ValidationError("stop_at", f"must be after start_at ({start.isoformat()})")
+        if stop_given:
+            raise ValidationError("stop_at", f"must be after start_at ({start.isoformat()})")
+        raise ValidationError("start_at", f"must be before stop_at ({stop.isoformat()})")
     return start, stop

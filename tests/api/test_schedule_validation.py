@@ -76,7 +76,8 @@ def test_patch_replaces_the_schedule_validated_the_same_way(client, admin, make_
     audit = len(client.get("/v1/experiments/sched/audit", headers=admin).get_json()["entries"])
     for fields, field in [({"ramp": ramp(0.2, 2.0)}, "ramp[1].coverage"),
                           ({"ramp": [*ramp(0.2, 0.3), {"at": iso(-1), "coverage": 1}]}, "ramp[2].at"),
-                          ({"start_at": iso(11)}, "stop_at"),  # after the stored stop_at
+                          ({"start_at": iso(11)}, "start_at"),  # after the stored stop_at
+                          ({"start_at": iso(9), "stop_at": iso(8)}, "stop_at"),
                           ({"stop_at": iso(-40)}, "stop_at"),
                           ({"coverage": 0.3, "ramp": [{"at": iso(), "coverage": 0.2, "when": 1}]}, "ramp[0].when")]:
         reply = client.patch("/v1/experiments/sched", json=fields, headers=admin)
