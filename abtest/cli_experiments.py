@@ -115,7 +115,7 @@ def _schedules(fn: Callable[..., Any]) -> Callable[..., Any]:
                            "none: no start time")(fn)
     fn = click.option("--ramp-step", multiple=True, metavar="AT=COVERAGE",
                       help="a coverage ramp step, e.g. 2026-12-01T10:00:00Z=0.1 (repeatable, in time order; "
-                           "replaces the whole schedule)")(fn)
+                           "together they replace the whole ramp)")(fn)
     return click.option("--ramp", metavar="JSON|none",
                         help='the coverage ramp as JSON, [{"at": TIME, "coverage": SHARE}, ...] '
                              "(none: no ramp)")(fn)
