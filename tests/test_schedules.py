@@ -207,3 +207,18 @@ def test_a_failing_schedule_is_isolated_and_the_monitor_thread_keeps_going(clien
         thread.stop()
     assert view(client, admin, "fine")["coverage"] == 0.9 and not thread._thread.is_alive()
     assert view(client, admin, "broken")["coverage"] == 1.0
+
+
+def test_the_app_runs_schedule_rounds_even_with_guardrail_checks_off(sqlite_url, tmp_path) -> None:
+    from abtest.app import create_app
+
+    app = create_app({"database_url": sqlite_url, "preload_engines": False, "checkpoint_dir": str(tmp_path),
+                      "guardrail_interval_s": 0.0, "schedule_interval_s": 60.0})
+    services = app.extensions["abtest"]
+    try:
+        mon = services.monitor
+        assert mon is not None and mon._thread.is_alive()
+        assert (mon.interval_s, mon.schedule_interval_s) == (0.0, 60.0)
+    finally:
+        services.close()
+    assert not mon._thread.is_alive()
