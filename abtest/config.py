@@ -70,6 +70,9 @@ class Settings:
     definitions_push_check_s: float = 1.0
     # Guardrail checks of running experiments every this many seconds (0 turns them off).
     guardrail_interval_s: float = 300.0
+    # Schedules (coverage ramp steps, start_at, stop_at) are applied every this many seconds:
+    # a step takes effect within this long after its time (0 turns schedules off).
+    schedule_interval_s: float = 30.0
     # When set, an admin API key with this exact value is ensured at start-up (for bootstrapping).
     bootstrap_admin_key: str | None = None
     # Failed authentications: a client address with this many 401s within the window gets 429

@@ -138,6 +138,14 @@ class Experiment(Base):
     dimensions: Mapped[list[Any] | None] = mapped_column(JSON, default=list)
     # Sticky bucketing: units keep their variant across weight changes (sticky_assignments).
     sticky: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Schedule (abtest.services.schedules): coverage ramp steps [{"at", "coverage", "state",
+    # "applied_at"}], how many of them are done (applied or superseded), the time of the next
+    # pending one (None: none), and the times the monitor starts and stops the experiment.
+    ramp: Mapped[list[Any] | None] = mapped_column(JSON, default=list)
+    ramp_applied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ramp_next_at: Mapped[datetime | None]
+    start_at: Mapped[datetime | None]
+    stop_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]

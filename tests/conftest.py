@@ -85,6 +85,7 @@ def app(db_url: str, tmp_path) -> Iterator[Any]:
         "checkpoint_dir": str(tmp_path / "checkpoints"),
         "max_body_bytes": 65_536,
         "guardrail_interval_s": 0.0,  # tests run guardrail rounds explicitly
+        "schedule_interval_s": 0.0,  # and schedule rounds, with a fake clock
         # a loaded 2-core CI machine can stall a healthy database past the 0.75 s default; the
         # outage tests (tests/serving, benchmarks.faults) keep the default
         "probe_stale_s": 5.0,

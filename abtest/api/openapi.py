@@ -9,6 +9,7 @@ __all__ = ["openapi_document", "OPERATIONS", "QUERY_PARAMETERS"]
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _STR, _NUM, _BOOL, _INT = {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "integer"}
 _OBJ = {"type": "object"}
+_TIME = {"type": "string", "format": "date-time"}
 
 
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -25,6 +26,12 @@ _EXPERIMENT_FIELDS = dict(
     variants={"type": "array", "items": _VARIANT, "minItems": 2},
     targeting={"type": "array", "items": _RULE}, forced=_OBJ,
     metrics={"type": "array", "items": _METRIC}, sticky=_BOOL,
+    ramp={"type": "array", "maxItems": 50, "description": "coverage ramp steps in time order, applied by the "
+          "monitor while the experiment runs",
+          "items": _obj(["at", "coverage"], at=_TIME, coverage={"type": "number", "minimum": 0, "maximum": 1})},
+    start_at={**_TIME, "nullable": True, "description": "the monitor starts the draft at this time"},
+    stop_at={**_TIME, "nullable": True, "description": "the monitor stops the experiment at this time "
+             "(after start_at)"},
 )
 SCHEMAS: dict[str, Any] = {
     "Error": _obj(["error"], error=_obj(["code", "message"], code=_STR, message=_STR, details={}),

@@ -71,7 +71,8 @@ __all__ = [
 BUILTIN_METRICS: dict[str, str] = builtin_directions()
 DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
 MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics",
-                  "decision", "quality_sample", "cuped", "dimensions", "sticky", "treatment_paused")
+                  "decision", "quality_sample", "cuped", "dimensions", "sticky", "ramp", "start_at", "stop_at",
+                  "treatment_paused")
 DECISIONS = ("superiority", "non_inferiority")
 METRIC_KINDS = ("binary", "count", "sum", "cost_per_event")
 CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])
