@@ -10,7 +10,7 @@ ratio metric is compared per cohort and pooled by cohort size
 so, with the cohorts' units. Not stratified, and said so in the block: quantile metrics, the
 capped latency (``cap``: its log scan has no cohort) and metrics of a variant whose figures
 are unavailable. CUPED is not applied to a stratified metric. The per-variant estimates, the
-time series and the power plan stay the pooled ones.
+time series, the power plan and the segment breakdowns stay the pooled ones.
 """
 
 from __future__ import annotations
@@ -67,13 +67,15 @@ def collect(conn: Any, scope: Q.Scope, exp: Any, specs: Sequence[MetricSpec], ke
         elif s.name in builtin_ratios:
             unit_rows = CQ.cohort_unit_rows(conn, scope) if unit_rows is None else unit_rows
             per = ratio_stats(unit_rows, s.name)
-        else:  # pragma: no cover - every mean and ratio metric is one of the above
+        else:  # a metric shape without a per-cohort query
             views[s.name] = EstimatorView(POOLED, exposed_units, "no per-cohort query for this metric")
             continue
-        by_cohort = {p: {v: per[v][p] for v in keys if p in per.get(v, {})} for p in phases}
+        # the metric's own cohorts (a unit with requests but no exposure row still has one)
+        found = sorted({*phases, *(int(p) for by in per.values() for p in by)})
+        by_cohort = {p: {v: per[v][p] for v in keys if p in per.get(v, {})} for p in found}
         out[s.name] = by_cohort
         views[s.name] = EstimatorView(STRATIFIED, tuple(
-            CohortUnits(p, {v: int(by_cohort[p][v].n) if v in by_cohort[p] else 0 for v in keys}) for p in phases))
+            CohortUnits(p, {v: int(by_cohort[p][v].n) if v in by_cohort[p] else 0 for v in keys}) for p in found))
     return out, views
 
 
