@@ -79,7 +79,9 @@ SCHEMAS: dict[str, Any] = {
     "Exposure": _obj(["exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen", "last_seen"],
                      exposure_id={"type": "string", "maxLength": 64}, experiment=_STR, phase=_INT, unit_id=_STR,
                      variant=_STR, first_seen={}, last_seen={}, count={"type": "integer", "minimum": 1},
-                     sticky=_BOOL),
+                     sticky=_BOOL, segments={"type": "object", "additionalProperties": _STR,
+                                             "description": "the unit's level per declared dimension "
+                                                            "(a declared level or \"other\")"}),
     "ExposureBatch": _obj(["exposures"], exposures={"type": "array", "maxItems": 1000,
                                                     "items": {"$ref": "#/components/schemas/Exposure"}}),
 }

@@ -13,7 +13,11 @@ evaluator, so what the server writes is what the client reads::
          "variants": [{"key": "control", "engine": "v1", "weight": 0.5, "control": true,
                        "shadow": false}, ...],
          "targeting": [{"attribute": "country", "op": "in", "value": ["US"]}],
-         "forced": {"qa-1": "treatment"}}]}
+         "forced": {"qa-1": "treatment"},
+         "dimensions": [{"attribute": "country", "levels": ["US", "DE"]}]}]}
+
+``dimensions`` (the segment attributes, see :mod:`abtest.client.segments`) may be absent (a
+document of an older server): none.
 
 Standard library only.
 """
@@ -27,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .evaluation import TARGETING_OPERATORS, ExperimentConfig, VariantConfig
+from .segments import MAX_DIMENSIONS, MAX_LEVEL_LENGTH, MAX_LEVELS, OTHER_LEVEL
 
 __all__ = ["DefinitionsError", "experiment_dict", "document", "parse"]
 
@@ -47,6 +52,7 @@ def experiment_dict(c: ExperimentConfig) -> dict[str, Any]:
         "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight, "control": v.is_control,
                       "shadow": v.shadow} for v in c.variants],
         "targeting": [dict(r) for r in c.targeting], "forced": dict(c.forced),
+        "dimensions": [{"attribute": d["attribute"], "levels": list(d["levels"])} for d in c.dimensions],
     }
 
 
@@ -106,6 +112,29 @@ def _rule(raw: Any, where: str) -> Mapping[str, Any]:
     return {"attribute": raw["attribute"], "op": op, "value": raw["value"]}
 
 
+def _dimensions(raw: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], ...]:
+    """Up to MAX_DIMENSIONS distinct attributes, each with 1 to MAX_LEVELS distinct levels."""
+    items = _get(raw, "dimensions", list, where) if "dimensions" in raw else []
+    if len(items) > MAX_DIMENSIONS:
+        raise DefinitionsError(f"{where}.dimensions", f"at most {MAX_DIMENSIONS} dimensions, got {len(items)}")
+    out, seen = [], set()
+    for i, item in enumerate(items):
+        path = f"{where}.dimensions[{i}]"
+        if not isinstance(item, dict):
+            raise DefinitionsError(path, "must be an object")
+        attribute, levels = _get(item, "attribute", str, path), _get(item, "levels", list, path)
+        if attribute in seen:
+            raise DefinitionsError(f"{path}.attribute", f"appears twice: {attribute!r}")
+        seen.add(attribute)
+        if not 1 <= len(levels) <= MAX_LEVELS or len(set(map(str, levels))) != len(levels):
+            raise DefinitionsError(f"{path}.levels", f"must be 1 to {MAX_LEVELS} distinct levels")
+        if not all(isinstance(v, str) and 0 < len(v) <= MAX_LEVEL_LENGTH and v != OTHER_LEVEL for v in levels):
+            raise DefinitionsError(f"{path}.levels", f"must be non-empty strings of at most {MAX_LEVEL_LENGTH} "
+                                   f"characters other than {OTHER_LEVEL!r}")
+        out.append({"attribute": attribute, "levels": list(levels)})
+    return tuple(out)
+
+
 def _experiment(raw: Any, where: str) -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise DefinitionsError(where, "must be an object")
@@ -134,6 +163,7 @@ def _experiment(raw: Any, where: str) -> ExperimentConfig:
         targeting=tuple(_rule(r, f"{where}.targeting[{i}]") for i, r in enumerate(_get(raw, "targeting", list, where))),
         forced=dict(forced), layer=layer, layer_start=start, layer_end=end,
         treatment_paused=_get(raw, "treatment_paused", bool, where), sticky=_get(raw, "sticky", bool, where),
+        dimensions=_dimensions(raw, where),
     )
 
 

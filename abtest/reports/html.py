@@ -175,6 +175,7 @@ def _metric_row(report: Report, m: MetricResult, c: ComparisonResult) -> str:
     cells = (f'<td class="l">{escape(m.name)}<div class="meta">{escape(m.role)}, '
              f'{escape(m.direction)} is better{margin}</div>'
              + (f'<div class="meta">{escape(m.note)}</div>' if m.note else "")
+             + (f'<div class="meta estimator">{escape(_estimator(m.estimator))}</div>' if m.estimator else "")
              + f'</td><td>{escape(c.variant)}</td>'
              f'{_value_cell(m, report.control)}{_value_cell(m, c.variant)}')
     if c.error:
@@ -236,6 +237,12 @@ def _quality(report: Report) -> str:
             '<th>mean KL (95% CI)</th><th>scored</th><th>units</th></tr>' + rows + '</table>'
             f'<p class="meta">{escape(sample)}{q.skipped} scoring jobs skipped, {q.dropped} dropped. '
             f'{escape(q.note)}</p>')
+
+
+def _estimator(e: Any) -> str:
+    """One line: how a metric of a phase holding several allocation cohorts was compared."""
+    cohorts = ", ".join(f"phase {c.phase}: {sum(c.units.values()):,} units" for c in e.cohorts)
+    return f"{e.estimator} ({cohorts})" + (f"; {e.note}" if e.note else "")
 
 
 def _cuped(report: Report) -> str:

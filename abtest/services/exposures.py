@@ -11,8 +11,12 @@ against the experiment (its variants, its current phase); a bad item is rejected
 siblings are stored.
 
 Item: ``{"exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen",
-"last_seen", "count", "sticky"}`` (``count`` >= 1, default 1; ``sticky`` default false; times
-as ISO-8601 or seconds since the epoch).
+"last_seen", "count", "sticky", "segments"}`` (``count`` >= 1, default 1; ``sticky`` default
+false; times as ISO-8601 or seconds since the epoch). ``segments`` (optional): the unit's levels
+of the experiment's dimensions, as the client computed them with the server's own function
+(:func:`abtest.client.segments.segment_levels`): an object whose keys are declared dimensions and
+whose values are declared levels of them or "other"; stored on the exposure row like those of a
+server-side assignment (the first exposure's are kept).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Callable
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ..client.segments import OTHER_LEVEL
 from ..db import Database
 from ..errors import NotFound, PayloadTooLarge, ValidationError
 from ..evaluator import ExperimentConfig
@@ -35,7 +40,7 @@ from .sticky import sticky_insert, sticky_rows
 __all__ = ["ingest_exposures", "EXPOSURE_FIELDS"]
 
 EXPOSURE_FIELDS = frozenset({"exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen",
-                             "last_seen", "count", "sticky"})
+                             "last_seen", "count", "sticky", "segments"})
 _LIMITS = {"exposure_id": 64, "experiment": 100, "unit_id": 200, "variant": 100}
 
 
@@ -76,6 +81,23 @@ def _time(item: dict[str, Any], key: str, latest: datetime) -> datetime:
     return ts
 
 
+def _segments(raw: Any, config: ExperimentConfig) -> dict[str, str] | None:
+    """The item's segments: only declared dimensions, each a declared level or "other"."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Bad("segments: must be an object of dimension -> level")
+    levels = {d["attribute"]: d["levels"] for d in config.dimensions}
+    for attribute, level in raw.items():
+        if attribute not in levels:
+            declared = ", ".join(sorted(levels)) or "none"
+            raise _Bad(f"segments: {attribute!r} is not a dimension of {config.key!r} (declared: {declared})"
+                       if storable(str(attribute)) else f"segments: {TEXT_ERROR}")
+        if type(level) is not str or (level != OTHER_LEVEL and level not in levels[attribute]):
+            raise _Bad(f"segments.{attribute}: must be one of the dimension's levels or {OTHER_LEVEL!r}")
+    return dict(raw) or None
+
+
 def _item(raw: Any, config_of: Callable[[str], ExperimentConfig], latest: datetime) -> tuple[str, tuple[Any, ...]]:
     if not isinstance(raw, dict):
         raise _Bad("must be an object")
@@ -100,7 +122,8 @@ def _item(raw: Any, config_of: Callable[[str], ExperimentConfig], latest: dateti
     first, last = _time(raw, "first_seen", latest), _time(raw, "last_seen", latest)
     if first > last:
         raise _Bad("first_seen: must not be after last_seen")
-    return exposure_id, (config.id, phase, unit, variant, last, None, sticky and config.sticky, count, first)
+    segments = _segments(raw.get("segments"), config)
+    return exposure_id, (config.id, phase, unit, variant, last, segments, sticky and config.sticky, count, first)
 
 
 def ingest_exposures(db: Database, config_of: Callable[[str], ExperimentConfig], body: Any,
