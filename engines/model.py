@@ -9,6 +9,7 @@ which is where a small model spends most of its decode time on CPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,6 +405,27 @@ class DecoderRunner:
             return _linear(mlp.down_proj, F.silu(gate.float()).mul_(up))
         return mlp(x)
 
+    def _block(self, layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
+        """One decoder layer, pre-norm: h + attention, then h + MLP. ``attend(qs, ks, vs)`` stores
+        the new keys and values [B, heads, q, D] in the layer's cache and returns the attention
+        output [B, heads, q, D]: the one part that differs between the callers."""
+        B, q = h.shape[0], h.shape[1]
+        attn = layer.self_attn
+        qs, ks, vs = self._qkv(attn, self._norm(layer.input_layernorm, h), q, cos, sin)
+        o = attend(qs, ks, vs).transpose(1, 2).reshape(B, q, self.n_heads * self.head_dim)
+        h = h + _linear(attn.o_proj, o)
+        return h + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, h))
+
+    def _attention(self, qs, keys, values, mask) -> torch.Tensor:
+        """SDPA with grouped KV heads; ``mask`` a boolean mask, None, or "causal"."""
+        return F.scaled_dot_product_attention(
+            qs, keys, values, attn_mask=None if isinstance(mask, str) else mask, is_causal=isinstance(mask, str),
+            scale=self.scaling, enable_gqa=self.n_kv != self.n_heads)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed(ids)
+        return h if h.dtype == self.dtype else h.to(self.dtype)
+
     def forward(
         self,
         ids: torch.Tensor,  # [B, q]
@@ -415,44 +437,32 @@ class DecoderRunner:
         last_only: bool = True,
         return_hidden: bool = False,
     ):
+        """Prefill (a chunk of q tokens) or a decode step (q = 1) of rows that share slots."""
         B, q = ids.shape
         end = start + q
-        h = self.embed(ids)
-        if h.dtype != self.dtype:
-            h = h.to(self.dtype)
+        h = self._embed(ids)
         cos = self.cos[positions].unsqueeze(1)  # [B,1,q,D]
         sin = self.sin_signed[positions].unsqueeze(1)
-        masks: dict[int | None, torch.Tensor | None] = {}
+        masks: dict = {}
         hidden = []
-        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        for li, layer in enumerate(self.layers):
+
+        def attend(li: int, qs, ks, vs):
             W = self.windows[li]
             kc, vc = cache[li]
-            attn = layer.self_attn
-            x = self._norm(layer.input_layernorm, h)
-            qs, ks, vs = self._qkv(attn, x, q, cos, sin)
             if W is not None and kc.shape[2] < end:  # a ring that no longer holds every slot
-                keys, values, mask = ring_step(kc, vc, ks, vs, start, end, key_valid, W, masks, self._mask)
-            else:
-                kstart = 0 if W is None or q > 1 else max(0, end - W)
-                if W not in masks:
-                    if q > 1 and start == 0 and key_valid is None and (W is None or W >= end):
-                        masks[W] = "causal"
-                    else:
-                        masks[W] = self._mask(B, q, start, end, kstart, key_valid, W)
-                mask = masks[W]
-                kc[:, :, start:end] = ks
-                vc[:, :, start:end] = vs
-                keys, values = kc[:, :, kstart:end], vc[:, :, kstart:end]
-            o = F.scaled_dot_product_attention(
-                qs, keys, values,
-                attn_mask=None if isinstance(mask, str) else mask, is_causal=isinstance(mask, str),
-                scale=self.scaling, enable_gqa=Hkv != H,
-            )
-            o = o.transpose(1, 2).reshape(B, q, H * D)
-            h = h + _linear(attn.o_proj, o)
-            x = self._norm(layer.post_attention_layernorm, h)
-            h = h + self._mlp(layer.mlp, x)
+                return self._attention(qs, *ring_step(kc, vc, ks, vs, start, end, key_valid, W, masks, self._mask))
+            kstart = 0 if W is None or q > 1 else max(0, end - W)
+            if W not in masks:
+                if q > 1 and start == 0 and key_valid is None and (W is None or W >= end):
+                    masks[W] = "causal"
+                else:
+                    masks[W] = self._mask(B, q, start, end, kstart, key_valid, W)
+            kc[:, :, start:end] = ks
+            vc[:, :, start:end] = vs
+            return self._attention(qs, kc[:, :, kstart:end], vc[:, :, kstart:end], masks[W])
+
+        for li, layer in enumerate(self.layers):
+            h = self._block(layer, h, cos, sin, functools.partial(attend, li))
             if return_hidden:
                 hidden.append(h)
         if last_only:
@@ -467,40 +477,31 @@ class DecoderRunner:
         rows start at slot 0, no padding): continuous batching, where rows join and leave at
         any step. ``end`` = max(slots) + 1. Returns logits [B, vocab]."""
         B = tok.shape[0]
-        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        h = self.embed(tok[:, None])
-        if h.dtype != self.dtype:
-            h = h.to(self.dtype)
+        h = self._embed(tok[:, None])
         cos = self.cos[slots][:, None, None, :]  # [B,1,1,D]
         sin = self.sin_signed[slots][:, None, None, :]
         kpos = torch.arange(end, device=self.device)[None, :]
         causal = kpos <= slots[:, None]  # [B, end]
         masks: dict = {}
         rows = torch.arange(B, device=self.device)
-        for li, layer in enumerate(self.layers):
+
+        def attend(li: int, qs, ks, vs):
             W = self.windows[li]
             kc, vc = cache[li]
             ring = W is not None and kc.shape[2] < end
             key = ("ring", W) if ring else W
             if key not in masks:
-                if ring:
-                    m = ragged_ring_valid(slots, kc.shape[2])
-                else:
-                    m = causal if W is None else causal & (kpos > (slots[:, None] - W))
+                m = ragged_ring_valid(slots, kc.shape[2]) if ring else (
+                    causal if W is None else causal & (kpos > (slots[:, None] - W)))
                 masks[key] = m[:, None, None, :]
-            attn = layer.self_attn
-            x = self._norm(layer.input_layernorm, h)
-            qs, ks, vs = self._qkv(attn, x, 1, cos, sin)
             at = slots % kc.shape[2] if ring else slots
             kc[rows, :, at] = ks[:, :, 0]
             vc[rows, :, at] = vs[:, :, 0]
             n = kc.shape[2] if ring else end
-            o = F.scaled_dot_product_attention(qs, kc[:, :, :n], vc[:, :, :n], attn_mask=masks[key],
-                                               scale=self.scaling, enable_gqa=Hkv != H)
-            o = o.transpose(1, 2).reshape(B, 1, H * D)
-            h = h + _linear(attn.o_proj, o)
-            x = self._norm(layer.post_attention_layernorm, h)
-            h = h + self._mlp(layer.mlp, x)
+            return self._attention(qs, kc[:, :, :n], vc[:, :, :n], masks[key])
+
+        for li, layer in enumerate(self.layers):
+            h = self._block(layer, h, cos, sin, functools.partial(attend, li))
         return self.lm_head(self._norm(self.norm, h)).float()[:, -1]
 
     def _mask(self, B, q, start, end, kstart, key_valid, W):
