@@ -1,7 +1,7 @@
 """The KV cache of a sliding-window layer as a ring: W entries, slot ``s`` at index ``s % W``.
 
 A layer with window W reads only the last W slots, so once a sequence is longer than W its
-cache keeps just those (:meth:`engines.model.DecoderRunner.new_cache` gives such a layer
+cache keeps just those (:meth:`engines.decoder.DecoderRunner.new_cache` gives such a layer
 ``min(length, W)`` entries). Keys are stored after rotary, so attention over the ring, whose
 order is not the sequence's, gives the same result; the masks below say which entries are
 valid. While a sequence is shorter than W, index and slot coincide and the plain path runs.

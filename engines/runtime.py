@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from engines.device import DeviceError, check_device
-from engines.model import DecoderRunner, LoadedModel, load_model
+from engines.decoder import DecoderRunner
+from engines.model import LoadedModel, load_model
 from engines.spec import EngineSpec, check_checkpoint
 from engines.streaming import TextDeltas, TextSink
 from engines.scoring import Scoring

@@ -176,7 +176,7 @@ def test_hybrid_lower_layers_use_sliding_window(tiny_engines):
     # global layers see everything
     assert not torch.allclose(ha[-1][0, -1], hb[-1][0, -1], atol=1e-4)
     # a dense engine on the same checkpoint sees the change in its first layer
-    from engines.model import DecoderRunner
+    from engines.decoder import DecoderRunner
 
     dense = DecoderRunner(eng.loaded, 512, "dense")
     with torch.inference_mode():
@@ -232,7 +232,7 @@ def test_large_batches_split_by_size_and_kv_budget(tiny_engines, monkeypatch):
 
 
 def test_rope_helper_equals_rotate_half_formula():
-    from engines.model import _rope, _rotate_half
+    from engines.decoder import _rope, _rotate_half
 
     torch.manual_seed(0)
     x = torch.randn(2, 4, 3, 8)
