@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from engines.runtime import _Row
+from engines.generation import Row
 from engines.scheduler import BatchingScheduler, Expired, _Pending
-from engines.types import EngineError, GenerationResult
+from engines.types import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ __all__ = ["ContinuousBatchingScheduler"]
 class _Live:
     __slots__ = ("row", "pending", "t_admit", "t_first", "slot", "tok", "max_batch")
 
-    def __init__(self, row: _Row, pending: _Pending, t_admit: float):
+    def __init__(self, row: Row, pending: _Pending, t_admit: float):
         self.row = row
         self.pending = pending
         self.t_admit = t_admit
@@ -70,7 +70,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             if admit is None:
                 return
             try:
-                with self.engine._lock:
+                with self.engine.lock:
                     if admit:
                         self._admit(admit)
                     if self._live:
@@ -113,16 +113,10 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             if not p.future.set_running_or_notify_cancel():
                 continue
             try:
-                ids = eng._validate(p.request)
+                row = eng.start_row(len(new), p.request, (t_admit - p.t_submit) * 1e3, p.alive, p.on_text)
             except EngineError as e:
                 p.future.set_exception(e)
                 continue
-            req = p.request
-            limit = min(req.max_new_tokens, eng.spec.context_window - len(ids))
-            seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=eng._seed_rng))
-            gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
-            row = _Row(len(new), req, ids, (t_admit - p.t_submit) * 1e3, limit, gen, p.alive,
-                       eng.deltas(p.on_text, req) if p.on_text else None)
             new.append(_Live(row, p, t_admit))
         if not new:
             return
@@ -139,15 +133,16 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         key_valid = (torch.arange(P)[None, :] >= pad_t[:, None]).to(dev) if any(pad_t.tolist()) else None
         tmp = runner.new_cache(B, P)
         logits = runner.forward(ids.to(dev), positions, 0, tmp, key_valid, last_only=True)[:, -1]
-        first = eng._sample(logits, [lv.row for lv in new]).tolist()
+        first = eng.sample(logits, [lv.row for lv in new]).tolist()
         now = time.monotonic()
+        for lv in new:  # the prefill's time, shared by the rows it ran (the engine's compute share)
+            lv.row.compute += (now - t_admit) / len(new)
         need_t = max(len(lv.row.ids) + lv.row.limit for lv in new + self._live)
         self._ensure_cache(len(self._live) + B, need_t)
         for b, lv in enumerate(new):
             lv.t_first = now
             r = lv.row
-            r.gen.append(first[b])
-            if self._finished(r):
+            if eng.advance(r, first[b]):
                 r.t_done = now
                 self._resolve(lv)
                 continue
@@ -167,32 +162,11 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         for lv in self._live:
             lv.max_batch = max(lv.max_batch, n)
 
-    def _finished(self, r: _Row) -> bool:
-        eng = self.engine
-        t = r.gen[-1]
-        if r.alive is not None and not r.alive():
-            r.finish = "expired"  # nobody waits for it: it leaves the decode now
-        elif t in eng.eos_ids:
-            r.finish = "stop"
-        elif r.req.stop and eng._hit_stop(r):
-            r.finish = "stop"
-        elif len(r.gen) >= r.limit:
-            r.finish = "length"
-        if r.deltas is not None:
-            eng._stream(r)
-        return r.finish is not None
-
     def _resolve(self, lv: _Live) -> None:
         eng = self.engine
         r = lv.row
-        gen = r.gen[:-1] if r.gen and r.gen[-1] in eng.eos_ids else r.gen
-        text = r.text if r.text is not None else eng._decode(gen)
-        res = GenerationResult(
-            text=text, prompt_tokens=len(r.ids), completion_tokens=len(r.gen), queue_ms=r.queue_ms,
-            ttft_ms=(lv.t_first - lv.t_admit) * 1e3, decode_ms=(r.t_done - lv.t_first) * 1e3,
-            total_ms=r.queue_ms + (r.t_done - lv.t_admit) * 1e3, batch_size=max(1, lv.max_batch),
-            finish_reason=r.finish or "length", request_id=r.req.request_id, token_ids=tuple(r.gen),
-        )
+        res = eng.result(r, ttft_ms=(lv.t_first - lv.t_admit) * 1e3, decode_ms=(r.t_done - lv.t_first) * 1e3,
+                         total_ms=r.queue_ms + (r.t_done - lv.t_admit) * 1e3, batch_size=max(1, lv.max_batch))
         self.requests_run += 1
         if r.finish == "expired":
             lv.pending.future.set_exception(Expired("the caller stopped waiting; the request left its batch"))
@@ -205,20 +179,21 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         dev = eng.device
         live = self._live
         n = len(live)
+        t_step = time.monotonic()
         tok = torch.tensor([lv.tok for lv in live], dtype=torch.long, device=dev)
         slots = torch.tensor([lv.slot for lv in live], dtype=torch.long, device=dev)
         end = max(lv.slot for lv in live) + 1
         view = [(k[:n], v[:n]) for k, v in self._cache]
         logits = eng.runner.decode_ragged(tok, slots, end, view)
-        nxt = eng._sample(logits, [lv.row for lv in live]).tolist()
+        nxt = eng.sample(logits, [lv.row for lv in live]).tolist()
         self.steps_run += 1
         self.batch_sizes.append(n)
         now = time.monotonic()
         keep = []
         for j, lv in enumerate(live):
             r = lv.row
-            r.gen.append(nxt[j])
-            if self._finished(r):
+            r.compute += (now - t_step) / n  # the step's time, shared by the rows it ran
+            if eng.advance(r, nxt[j]):
                 r.t_done = now
                 self._resolve(lv)
             else:

@@ -88,3 +88,15 @@ def test_an_unknown_scheduler_is_refused_by_name():
 
     with pytest.raises(ValueError, match="field 'scheduler' must be one of"):
         EngineSpec(name="e", checkpoint="c", scheduler="eager")
+
+
+def test_continuous_results_carry_their_compute_share(tiny_engines):
+    """Each request is charged its share of the prefills and decode steps it ran in (the cost
+    metrics price it), as in a static batch."""
+    eng = tiny_engines["v1-fp32"]
+    requests = [GenerationRequest(f"x = {i}", max_new_tokens=4 + i) for i in range(4)]
+    static = eng.generate(requests)
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5, idle_gap_ms=5) as s:
+        results = [f.result(60) for f in [s.submit(r) for r in requests]]
+    assert all(r.compute_ms is not None and r.compute_ms > 0 for r in results + static)
+    assert all(r.compute_ms <= r.total_ms + 1e-6 for r in results)
