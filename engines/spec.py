@@ -50,6 +50,7 @@ class EngineSpec:
     # Serving: "static" (BatchingScheduler: a batch runs to its end) or "continuous"
     # (ContinuousBatchingScheduler: requests join and leave a running decode between steps).
     scheduler: str = "static"
+    prefill_chunk: int = 256  # continuous: a longer prompt is prefilled this many tokens per iteration
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
     kv_budget_gb: float = 3.0  # one static batch's KV cache at most this: a larger batch runs as several
     num_threads: int | None = None  # torch CPU threads for this engine (None: leave as is)
@@ -90,7 +91,7 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
         p.append(f"field 'scheduler' must be one of {SCHEDULERS}, got {d.get('scheduler')!r}")
     if d.get("attention") not in ATTENTIONS:
         p.append(f"field 'attention' must be one of {ATTENTIONS}, got {d.get('attention')!r}")
-    for f in ("context_window", "max_batch_size", "max_queue"):
+    for f in ("context_window", "max_batch_size", "max_queue", "prefill_chunk"):
         v = d.get(f)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             p.append(f"field {f!r} must be a positive integer, got {v!r}")

@@ -88,6 +88,8 @@ def test_an_unknown_scheduler_is_refused_by_name():
 
     with pytest.raises(ValueError, match="field 'scheduler' must be one of"):
         EngineSpec(name="e", checkpoint="c", scheduler="eager")
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        EngineSpec(name="e", checkpoint="c", prefill_chunk=0)
 
 
 def test_continuous_results_carry_their_compute_share(tiny_engines):
@@ -100,3 +102,52 @@ def test_continuous_results_carry_their_compute_share(tiny_engines):
         results = [f.result(60) for f in [s.submit(r) for r in requests]]
     assert all(r.compute_ms is not None and r.compute_ms > 0 for r in results + static)
     assert all(r.compute_ms <= r.total_ms + 1e-6 for r in results)
+
+
+LONG = "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n" * 4
+
+
+@pytest.mark.parametrize("name", ["v1-fp32", "v2-int4"])
+def test_chunked_prefill_gives_the_static_batchs_tokens(tiny_engines, name):
+    eng = tiny_engines[name]
+    assert len(eng.encode(LONG)) > 5 * 16
+    requests = [GenerationRequest(LONG + f"# {i}", max_new_tokens=6 + i) for i in range(3)]
+    requests.append(GenerationRequest("x = 1", max_new_tokens=5))
+    expected = [r.token_ids for r in eng.generate(requests)]
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5, idle_gap_ms=5, prefill_chunk=16) as s:
+        got = [f.result(120).token_ids for f in [s.submit(r) for r in requests]]
+        assert s.prefill_chunks_run >= 3 * 5
+    assert got == expected
+
+
+def test_a_long_prompt_joining_stalls_running_decodes_by_one_chunk_at_most(tiny_engines):
+    """Between two chunks of a joining long prompt, the running request takes a decode step."""
+    eng = tiny_engines["v1-fp32"]
+    seen: list[int] = []
+
+    class Watched(ContinuousBatchingScheduler):
+        def _prefill_step(self):
+            running = [lv for lv in self._live if lv.row.req.prompt == "import os"]
+            seen.append(len(running[0].row.gen) if running else -1)
+            super()._prefill_step()
+
+    with Watched(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, prefill_chunk=16) as s:
+        running = s.submit(GenerationRequest("import os", max_new_tokens=150))
+        while s.steps_run < 3:
+            time.sleep(0.005)
+        joining = s.submit(GenerationRequest(LONG, max_new_tokens=3))
+        assert joining.result(120).completion_tokens == 3
+        running.result(120)
+    chunks = [n for n in seen if n >= 0]
+    assert len(chunks) >= 5 and all(b == a + 1 for a, b in zip(chunks, chunks[1:]))  # one step per chunk
+
+
+def test_a_caller_that_leaves_during_a_long_prefill_ends_expired(tiny_engines):
+    from engines.scheduler import Expired
+
+    eng = tiny_engines["v1-fp32"]
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, prefill_chunk=16) as s:
+        future = s.submit(GenerationRequest(LONG, max_new_tokens=3), deadline=time.time() - 1)
+        with pytest.raises(Expired):
+            future.result(60)
+        assert s.submit(GenerationRequest("x = 2", max_new_tokens=2)).result(60).completion_tokens == 2
