@@ -80,7 +80,7 @@ from .headline import with_headline
 from .quality import quality_section
 from .specs import metric_specs
 
-__all__ = ["ReportOptions", "Report", "build_report", "metric_specs"]
+__all__ = ["ReportOptions", "Report", "build_report", "metric_specs", "metric_statistics"]
 
 BREACH_ACTION = "guardrail_breach"
 _BASIS = ("sequential (always-valid) CIs: absolute for a superiority primary and guardrails without a "
@@ -197,6 +197,18 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
 
 
 # --- data collection ---------------------------------------------------------------------
+
+def metric_statistics(session: Session, exp: Any, spec: MetricSpec) -> dict[str, Any]:
+    """Per non-shadow variant, the plain (unadjusted, uncapped) statistic the report analyses for
+    ``spec`` in the current phase, or its :class:`Unavailable` reason (the power planner's input)."""
+    conn = session.connection()
+    scope = Q.Scope(exp.id, int(exp.phase), conn.dialect.name)
+    keys = [v.key for v in exp.variants if not v.shadow]
+    data = _collect(conn, scope, exp.key, [spec], keys, ReportOptions(metrics=(spec.name,)),
+                    Q.exposure_days(conn, scope))
+    return {v: data.stats_of(spec, v) for v in keys}
+
+
 
 def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], keys: Sequence[str],
              options: ReportOptions, exposed_days: Sequence[Mapping[str, Any]]) -> _Data:
