@@ -131,7 +131,7 @@ class _Data:
     shadow: tuple[Any, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)  # metric -> what its figures leave out
     unavailable: dict[str, dict[str, Unavailable]] = field(default_factory=dict)  # metric -> variant -> why
-    cuped: dict[str, tuple[dict[str, S.CupedMeanStats], int]] = field(default_factory=dict)  # metric -> CUPED sums
+    cuped: segments.CupedSums = field(default_factory=dict)  # metric -> CUPED sums
 
     def stats_of(self, spec: MetricSpec, variant: str) -> Any:
         missing = self.unavailable.get(spec.name, {}).get(variant)
@@ -163,7 +163,9 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
     srm_counts = Q.fresh_exposure_counts(conn, scope) if getattr(exp, "sticky", False) else exposed
     srm = B.srm_result(keys, arms, srm_counts)
     data = _collect(conn, scope, exp.key, specs, keys, options, exposed_days)
-    data.cuped = segments.cuped_stats(conn, scope, exp, specs, keys)
+    # no CUPED where a variant's figure is unavailable, nor on a capped latency (its covariate is not capped)
+    data.cuped = segments.cuped_stats(conn, scope, exp, specs, keys, skip={
+        *data.unavailable, *(("latency_ms",) if data.cap_value is not None else ())})
 
     analyses = {(s.name, t): _analyze(s, data, control, t, options) for s in specs for t in treatments}
     adjusted, family = _holm(analyses, options.alpha)
