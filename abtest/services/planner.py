@@ -51,6 +51,7 @@ KINDS = ("binary", "mean")
 DIRECTIONS = ("increase", "decrease")
 MAX_VARIANTS = 20
 MAX_TRAFFIC_DAYS = 90
+_MAX_UNITS = 1e15  # a plan beyond this many units per variant is refused (and int-exact as a float)
 _FIELDS = ("kind", "baseline", "sd", "variance", "experiment", "metric", "mde", "margin", "relative",
            "direction", "alpha", "power", "variants", "daily_units", "coverage", "traffic_days")
 _GIVEN = ("kind", "baseline", "sd", "variance")
@@ -171,6 +172,8 @@ def parse_plan_request(payload: Any) -> PlanRequest:
         if not value > 0:
             raise ValidationError(spread, "must be > 0")
         variance = value * value if has_sd else value
+        if not math.isfinite(variance):
+            raise ValidationError(spread, "is too large to plan on")
         if relative and baseline == 0:
             raise ValidationError("baseline", "must not be 0 for a relative effect (set relative: false)")
     return PlanRequest(kind=kind, baseline=float(baseline), variance=float(variance), **common)  # type: ignore[arg-type]
@@ -193,6 +196,8 @@ def compute_plan(request: PlanRequest, kind: str, baseline: float, variance: flo
     if not variance > 0:
         raise ValidationError("metric" if request.experiment else "variance",
                               "the control's per-unit variance is 0: no test can be sized on it")
+    if not (math.isfinite(delta) and math.isfinite(variance)):
+        raise ValidationError("metric" if request.experiment else "baseline", "is too large to plan on")
     k = request.variants - 1
     a = request.alpha / k
     if request.test == "superiority":
@@ -205,6 +210,8 @@ def compute_plan(request: PlanRequest, kind: str, baseline: float, variance: flo
         n = required_units_per_variant(delta, v_sum, a, request.power)
     else:
         n = noninferiority_units_per_variant(delta, 2.0 * variance, a, request.power)
+    if not n < _MAX_UNITS:
+        raise ValidationError(name, f"is too small for any feasible experiment ({n:.3g} units per variant)")
     units = int(n)
     total = units * request.variants
     days = None
