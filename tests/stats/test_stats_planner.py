@@ -144,3 +144,13 @@ def test_bad_requests_name_the_field(payload, field) -> None:  # type: ignore[no
     with pytest.raises(ValidationError) as caught:
         _plan(**payload)
     assert caught.value.details["field"] == field
+
+
+def test_the_reports_fixed_horizon_noninferiority_size_is_the_planners_at_half_alpha() -> None:
+    from abtest.stats import MeanStats, noninferiority_plan
+
+    arm = MeanStats.from_values(np.random.default_rng(3).gamma(3.0, 100.0, 500))
+    report = noninferiority_plan(arm, arm, 0.03, True, 0.05)
+    mine = _plan(kind="mean", baseline=arm.mean, variance=arm.variance, margin=0.03, alpha=0.025)
+    assert report.fixed_horizon_per_variant == mine.units_per_variant
+    assert report.required_per_variant > mine.units_per_variant  # the always-valid interval needs more
