@@ -64,6 +64,22 @@ SCHEMAS: dict[str, Any] = {
                "headline, experiment, generated_at, options, srm, variants, metrics, recommendations, "
                "timeseries, latency_histogram, shadow, quality; ?format=html|csv|text returns text"},
     "CsvText": {"type": "string"},
+    "PlanRequest": _obj(
+        [], kind={"enum": ["binary", "mean"]}, baseline=_NUM, sd=_NUM, variance=_NUM, experiment=_STR,
+        metric=_STR, mde={"type": "number", "exclusiveMinimum": True, "minimum": 0},
+        margin={"type": "number", "exclusiveMinimum": True, "minimum": 0}, relative={"type": "boolean", "default": True},
+        direction={"enum": ["increase", "decrease"]},
+        alpha={"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 0.5, "default": 0.05},
+        power={"type": "number", "exclusiveMinimum": True, "minimum": 0.5, "exclusiveMaximum": True,
+               "maximum": 1, "default": 0.8},
+        variants={"type": "integer", "minimum": 2, "maximum": 20, "default": 2},
+        daily_units={"type": "number", "exclusiveMinimum": True, "minimum": 0},
+        coverage={"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+        traffic_days={"type": "integer", "minimum": 1, "maximum": 90, "default": 7}),
+    "Plan": {"type": "object", "required": ["units_per_variant", "total_units", "days"], "description":
+             "units_per_variant, total_units, days (null without traffic), then the test, the baseline and "
+             "variance it was sized on, the per-comparison alpha (Bonferroni over the treatments), the "
+             "traffic, the source (given or the experiment's history) and the inputs echoed"},
     "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "description":
                               "OpenAI's chat completion request (docs/openai.md): model is an experiment key or, "
                               "for an admin key, an engine; user or X-Abtest-Unit is the unit; stream: true "
@@ -141,6 +157,8 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("get", "/v1/experiments/{key}/report", "Results: JSON, or ?format=html|csv|text", "admin", None, 200, "Report"),
     ("get", "/v1/experiments/{key}/export", "Raw CSV of ?table=exposures|requests|events", "admin", None, 200,
      "CsvText"),
+    ("post", "/v1/plan", "Power planner: units and days for a metric (given, or from an experiment's history)",
+     "admin", "PlanRequest", 200, "Plan"),
     ("post", "/v1/chat/completions", "OpenAI-compatible chat completion (streamed with stream: true)", "sdk",
      "ChatCompletionRequest", 200, "OpenAICompletion"),
     ("post", "/v1/completions", "OpenAI-compatible text completion", "sdk", "CompletionRequest", 200,
