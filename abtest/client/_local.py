@@ -35,7 +35,7 @@ from . import definitions as defs
 from ._events import MAX_LENGTHS, check_json, check_text
 from ._exceptions import DefinitionsUnavailableError, NotFoundError
 from ._models import AssignResult
-from .evaluation import ExperimentConfig, assign, should_store
+from .evaluation import ExperimentConfig, assign, in_holdout, should_store
 from .sticky import GuardedSticky, StickyStore
 
 __all__ = ["LocalEvaluator", "ExposureBuffer", "DefinitionsStatus", "DEFINITIONS_PATH", "STREAM_PATH",
@@ -83,14 +83,16 @@ class ExposureBuffer:
         self._prefix = uuid.uuid4().hex
         self._ids = itertools.count(1)
 
-    def add(self, experiment: str, phase: int, unit_id: str, variant: str, sticky: bool) -> int:
-        """Record one exposure; returns how many keys are buffered now."""
+    def add(self, experiment: str, phase: int, unit_id: str, variant: str, sticky: bool,
+            holdout: bool = False) -> int:
+        """Record one exposure (``holdout``: of a unit its layer's holdout kept on the control);
+        returns how many keys are buffered now."""
         now = time.time()
         key = (experiment, phase, unit_id)
         with self._lock:
             held = self._items.get(key)
             if held is None:
-                self._items[key] = [variant, now, now, 1, sticky]
+                self._items[key] = [variant, now, now, 1, sticky, holdout]
             else:
                 held[2] = now
                 held[3] += 1
@@ -107,8 +109,8 @@ class ExposureBuffer:
         # times as seconds since the epoch (the server takes them or ISO-8601): cheap to write
         return [{"exposure_id": f"{prefix}-{next(ids)}", "experiment": exp, "phase": phase,
                  "unit_id": unit, "variant": variant, "first_seen": round(first, 3), "last_seen": round(last, 3),
-                 "count": count, "sticky": sticky}
-                for (exp, phase, unit), (variant, first, last, count, sticky) in items.items()]
+                 "count": count, "sticky": sticky, **({"holdout": True} if holdout else {})}
+                for (exp, phase, unit), (variant, first, last, count, sticky, holdout) in items.items()]
 
 
 class LocalEvaluator:
@@ -191,6 +193,8 @@ class LocalEvaluator:
             sticky.save(experiment, unit_id, result.variant)
         if result.in_experiment:
             self.exposures.add(experiment, config.phase, unit_id, result.variant, fresh)
+        elif in_holdout(result):
+            self.exposures.add(experiment, config.phase, unit_id, result.variant, False, holdout=True)
         # The evaluator answers with one object per distinct answer of a snapshot, and so do we.
         # Each entry holds its Assignment, so that id cannot be reused while the entry exists.
         entry = self._results.get(id(result))
