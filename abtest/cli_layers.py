@@ -93,9 +93,10 @@ def report(name: str, fmt: str, output: str | None, alpha: float) -> None:
     """Write the cumulative impact report of layer NAME (holdout vs exposed units)."""
     from .reports.holdout import build_layer_report
     from .reports.holdout_html import render_layer_html
+    from .services import layers as svc
 
     with _reported(), _database(Settings.load()) as database, database.session() as session:
-        body = build_layer_report(session, name, alpha)
+        body = build_layer_report(session, svc.get_layer(session, name), alpha)
     text = render_layer_html(body) if fmt == "html" else json.dumps(body, indent=2, ensure_ascii=False) + "\n"
     if output:
         with open(output, "w", encoding="utf-8") as fh:

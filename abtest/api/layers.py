@@ -59,7 +59,7 @@ def report(name: str) -> Response:
         raise ValidationError("format", f"must be one of {', '.join(FORMATS)}")
     alpha = _float_arg("alpha", 0.05, 0.0, 0.5) or 0.05
     with services().db.session() as session:
-        body = build_layer_report(session, name, alpha)
+        body = build_layer_report(session, svc_layers.get_layer(session, name), alpha)
     if fmt == "html":
         return Response(render_layer_html(body), mimetype="text/html")
     return Response(json.dumps(body, ensure_ascii=False) + "\n", mimetype="application/json")

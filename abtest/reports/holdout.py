@@ -29,6 +29,7 @@ adjustment for multiple comparisons.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +39,6 @@ from sqlalchemy.orm import Session
 
 from .. import stats as S
 from ..models import Event, Experiment, Exposure, HoldoutExposure, Metric, RequestLog
-from ..services.layers import get_layer, layer_experiments
 from .statuses import ERRORS, EXCLUDED, OK
 
 __all__ = ["LayerMetric", "build_layer_report"]
@@ -146,10 +146,11 @@ def _ratios(sums: dict[tuple[str, bool], tuple[int, int, int, float]], units: se
     return S.RatioStats.from_values(num, den)
 
 
-def build_layer_report(session: Session, name: str, alpha: float = 0.05) -> dict[str, Any]:
-    """The layer's cumulative impact report as JSON-ready data (see the module doc)."""
-    layer = get_layer(session, name)  # 404 for an unknown layer, 422 for a bad name
-    experiments = [e for e in layer_experiments(session, layer["name"]) if e.started_at is not None]
+def build_layer_report(session: Session, layer: Mapping[str, Any], alpha: float = 0.05) -> dict[str, Any]:
+    """The cumulative impact report (see the module doc) of ``layer``, the layer's view as
+    :func:`abtest.services.layers.get_layer` returns it (``name`` and ``holdout``)."""
+    experiments = list(session.scalars(select(Experiment).where(
+        Experiment.layer == layer["name"], Experiment.started_at.is_not(None)).order_by(Experiment.id)))
     ids = [e.id for e in experiments]
     exposed_first = _first_seen(session, Exposure, ids) if ids else {}
     holdout_first = _first_seen(session, HoldoutExposure, ids) if ids else {}
