@@ -67,8 +67,13 @@ def holdout_shares(session: Session) -> dict[str, float]:
     return {name: float(share) for name, share in session.execute(select(Layer.name, Layer.holdout))}
 
 
-def layer_experiments(session: Session, layer: str) -> list[Experiment]:
-    return list(session.scalars(select(Experiment).where(Experiment.layer == layer).order_by(Experiment.id)))
+def layer_experiments(session: Session, layer: str, *, for_update: bool = False) -> list[Experiment]:
+    """The experiments of ``layer``; ``for_update`` locks their rows until the transaction ends
+    (a start, which locks its row too, then waits for a holdout change or is seen by it)."""
+    stmt = select(Experiment).where(Experiment.layer == layer).order_by(Experiment.id)
+    if for_update:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return list(session.scalars(stmt))
 
 
 def _view(name: str, row: Layer | None, experiments: Iterable[Experiment]) -> dict[str, Any]:
@@ -98,8 +103,8 @@ def set_holdout(session: Session, name: str, payload: Any, actor: str) -> dict[s
     """``PUT /v1/layers/<name>`` ``{"holdout": share}``: create or change the layer's settings."""
     name = layer_name(name)
     share = float(Fields(payload, LAYER_FIELDS).num("holdout", lo=0.0, hi=MAX_HOLDOUT))
-    lock_layer(session, name)  # no experiment of the layer starts placing itself meanwhile
-    experiments = layer_experiments(session, name)
+    lock_layer(session, name)  # no experiment places itself in the layer meanwhile
+    experiments = layer_experiments(session, name, for_update=True)
     row = session.get(Layer, name)
     before = float(row.holdout) if row is not None else 0.0
     if share != before:

@@ -155,3 +155,27 @@ def test_the_layer_change_is_audited_on_each_of_its_experiments(client, admin, s
                                   .where(AuditEntry.action == "layer_holdout")).all()
     assert len(entries) == 2
     assert all(c == {"layer": "home", "holdout": {"from": 0.0, "to": 0.1}} for _, c in entries)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_holdout_change_waits_for_a_start_in_progress_and_then_refuses(app, client, admin, services,
+                                                                         make_experiment) -> None:
+    import threading
+    import time
+
+    from abtest.models import Experiment
+
+    make_experiment("a", layer="home", layer_share=0.5)
+    replies: list[int] = []
+    with services.db.transaction() as session:  # a start under way: its row is locked, not yet committed
+        exp = session.scalars(select(Experiment).where(Experiment.key == "a").with_for_update()).one()
+        exp.status = "running"
+        session.flush()
+        worker = threading.Thread(target=lambda: replies.append(
+            app.test_client().put("/v1/layers/home", json={"holdout": 0.1}, headers=admin).status_code))
+        worker.start()
+        time.sleep(1.0)  # give the change time to reach the locked row
+        assert replies == []  # it waits for the start's commit
+    worker.join(timeout=60)
+    assert replies == [409]
+    assert client.get("/v1/layers/home", headers=admin).get_json()["holdout"] == 0.0
