@@ -213,10 +213,12 @@ def demo(users: int, effect: float, superiority: bool, base_rate: float, seed: i
 
 def _mount_report() -> None:
     from .cli_experiments import experiments
+    from .cli_layers import layers
     from .cli_plan import plan_command
     from .reports.cli import report
 
     cli.add_command(experiments)
+    cli.add_command(layers)
     cli.add_command(plan_command)
     cli.add_command(report)
 

@@ -11,6 +11,8 @@ Tables
     audit_log       append-only record of every change (who, when, what)
     exposures       one row per (experiment, phase, unit): variant, first/last seen, count
     sticky_assignments  per (experiment, unit) of a sticky experiment: the variant it keeps
+    layers          per mutual-exclusion layer: its holdout share (units kept on control)
+    holdout_exposures   one row per (experiment, phase, unit) of a unit kept in its layer's holdout
     exposure_ids    ids of exposures sent by locally evaluating clients (idempotency)
     requests        one row per inference request: the outcome log
     events          client-reported events (conversions, values), idempotent by event_id
@@ -59,6 +61,8 @@ __all__ = [
     "AuditEntry",
     "Exposure",
     "StickyAssignment",
+    "Layer",
+    "HoldoutExposure",
     "ExposureId",
     "RequestLog",
     "Event",
@@ -240,6 +244,35 @@ class StickyAssignment(Base):
     variant: Mapped[str] = mapped_column(String(100))
     phase: Mapped[int] = mapped_column(Integer)
     assigned_at: Mapped[datetime]
+
+
+class Layer(Base):
+    """A layer's settings; a layer without a row has no holdout."""
+
+    __tablename__ = "layers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holdout: Mapped[float] = mapped_column(Float, default=0.0)  # share of units kept on control, [0, 0.5]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class HoldoutExposure(Base):
+    """A unit of a layer's holdout that an experiment of the layer answered with its control
+    (not enrolled: the experiment's own analysis never sees it)."""
+
+    __tablename__ = "holdout_exposures"
+    __table_args__ = (Index("ix_holdout_exposures_layer", "layer", "unit_id"),)
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    layer: Mapped[str] = mapped_column(String(100))
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class ExposureId(Base):

@@ -89,17 +89,27 @@ SCHEMAS: dict[str, Any] = {
     "OpenAICompletion": {"type": "object", "description": "chat.completion / text_completion, or SSE chunks "
                          "ending with data: [DONE]; errors in OpenAI's shape {error: {message, type, param, code}}"},
     "ModelList": {"type": "object", "description": "running experiments (and engines for an admin key)"},
-    "Definitions": _obj(["version", "experiments"], version=_STR, experiments={"type": "array", "items": _OBJ}),
+    "Definitions": _obj(["version", "experiments"], version=_STR, experiments={"type": "array", "items": _OBJ},
+                        layers={"type": "object", "description": "layer name -> {\"holdout\": share}, for "
+                                "layers whose holdout share is above 0"}),
     "EventStream": {"type": "string", "description": "text/event-stream: `event: definitions` frames with "
                     "{\"version\"}, `: keep-alive` comments; ends after ?max_s seconds"},
     "Exposure": _obj(["exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen", "last_seen"],
                      exposure_id={"type": "string", "maxLength": 64}, experiment=_STR, phase=_INT, unit_id=_STR,
                      variant=_STR, first_seen={}, last_seen={}, count={"type": "integer", "minimum": 1},
-                     sticky=_BOOL, segments={"type": "object", "additionalProperties": _STR,
-                                             "description": "the unit's level per declared dimension "
-                                                            "(a declared level or \"other\")"}),
+                     sticky=_BOOL, holdout=_BOOL,
+                     segments={"type": "object", "additionalProperties": _STR,
+                               "description": "the unit's level per declared dimension "
+                                              "(a declared level or \"other\")"}),
     "ExposureBatch": _obj(["exposures"], exposures={"type": "array", "maxItems": 1000,
                                                     "items": {"$ref": "#/components/schemas/Exposure"}}),
+    "LayerSettings": _obj(["holdout"], holdout={"type": "number", "minimum": 0, "maximum": 0.5}),
+    "Layer": _obj(["name", "holdout", "experiments"], name=_STR, holdout=_NUM,
+                  experiments={"type": "array", "items": _OBJ}, created_at={}, updated_at={}),
+    "LayerList": _obj(["layers"], layers={"type": "array", "items": {"$ref": "#/components/schemas/Layer"}}),
+    "LayerReport": {"type": "object", "description": "cumulative impact: layer, holdout, alpha, experiments, "
+                    "units {holdout, exposed, both}, holdout_split, metrics (exposed vs holdout: difference, "
+                    "relative_lift, each with ci_lower, ci_upper, p_value), method; ?format=html returns a page"},
 }
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -126,6 +136,13 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
                "read this phase's results (1 = the first); default: the current phase; a phase the "
                "experiment never had is a 404"),
     ],
+    ("get", "/v1/layers/{name}/report"): [
+        _query("format", {"type": "string", "enum": ["json", "html"], "default": "json"},
+               "json: the cumulative impact report; html: a self-contained page"),
+        _query("alpha", {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
+                         "maximum": 0.5, "default": 0.05},
+               "significance level of every CI and test (95% CIs at the default)"),
+    ],
     ("get", "/v1/sdk/definitions/stream"): [
         _query("max_s", {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 3600, "default": 300},
                "end the stream after this many seconds (clients reconnect)"),
@@ -148,6 +165,12 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("post", "/v1/experiments/{key}/pause", "Pause", "admin", None, 200, "Experiment"),
     ("post", "/v1/experiments/{key}/stop", "Stop for good", "admin", None, 200, "Experiment"),
     ("get", "/v1/experiments/{key}/audit", "Audit log", "admin", None, 200, "Experiment"),
+    ("get", "/v1/layers", "List layers and their holdout shares", "admin", None, 200, "LayerList"),
+    ("get", "/v1/layers/{name}", "Show a layer", "admin", None, 200, "Layer"),
+    ("put", "/v1/layers/{name}", "Set a layer's holdout share (409 while one of its experiments runs)", "admin",
+     "LayerSettings", 200, "Layer"),
+    ("get", "/v1/layers/{name}/report", "Cumulative impact: the layer's holdout vs its exposed units", "admin",
+     None, 200, "LayerReport"),
     ("post", "/v1/assign", "Assign a unit to a variant", "sdk", "AssignRequest", 200, "AssignResponse"),
     ("post", "/v1/infer", "Assign the unit and run its variant's engine", "sdk", "InferRequest", 200,
      "InferResponse"),
@@ -184,8 +207,9 @@ def _operation(method: str, path: str, summary: str, scope: str | None, body: st
             "default": {"description": "error", "content": {"application/json": {"schema": _ERROR}}},
         },
     }
-    if "{key}" in path:
-        op["parameters"] = [{"name": "key", "in": "path", "required": True, "schema": _STR}]
+    for name in ("key", "name"):
+        if f"{{{name}}}" in path:
+            op["parameters"] = [{"name": name, "in": "path", "required": True, "schema": _STR}]
     if (method, path) in QUERY_PARAMETERS:
         op["parameters"] = op.get("parameters", []) + QUERY_PARAMETERS[(method, path)]
     if body is not None:

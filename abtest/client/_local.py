@@ -35,7 +35,7 @@ from . import definitions as defs
 from ._events import MAX_LENGTHS, check_json, check_text
 from ._exceptions import DefinitionsUnavailableError, NotFoundError
 from ._models import AssignResult
-from .evaluation import ExperimentConfig, assign, should_store
+from .evaluation import ExperimentConfig, assign, in_holdout, should_store
 from .segments import segment_levels
 from .sticky import GuardedSticky, StickyStore
 
@@ -87,16 +87,18 @@ class ExposureBuffer:
         self._ids = itertools.count(1)
 
     def add(self, experiment: str, phase: int, unit_id: str, variant: str, sticky: bool,
-            dimensions: tuple[Mapping[str, Any], ...] = (), attributes: Mapping[str, Any] | None = None) -> int:
+            dimensions: tuple[Mapping[str, Any], ...] = (), attributes: Mapping[str, Any] | None = None,
+            holdout: bool = False) -> int:
         """Record one exposure; returns how many keys are buffered now. ``dimensions`` and
-        ``attributes`` give the segments of a key's first exposure (later ones keep them)."""
+        ``attributes`` give the segments of a key's first exposure (later ones keep them);
+        ``holdout``: of a unit its layer's holdout kept on the control."""
         now = time.time()
         key = (experiment, phase, unit_id)
         with self._lock:
             held = self._items.get(key)
             if held is None:
                 self._items[key] = [variant, now, now, 1, sticky,
-                                    segment_levels(dimensions, attributes) if dimensions else None]
+                                    segment_levels(dimensions, attributes) if dimensions else None, holdout]
             else:
                 held[2] = now
                 held[3] += 1
@@ -112,12 +114,14 @@ class ExposureBuffer:
         prefix, ids = self._prefix, self._ids
         # times as seconds since the epoch (the server takes them or ISO-8601): cheap to write
         out = []
-        for (exp, phase, unit), (variant, first, last, count, sticky, segments) in items.items():
+        for (exp, phase, unit), (variant, first, last, count, sticky, segments, holdout) in items.items():
             item = {"exposure_id": f"{prefix}-{next(ids)}", "experiment": exp, "phase": phase, "unit_id": unit,
                     "variant": variant, "first_seen": round(first, 3), "last_seen": round(last, 3),
                     "count": count, "sticky": sticky}
             if segments is not None:
                 item["segments"] = segments
+            if holdout:
+                item["holdout"] = True
             out.append(item)
         return out
 
@@ -202,6 +206,8 @@ class LocalEvaluator:
             sticky.save(experiment, unit_id, result.variant)
         if result.in_experiment:
             self.exposures.add(experiment, config.phase, unit_id, result.variant, fresh, config.dimensions, attributes)
+        elif in_holdout(result):
+            self.exposures.add(experiment, config.phase, unit_id, result.variant, False, holdout=True)
         # The evaluator answers with one object per distinct answer of a snapshot, and so do we.
         # Each entry holds its Assignment, so that id cannot be reused while the entry exists.
         entry = self._results.get(id(result))

@@ -22,7 +22,7 @@ from .model import ComparisonResult, Estimate, MetricResult, Report
 from .svg import forest_plot, histogram_plot, timeseries_plot, variant_colors
 from .text import count_text, human_time, value_text
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "PAGE_CSS"]
 
 _CSS = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;color:#202124;margin:0;background:#f6f7f9}
@@ -45,6 +45,9 @@ svg text{font:12px sans-serif;fill:#3c4043}svg .tick{font-size:11px;fill:#5f6368
 svg .grid{stroke:#eceff1}svg .zero{stroke:#202124;stroke-width:1.2}svg .na{fill:#80868b;font-style:italic}
 svg .legend-label{font-size:12px}dl{color:#3c4043}dt{font-weight:600;margin-top:6px}
 """
+
+
+PAGE_CSS = _CSS  # the report pages' one style sheet (the layer report uses it too)
 
 
 def _pct(x: float | None) -> str:

@@ -353,7 +353,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def to_config(exp: Experiment) -> ExperimentConfig:
+def to_config(exp: Experiment, holdout: float = 0.0) -> ExperimentConfig:
+    """The evaluator's snapshot of ``exp``; ``holdout``: its layer's holdout share."""
     return ExperimentConfig(
         id=exp.id, key=exp.key, status=exp.status, salt=exp.salt, phase=exp.phase,
         coverage=exp.coverage,
@@ -363,6 +364,7 @@ def to_config(exp: Experiment) -> ExperimentConfig:
         layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
         treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample,
         dimensions=tuple(exp.dimensions or ()), sticky=bool(exp.sticky),
+        holdout=holdout if exp.layer is not None else 0.0,
     )
 
 
@@ -383,4 +385,6 @@ def resume_treatment(session: Session, exp: Experiment, actor: str, reason: str 
     return True
 
 
-__all__ += ["resume_treatment"]
+lock_layer = _lock_layer  # for the layer settings (abtest.services.layers)
+
+__all__ += ["resume_treatment", "lock_layer"]

@@ -16,7 +16,9 @@ false; times as ISO-8601 or seconds since the epoch). ``segments`` (optional): t
 of the experiment's dimensions, as the client computed them with the server's own function
 (:func:`abtest.client.segments.segment_levels`): an object whose keys are declared dimensions and
 whose values are declared levels of them or "other"; stored on the exposure row like those of a
-server-side assignment (the first exposure's are kept).
+server-side assignment (the first exposure's are kept). ``"holdout": true`` marks a unit that its
+layer's holdout kept on the control: it must be in that holdout and name the control, and it
+goes to ``holdout_exposures`` (:mod:`abtest.services.layers`).
 """
 
 from __future__ import annotations
@@ -30,17 +32,18 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ..client.segments import OTHER_LEVEL
 from ..db import Database
 from ..errors import NotFound, PayloadTooLarge, ValidationError
-from ..evaluator import ExperimentConfig
+from ..evaluator import ExperimentConfig, bucket
 from ..models import ExposureId
 from ..validation import TEXT_ERROR, storable
 from .assigner import aggregate_exposures, exposure_upsert
 from .events import MAX_BATCH, MAX_FUTURE, IngestResult, Rejection
+from .layers import HoldoutItem, aggregate_holdouts, holdout_upsert
 from .sticky import sticky_insert, sticky_rows
 
 __all__ = ["ingest_exposures", "EXPOSURE_FIELDS"]
 
 EXPOSURE_FIELDS = frozenset({"exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen",
-                             "last_seen", "count", "sticky", "segments"})
+                             "last_seen", "count", "sticky", "segments", "holdout"})
 _LIMITS = {"exposure_id": 64, "experiment": 100, "unit_id": 200, "variant": 100}
 
 
@@ -119,9 +122,18 @@ def _item(raw: Any, config_of: Callable[[str], ExperimentConfig], latest: dateti
         raise _Bad("count: must be a positive integer")
     if type(sticky) is not bool:
         raise _Bad("sticky: must be true or false")
+    holdout = raw.get("holdout", False)
+    if type(holdout) is not bool:
+        raise _Bad("holdout: must be true or false")
     first, last = _time(raw, "first_seen", latest), _time(raw, "last_seen", latest)
     if first > last:
         raise _Bad("first_seen: must not be after last_seen")
+    if holdout:
+        if config.layer is None or not bucket(f"holdout:{config.layer}", unit) < config.holdout:
+            raise _Bad(f"holdout: unit {unit!r} is not in the holdout of {key!r}'s layer")
+        if variant != config.control.key:
+            raise _Bad(f"variant: a holdout unit gets the control {config.control.key!r}")
+        return exposure_id, HoldoutItem(config.id, phase, unit, config.layer, last, count, first)
     segments = _segments(raw.get("segments"), config)
     return exposure_id, (config.id, phase, unit, variant, last, segments, sticky and config.sticky, count, first)
 
@@ -165,6 +177,10 @@ def _store(db: Database, items: dict[str, tuple[Any, ...]], now: datetime) -> in
         conn = session.connection()  # Core: one multi-row INSERT ... RETURNING per batch
         new = set(conn.execute(ids, [{"exposure_id": k, "received_at": now} for k in sorted(items)]).scalars())
         fresh = [items[k] for k in sorted(new)]
+        held = [item for item in fresh if isinstance(item, HoldoutItem)]
+        fresh = [item for item in fresh if not isinstance(item, HoldoutItem)]
+        if held:
+            session.execute(holdout_upsert(db.dialect), aggregate_holdouts(held))
         if fresh:
             session.execute(exposure_upsert(db.dialect), aggregate_exposures(fresh))
             sticky = sticky_rows(fresh)
