@@ -118,6 +118,11 @@ class KeyCache:
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
+    def clear(self) -> None:
+        """Forget every cached answer (after a revocation: this process refuses the key at once)."""
+        with self._lock:
+            self._entries.clear()
+
     def resolve(self, session_factory, key: str) -> Principal | None:  # type: ignore[no-untyped-def]
         digest = hash_key(key)
         now = time.monotonic()
