@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import flash, redirect, request, url_for
+from wtforms.fields.choices import SelectChoice
 
 from ..api.common import services
 from ..errors import ABTestError, Conflict, ValidationError
@@ -36,8 +37,8 @@ def _form(data: Any = None, rows: tuple[int, int] | None = None) -> ExperimentFo
         form.metrics.append_entry()
     engines = _engines()
     for entry in form.variants.entries:
-        entry.form.engine.choices = [(e, e) for e in engines]
-        entry.form.quality_reference.choices = [("", "none"), *((e, e) for e in engines)]
+        entry.form.engine.choices = [SelectChoice(e, e) for e in engines]
+        entry.form.quality_reference.choices = [SelectChoice("", "none"), *(SelectChoice(e, e) for e in engines)]
     return form
 
 

@@ -21,6 +21,8 @@ from wtforms import (
     TextAreaField,
 )
 
+from wtforms.fields.choices import SelectChoice
+
 from ..services.keys import SCOPES
 from ..validation.experiments import DECISIONS, METRIC_KINDS
 
@@ -50,7 +52,7 @@ class ConfirmForm(FlaskForm):
 
 class KeyForm(FlaskForm):
     name = StringField("Name (the audit log records it)")
-    scope = SelectField("Scope", choices=[(s, s) for s in SCOPES], default="viewer")
+    scope = SelectField("Scope", choices=[SelectChoice(s, s) for s in SCOPES], default="viewer")
     submit = SubmitField("Create key")
 
 
@@ -72,14 +74,14 @@ class VariantRow(Form):
 class MetricRow(Form):
     name = StringField("Name")
     event = StringField("Event")
-    kind = SelectField("Kind", choices=[("", "—"), *((k, k) for k in METRIC_KINDS)], validate_choice=False)
-    role = SelectField("Role", choices=[(r, r) for r in ("primary", "secondary", "guardrail")],
+    kind = SelectField("Kind", choices=[SelectChoice("", "—"), *(SelectChoice(k, k) for k in METRIC_KINDS)], validate_choice=False)
+    role = SelectField("Role", choices=[SelectChoice(r, r) for r in ("primary", "secondary", "guardrail")],
                        default="secondary", validate_choice=False)
-    direction = SelectField("Better when", choices=[("", "default"), ("increase", "increase"),
-                                                    ("decrease", "decrease")], validate_choice=False)
+    direction = SelectField("Better when", choices=[SelectChoice("", "default"), SelectChoice("increase", "increase"),
+                                                    SelectChoice("decrease", "decrease")], validate_choice=False)
     margin = StringField("Margin", render_kw={"inputmode": "decimal"})
     attribution_window_hours = StringField("Window (hours)", render_kw={"inputmode": "decimal"})
-    test = SelectField("Test", choices=[("", "—"), ("equivalence", "equivalence")], validate_choice=False)
+    test = SelectField("Test", choices=[SelectChoice("", "—"), SelectChoice("equivalence", "equivalence")], validate_choice=False)
 
 
 class ExperimentForm(FlaskForm):
@@ -92,7 +94,7 @@ class ExperimentForm(FlaskForm):
     layer_share = StringField("Layer share (0 to 1)", render_kw={"inputmode": "decimal"})
     variants = FieldList(FormField(VariantRow), min_entries=VARIANT_ROWS)
     metrics = FieldList(FormField(MetricRow), min_entries=METRIC_ROWS)
-    decision = SelectField("Decision policy", choices=[(d, d.replace("_", "-")) for d in DECISIONS],
+    decision = SelectField("Decision policy", choices=[SelectChoice(d, d.replace("_", "-")) for d in DECISIONS],
                            default=DECISIONS[0], validate_choice=False)
     quality_sample = StringField("Quality sample (share of requests scored; empty: none)",
                                  render_kw={"inputmode": "decimal"})
