@@ -37,7 +37,7 @@ def _form(data: Any = None, rows: tuple[int, int] | None = None) -> ExperimentFo
         form.metrics.append_entry()
     engines = _engines()
     for entry in form.variants.entries:
-        entry.form.engine.choices = [SelectChoice(e, e) for e in engines]
+        entry.form.engine.choices = [SelectChoice("", "choose…"), *(SelectChoice(e, e) for e in engines)]
         entry.form.quality_reference.choices = [SelectChoice("", "none"), *(SelectChoice(e, e) for e in engines)]
     return form
 

@@ -96,7 +96,7 @@ class ExperimentForm(FlaskForm):
     metrics = FieldList(FormField(MetricRow), min_entries=METRIC_ROWS)
     decision = SelectField("Decision policy", choices=[SelectChoice(d, d.replace("_", "-")) for d in DECISIONS],
                            default=DECISIONS[0], validate_choice=False)
-    quality_sample = StringField("Quality sample (share of requests scored; empty: none)",
+    quality_sample = StringField("Quality sample (0 to 1; empty: none)",
                                  render_kw={"inputmode": "decimal"})
     sticky = BooleanField("Sticky assignments")
     cuped = BooleanField("CUPED variance reduction", default=True)

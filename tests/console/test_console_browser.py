@@ -88,14 +88,23 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
-def shot(driver: Any, name: str, width: int = 1280) -> None:
+def shot(driver: Any, name: str, width: int = 1280, element: str | None = None) -> None:
+    """Save the whole page (or 1100 px from ``element`` down) as ``console-<name>.png``."""
     if not SHOTS:
         return
+    from selenium.webdriver.common.by import By
+
     driver.set_window_size(width, 900)
     height = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 3200)")
     driver.set_window_size(width, max(600, int(height)))
     Path(SHOTS).mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(Path(SHOTS) / f"console-{name}.png"))
+    path = str(Path(SHOTS) / f"console-{name}.png")
+    if element:  # the viewport from that element down
+        driver.set_window_size(width, 1100)
+        driver.execute_script("arguments[0].scrollIntoView()", driver.find_element(By.CSS_SELECTOR, element))
+        driver.save_screenshot(path)
+    else:
+        driver.save_screenshot(path)
     driver.set_window_size(1280, 900)
 
 
@@ -206,6 +215,7 @@ def test_console_end_to_end(browser, server) -> None:  # type: ignore[no-untyped
     assert [r.get_attribute("data-action") for r in d.find_elements(By.CSS_SELECTOR, "#audit-log .audit-row")] == [
         "pause", "start", "create"]
     assert texts("#audit-log .audit-row td:nth-child(2)") == ["bootstrap-admin"] * 3
+    shot(d, "experiment-details", element="#experiment-details")
 
     d.get(f"{base}/console/engines")
     engines = {r.get_attribute("data-engine"): r for r in d.find_elements(By.CSS_SELECTOR, "#engines-table tbody tr")}
