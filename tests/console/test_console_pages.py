@@ -4,6 +4,7 @@ lifecycle buttons go through a confirm step; a viewer key looks and changes noth
 from __future__ import annotations
 
 import uuid
+from html.parser import HTMLParser
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -189,3 +190,34 @@ def test_sign_in_returns_to_the_page_asked_for_and_never_elsewhere(client, servi
     reply = other.post("/console/signin", data={"csrf_token": token(other), "key": key, "next": "//evil.example/"})
     assert reply.headers["Location"].endswith("/console/")
     assert sign_in(other, key).status_code == 302
+
+
+class _Controls(HTMLParser):
+    """Form controls that a person fills in, and the ids that a <label for> names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[dict[str, str | None]] = []
+        self.labelled: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "label" and a.get("for"):
+            self.labelled.add(str(a["for"]))
+        if tag in ("input", "select", "textarea") and a.get("type") not in ("hidden", "submit"):
+            self.controls.append(a)
+
+
+def test_every_input_has_a_label(console, make_experiment) -> None:
+    make_experiment("exp-1")
+    pages = ("/console/", "/console/new", "/console/experiments/exp-1/edit", "/console/keys",
+             "/console/experiments/exp-1/start", "/console/engines", "/console/experiments/exp-1")
+    seen = 0
+    for path in pages:
+        parser = _Controls()
+        parser.feed(console.get(path).get_data(as_text=True))
+        for control in parser.controls:
+            assert control.get("id") in parser.labelled or control.get("aria-label"), (path, control)
+            seen += 1
+    assert seen > 100  # the form alone has dozens of inputs
+
