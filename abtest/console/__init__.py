@@ -5,10 +5,10 @@ of the same services as the JSON API (:mod:`abtest.services`, :mod:`abtest.repor
 analysis or validation here. Every page's data is also JSON (``?format=json``).
 
 Sign-in takes an API key (``admin`` or ``viewer``; ``sdk`` keys cannot sign in) and keeps only the
-key's id and a prefix of its hash in Flask's signed session cookie (``abtest_console``: HttpOnly,
+key's id, a prefix of its hash and a session id in Flask's signed session cookie (``abtest_console``: HttpOnly,
 SameSite=Lax, path ``/console``, ``ABTEST_CONSOLE_SESSION_HOURS`` long, Secure over TLS or with
 ``ABTEST_CONSOLE_SECURE_COOKIE``); each request checks the key again, so a revoked key is signed
-out at once. Every form carries a CSRF token (Flask-WTF). The JSON API never reads the cookie.
+out at once, and a signed-out session id is refused even from a copy of the cookie. Every form carries a CSRF token (Flask-WTF). The JSON API never reads the cookie.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Sign-in with an API key, and sign-out.
 
-The session cookie holds the key's id and the first 16 hex digits of its SHA-256, never the key;
-:mod:`abtest.console.blueprint` checks both against the database on each request. Failed
+The session cookie holds the key's id, the first 16 hex digits of its SHA-256 (never the key)
+and a random session id; :mod:`abtest.console.blueprint` checks them against the database on
+each request. Signing out records the session id (:mod:`abtest.services.console_sessions`), so
+a copy of the cookie is refused too. Failed
 sign-ins count against the client's address like failed API authentications (429 beyond the
 limit, :class:`abtest.services.ratelimit.FailureLimiter`).
 """
@@ -38,6 +40,7 @@ def signin() -> Response | str | tuple[str, int]:
     if failures is not None:
         failures.check(client)  # RateLimited (429) while this address is over the limit
     key = (form.key.data or "").strip()
+    from ..services.console_sessions import new_session_id
     from ..services.keys import find_key, hash_key
 
     with services().db.session() as db:
@@ -52,11 +55,18 @@ def signin() -> Response | str | tuple[str, int]:
     session.clear()
     session.permanent = True  # expires after ABTEST_CONSOLE_SESSION_HOURS
     session["key_id"], session["key_hash"] = row.id, hash_key(key)[:HASH_PREFIX_LEN]
+    session["sid"] = new_session_id()
     return redirect(_safe_next(form.next.data))
 
 
 @bp.post("/signout")
 def signout() -> Response:
     SignOutForm()  # the token was checked before the view (every console POST)
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        from ..services.console_sessions import sign_out
+
+        with services().db.transaction() as db:
+            sign_out(db, sid, current_app.permanent_session_lifetime)
     session.clear()
     return redirect(url_for("console.signin"))

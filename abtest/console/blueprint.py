@@ -11,6 +11,7 @@ from flask_wtf.csrf import CSRFError
 
 from ..api.common import services
 from ..errors import ABTestError, Forbidden
+from ..services.console_sessions import is_signed_out
 from ..services.keys import Principal, key_by_id
 
 __all__ = ["bp", "page", "principal", "CONSOLE_CSP", "SIGNED_IN_SCOPES"]
@@ -54,12 +55,12 @@ def _check() -> Response | None:
         csrf.protect()  # a missing or wrong token is a 400 (CSRFError), before anything else
     if request.endpoint in _OPEN:
         return None
-    key_id, digest = session.get("key_id"), session.get("key_hash")
+    key_id, digest, sid = session.get("key_id"), session.get("key_hash"), session.get("sid")
     row = None
-    if isinstance(key_id, int) and isinstance(digest, str):
+    if isinstance(key_id, int) and isinstance(digest, str) and isinstance(sid, str):
         with services().db.session() as db:
-            row = key_by_id(db, key_id, digest)
-    if row is None or row.scope not in SIGNED_IN_SCOPES:  # never signed in, expired, or revoked
+            row = None if is_signed_out(db, sid) else key_by_id(db, key_id, digest)
+    if row is None or row.scope not in SIGNED_IN_SCOPES:  # never signed in, expired, signed out, revoked
         session.clear()
         if wants_json() or request.method != "GET":
             response = jsonify({"error": {"code": "unauthorized", "message": "sign in to the console first",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import zlib
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -23,10 +24,13 @@ def _cookie_header(reply) -> str:  # type: ignore[no-untyped-def]
 
 
 def _payload(cookie: str) -> dict:
-    """The session cookie's content (signed, not encrypted: base64 JSON before the first dot)."""
+    """The session cookie's content: signed, not encrypted (base64 of JSON, zlib-compressed when
+    the value starts with a dot, before the signature)."""
     value = cookie.split(";", 1)[0].split("=", 1)[1]
-    data = value.split(".")[0]
-    return json.loads(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
+    compressed = value.startswith(".")
+    data = value.lstrip(".").split(".")[0]
+    raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    return json.loads(zlib.decompress(raw) if compressed else raw)
 
 
 def test_sign_in_sets_a_hardened_cookie_without_the_key(client, admin_key, services) -> None:
@@ -43,7 +47,7 @@ def test_sign_in_sets_a_hardened_cookie_without_the_key(client, admin_key, servi
     assert 11.9 < hours <= 12.0  # ABTEST_CONSOLE_SESSION_HOURS defaults to 12
     content = _payload(cookie)
     assert admin_key not in cookie and admin_key not in json.dumps(content)
-    assert set(content) >= {"key_id", "key_hash"} and len(content["key_hash"]) == 16
+    assert set(content) >= {"key_id", "key_hash", "sid"} and len(content["key_hash"]) == 16
     assert client.get("/console/").status_code == 200
 
 
@@ -101,10 +105,17 @@ def test_an_expired_session_is_refused(client, admin_key, monkeypatch) -> None:
     assert reply.status_code == 302 and "/console/signin" in reply.headers["Location"]
 
 
-def test_sign_out_ends_the_session(console) -> None:
+def test_sign_out_ends_the_session_and_every_copy_of_its_cookie(console, app, admin_key) -> None:
+    copy = console.get_cookie("abtest_console", path="/console").value
+    other = app.test_client()  # a second sign-in of the same key is a session of its own
+    assert sign_in(other, admin_key).status_code == 302
     reply = console.post("/console/signout", data={"csrf_token": token(console, "/console/")})
     assert reply.status_code == 302
     assert console.get("/console/").status_code == 302
+    stolen = app.test_client()
+    stolen.set_cookie("abtest_console", copy, path="/console")
+    assert stolen.get("/console/?format=json").status_code == 401
+    assert other.get("/console/?format=json").status_code == 200
 
 
 def test_a_post_without_the_csrf_token_is_refused(console, services) -> None:

@@ -251,6 +251,7 @@ def test_console_end_to_end(browser, server) -> None:  # type: ignore[no-untyped
     wait_for(lambda: "/console/signin" in d.current_url, "the sign-in page")
     d.get(f"{base}/console/experiments/console-e2e")
     assert "/console/signin" in d.current_url and not d.find_elements(By.ID, "live-report")
+    assert httpx.get(f"{base}/console/?format=json", cookies=jar).status_code == 401  # nor a copy of the cookie
     assert d.get_cookie("abtest_console") is None or "key_id" not in _decoded(d.get_cookie("abtest_console")["value"])
 
 
