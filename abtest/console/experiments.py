@@ -23,6 +23,7 @@ from .summaries import BadgeCache, scoped_report_css, snippets
 __all__ = ["ACTIONS", "allowed_actions"]
 
 STATUSES = ("draft", "running", "paused", "stopped")
+REPORT_OPTIONS = ("alpha", "cap", "mde", "phase")  # the report's query options, kept by the refresh
 # Lifecycle buttons: (label, what the confirm page says it does)
 ACTIONS: dict[str, tuple[str, str]] = {
     "start": ("Start", "Units are assigned to the variants from now on."),
@@ -88,6 +89,8 @@ def experiment(key: str) -> Any:
         "experiment": view, "actions": allowed_actions(view), "audit": list(reversed(audit)),
         "report": report.to_json(), "snippets": snippets(request.host_url, view),
         "refresh_s": svc.settings.console_refresh_s,
+        "fragment": url_for("console.report_fragment", key=key,
+                            **{k: v for k, v in request.args.items() if k in REPORT_OPTIONS}),
         "links": {"json": f"/v1/experiments/{key}", "report": f"/v1/experiments/{key}/report",
                   "audit": f"/v1/experiments/{key}/audit"},
         "exports": _exports(key),

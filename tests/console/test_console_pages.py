@@ -58,6 +58,9 @@ def test_the_experiment_page_embeds_the_report_audit_exports_and_snippets(consol
     data = console.get("/console/experiments/exp-1?format=json").get_json()
     assert data["actions"] == ["pause", "stop"] and data["experiment"]["key"] == "exp-1"
     assert data["report"]["experiment"]["key"] == "exp-1" and [a["action"] for a in data["audit"]] == ["start", "create"]
+    assert data["fragment"] == "/console/experiments/exp-1/report-fragment"
+    assert console.get("/console/experiments/exp-1?format=json&alpha=0.1&phase=1").get_json()["fragment"] == (
+        "/console/experiments/exp-1/report-fragment?alpha=0.1&phase=1")  # the refresh keeps the options
     fragment = console.get("/console/experiments/exp-1/report-fragment")
     assert fragment.status_code == 200 and 'id="recommendation"' in fragment.get_data(as_text=True)
     assert "<html" not in fragment.get_data(as_text=True)
