@@ -147,8 +147,8 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--scope", type=click.Choice(["admin", "sdk"]), required=True,
-              help="sdk: assign, infer and send events; admin: that, plus experiments and reports")
+@click.option("--scope", type=click.Choice(["admin", "viewer", "sdk"]), required=True,
+              help="sdk: assign, infer and send events; viewer: read experiments, reports, audit; admin: everything")
 @click.option("--name", required=True, help="a name to recognise the key by: the audit log records it, revoke takes it")
 def keys_create(scope: str, name: str) -> None:
     """Create a key and print it, alone, on stdout."""

@@ -304,7 +304,9 @@ def update(key: str, stream: IO[str] | None, variants_file: IO[str] | None, targ
         with database.session() as session:  # a rehearsal: the same update, rolled back
             before, after = _apply_update(session, key, base, opts, who, is_engine)
             session.rollback()
-        new_phase = after["phase"] > before["phase"]
+        from .services.experiments import opens_new_phase
+
+        new_phase = opens_new_phase(before, after)
         if new_phase:
             click.echo(_phase_warning(before, after), err=True)
         if dry_run:
@@ -318,7 +320,7 @@ def update(key: str, stream: IO[str] | None, variants_file: IO[str] | None, targ
             click.confirm(f"Open phase {after['phase']} of {key}?", abort=True, err=True)
         with database.transaction() as session:
             before, after = _apply_update(session, key, base, opts, who, is_engine)
-            if after["phase"] > before["phase"] and not new_phase:  # changed since the rehearsal
+            if opens_new_phase(before, after) and not new_phase:  # changed since the rehearsal
                 raise Conflict(f"{key} changed meanwhile and this update now opens a new phase; run it again",
                                details={"experiment": key})
     lines = [f"{key}: updated (version {after['version']}, phase {after['phase']})",

@@ -4,7 +4,8 @@ The schema is created only by Alembic migrations (``migrations/``); a test check
 models and the migrations agree. Imports no Flask.
 
 Tables
-    api_keys        hashed API keys with a scope (admin | sdk)
+    api_keys        hashed API keys with a scope (admin | viewer | sdk)
+    console_signouts  web console sessions signed out before they expired (refused from then on)
     experiments     configuration and lifecycle; ``phase`` counts allocation changes
     variants        arms of an experiment: key, engine, weight, control/shadow flags
     metrics         metric definitions (built-ins are implicit; event metrics are rows)
@@ -55,6 +56,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "Base",
     "ApiKey",
+    "ConsoleSignout",
     "Experiment",
     "Variant",
     "Metric",
@@ -103,11 +105,23 @@ class ApiKey(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    scope: Mapped[str] = mapped_column(String(16))  # "admin" | "sdk"
+    scope: Mapped[str] = mapped_column(String(16))  # "admin" | "viewer" | "sdk"
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, for display only
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class ConsoleSignout(Base):
+    """A web console session signed out before its cookie expired: a copy of the cookie is
+    refused from then on. Rows past ``expires_at`` (when the cookie would have expired anyway)
+    are deleted as new sign-outs come."""
+
+    __tablename__ = "console_signouts"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    signed_out_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Experiment(Base):

@@ -89,6 +89,7 @@ def app(db_url: str, tmp_path) -> Iterator[Any]:
         # a loaded 2-core CI machine can stall a healthy database past the 0.75 s default; the
         # outage tests (tests/serving, benchmarks.faults) keep the default
         "probe_stale_s": 5.0,
+        "secret_key_file": str(tmp_path / "secret_key"),
     })
     yield application
     application.extensions["abtest"].close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from .html import PAGE_CSS
+from .html import REPORT_CSS
 
 __all__ = ["render_layer_html"]
 
@@ -70,5 +70,5 @@ def render_layer_html(report: dict[str, Any]) -> str:
                  f'{1 - report["alpha"]:.0%} confidence intervals.</p></div>')
     title = escape(f"{layer} — abtest layer report")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{PAGE_CSS}</style>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{REPORT_CSS}</style>'
             f'</head><body><main>{"".join(parts)}</main></body></html>')

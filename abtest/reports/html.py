@@ -22,9 +22,9 @@ from .model import ComparisonResult, Estimate, MetricResult, Report
 from .svg import forest_plot, histogram_plot, timeseries_plot, variant_colors
 from .text import count_text, human_time, value_text
 
-__all__ = ["render_html", "PAGE_CSS"]
+__all__ = ["render_html", "render_sections", "REPORT_CSS"]
 
-_CSS = """
+REPORT_CSS = _CSS = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;color:#202124;margin:0;background:#f6f7f9}
 main{max-width:1200px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px}
@@ -47,7 +47,6 @@ svg .legend-label{font-size:12px}dl{color:#3c4043}dt{font-weight:600;margin-top:
 """
 
 
-PAGE_CSS = _CSS  # the report pages' one style sheet (the layer report uses it too)
 
 
 def _pct(x: float | None) -> str:
@@ -317,8 +316,9 @@ def _definitions(report: Report) -> str:
             f'requests, truncated completions of ok requests.</dd></dl>')
 
 
-def render_html(report: Report) -> str:
-    """The whole page as a string."""
+def render_sections(report: Report) -> str:
+    """The page's sections without the document around them (the web console embeds them,
+    styled by :data:`REPORT_CSS`)."""
     colors = variant_colors([v.variant for v in report.variants])
     parts = [
         _header(report), _recommendation(report), _banners(report),
@@ -329,7 +329,12 @@ def render_html(report: Report) -> str:
         timeseries_plot(_timeseries_input(report), colors=colors), "</div>", _shadow(report), _quality(report),
         _cuped(report), _segments(report), _definitions(report),
     ]
+    return "".join(parts)
+
+
+def render_html(report: Report) -> str:
+    """The whole page as a string."""
     title = escape(f'{report.experiment.name} — abtest report')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style>'
-            f'</head><body><main>{"".join(parts)}</main></body></html>')
+            f'</head><body><main>{render_sections(report)}</main></body></html>')

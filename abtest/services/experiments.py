@@ -387,4 +387,24 @@ def resume_treatment(session: Session, exp: Experiment, actor: str, reason: str 
 
 lock_layer = _lock_layer  # for the layer settings (abtest.services.layers)
 
-__all__ += ["resume_treatment", "lock_layer"]
+
+def rehearse_update(session: Session, key: str, payload: Any, actor: str,
+                    is_engine: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(before, after): the experiment's views around ``update_experiment(payload)``, then rolled
+    back, so nothing is written. Raises what the update would (ValidationError, Conflict, NotFound).
+    ``session`` is a plain session (``Database.session()``), not a transaction's: this rolls it back."""
+    try:
+        exp = get_experiment(session, key)
+        before = experiment_view(exp)
+        update_experiment(session, exp, payload, actor, is_engine)
+        return before, experiment_view(exp)
+    finally:
+        session.rollback()
+
+
+def opens_new_phase(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Does the change from view ``before`` to view ``after`` re-randomize every unit (a new phase)?"""
+    return int(after["phase"]) > int(before["phase"])
+
+
+__all__ += ["resume_treatment", "lock_layer", "rehearse_update", "opens_new_phase"]
