@@ -181,7 +181,7 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("get", "/v1/experiments/{key}/export", "Raw CSV of ?table=exposures|requests|events", "admin", None, 200,
      "CsvText"),
     ("post", "/v1/plan", "Power planner: units and days for a metric (given, or from an experiment's history)",
-     "admin", "PlanRequest", 200, "Plan"),
+     "viewer", "PlanRequest", 200, "Plan"),
     ("post", "/v1/chat/completions", "OpenAI-compatible chat completion (streamed with stream: true)", "sdk",
      "ChatCompletionRequest", 200, "OpenAICompletion"),
     ("post", "/v1/completions", "OpenAI-compatible text completion", "sdk", "CompletionRequest", 200,

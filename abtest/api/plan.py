@@ -1,4 +1,4 @@
-"""POST /v1/plan (admin scope): the power planner's units and days for one metric.
+"""POST /v1/plan (viewer or admin scope: it changes nothing): the power planner's units and days for one metric.
 
 The body is a :class:`~abtest.services.planner.PlanRequest` as JSON (see
 :mod:`abtest.services.planner` and docs/statistics.md); a bad field is a 422 naming it, an
@@ -18,7 +18,7 @@ bp = Blueprint("plan", __name__, url_prefix="/v1")
 
 
 @bp.post("/plan")
-@requires("admin")
+@requires("viewer")
 def create_plan() -> Response:
     request = parse_plan_request(json_body())
     if request.experiment is None:

@@ -79,7 +79,7 @@ def register(app: Flask) -> None:
         WTF_CSRF_CHECK_DEFAULT=False, WTF_CSRF_TIME_LIMIT=None,
     )
     csrf.init_app(app)
-    from . import auth, editing, experiments, ops  # noqa: F401 - their routes join the blueprint
+    from . import auth, editing, experiments, ops, planner  # noqa: F401 - their routes join the blueprint
     from .blueprint import bp
 
     app.register_blueprint(bp)

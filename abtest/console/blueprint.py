@@ -24,7 +24,7 @@ CONSOLE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-
                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SIGNED_IN_SCOPES = ("admin", "viewer")
 _OPEN = frozenset({"console.signin", "console.static"})  # reachable signed out
-_VIEWER_POSTS = frozenset({"console.signout"})  # the only POST a viewer key may make
+_VIEWER_POSTS = frozenset({"console.signout", "console.planner"})  # the POSTs a viewer key may make (they change nothing)
 
 
 def principal() -> Principal:

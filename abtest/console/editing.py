@@ -86,7 +86,9 @@ def edit_experiment(key: str) -> Any:
             raise Conflict(f"experiment {key!r} is stopped and can no longer change")
         return _render(_form(form_data(view, _engines()), rows_needed(view)), False, {}, key=key)
     form = _form(request.form)
-    payload = form_payload(form, creating=False)
+    with svc.db.session() as session:
+        current = svc_exp.experiment_view(svc_exp.get_experiment(session, key))
+    payload = form_payload(form, creating=False, current=current)
     if payload.bad_json:
         return _render(form, False, {payload.bad_json[0]: payload.bad_json[1]}, 422, key=key)
     who = principal().name

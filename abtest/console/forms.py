@@ -104,6 +104,36 @@ class ExperimentForm(FlaskForm):
     targeting = TextAreaField("Targeting rules (JSON list)", default="[]")
     forced = TextAreaField("Forced units (JSON object: unit → variant)", default="{}")
     dimensions = TextAreaField("Segment dimensions (JSON list)", default="[]")
+    start_at = StringField("Start at")
+    stop_at = StringField("Stop at")
+    ramp = TextAreaField("Coverage ramp (JSON list of {at, coverage})", default="[]")
     confirm_phase = HiddenField()
     confirm_new_phase = BooleanField("Yes, open the new phase and re-randomize every unit")
     submit = SubmitField("Save")
+
+
+class PlanForm(FlaskForm):
+    """The power planner: a metric given by its baseline, or taken from an experiment's history."""
+
+    experiment = StringField("Experiment key")
+    metric = StringField("Its metric")
+    kind = SelectField("Metric kind", choices=[SelectChoice("binary", "binary"),
+                                               SelectChoice("mean", "mean")],
+                       default="binary", validate_choice=False)
+    baseline = StringField("Baseline", render_kw={"inputmode": "decimal"})
+    sd = StringField("Std. deviation", render_kw={"inputmode": "decimal"})
+    test = SelectField("Test", choices=[SelectChoice("mde", "superiority"),
+                                        SelectChoice("margin", "non-inferiority")],
+                       default="mde", validate_choice=False)
+    effect = StringField("MDE or margin", render_kw={"inputmode": "decimal"})
+    relative = BooleanField("Relative", default=True)
+    direction = SelectField("Better when", choices=[SelectChoice("", "default"),
+                                                    SelectChoice("increase", "increase"),
+                                                    SelectChoice("decrease", "decrease")],
+                            default="", validate_choice=False)
+    alpha = StringField("Alpha", default="0.05", render_kw={"inputmode": "decimal"})
+    power = StringField("Power", default="0.8", render_kw={"inputmode": "decimal"})
+    variants = StringField("Variants", default="2", render_kw={"inputmode": "numeric"})
+    daily_units = StringField("Units a day", render_kw={"inputmode": "decimal"})
+    coverage = StringField("Coverage", render_kw={"inputmode": "decimal"})
+    submit = SubmitField("Plan")

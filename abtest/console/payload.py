@@ -18,7 +18,7 @@ from werkzeug.datastructures import MultiDict
 
 from .forms import METRIC_ROWS, VARIANT_ROWS, ExperimentForm
 
-__all__ = ["Payload", "form_payload", "form_data", "rows_needed", "error_field"]
+__all__ = ["Payload", "form_payload", "form_data", "rows_needed", "error_field", "number"]
 
 _VARIANT_FIELDS = ("key", "engine", "weight", "control", "shadow", "quality_reference", "quality_min_agreement")
 _METRIC_FIELDS = ("name", "event", "kind", "role", "direction", "margin", "attribution_window_hours", "test")
@@ -33,7 +33,7 @@ class Payload:
     bad_json: tuple[str, str] | None = None  # (field, message) of a JSON block that does not parse
 
 
-def _number(text: str | None) -> Any:
+def number(text: str | None) -> Any:
     """A number when the text reads as one (``"0.5"`` -> 0.5, ``"3"`` -> 3); else the text as is."""
     raw = (text or "").strip()
     try:
@@ -51,8 +51,10 @@ def _filled(text: Any) -> bool:
     return isinstance(text, str) and text.strip() != ""
 
 
-def form_payload(form: ExperimentForm, *, creating: bool) -> Payload:
-    """The payload of ``POST /v1/experiments`` (creating) or ``PATCH`` (every mutable field)."""
+def form_payload(form: ExperimentForm, *, creating: bool, current: dict[str, Any] | None = None) -> Payload:
+    """The payload of ``POST /v1/experiments`` (creating) or ``PATCH`` (every mutable field; the
+    schedule only where it differs from ``current``, the experiment's view: a PATCH of the ramp
+    starts it over, and a start time already past cannot be set again)."""
     body: dict[str, Any] = {}
     out = Payload(body)
     if creating:
@@ -60,11 +62,11 @@ def form_payload(form: ExperimentForm, *, creating: bool) -> Payload:
         if _filled(form.layer.data):
             body["layer"] = form.layer.data.strip()
         if _filled(form.layer_share.data):
-            body["layer_share"] = _number(form.layer_share.data)
+            body["layer_share"] = number(form.layer_share.data)
     body["name"] = form.name.data or ""
     body["hypothesis"] = form.hypothesis.data or ""
     body["owner"] = form.owner.data or ""
-    body["coverage"] = _number(form.coverage.data) if _filled(form.coverage.data) else 1.0
+    body["coverage"] = number(form.coverage.data) if _filled(form.coverage.data) else 1.0
     variants, out.rows["variants"] = [], []
     for i, row in enumerate(form.variants.entries):
         d = row.form
@@ -73,11 +75,11 @@ def form_payload(form: ExperimentForm, *, creating: bool) -> Payload:
         item: dict[str, Any] = {"key": d.key.data or "", "engine": d.engine.data or "",
                                 "control": bool(d.control.data), "shadow": bool(d.shadow.data)}
         if _filled(d.weight.data):
-            item["weight"] = _number(d.weight.data)
+            item["weight"] = number(d.weight.data)
         if _filled(d.quality_reference.data):
             item["quality_reference"] = d.quality_reference.data
         if _filled(d.quality_min_agreement.data):
-            item["quality_min_agreement"] = _number(d.quality_min_agreement.data)
+            item["quality_min_agreement"] = number(d.quality_min_agreement.data)
         variants.append(item)
         out.rows["variants"].append(i)
     body["variants"] = variants
@@ -92,16 +94,16 @@ def form_payload(form: ExperimentForm, *, creating: bool) -> Payload:
                 item[name] = getattr(d, name).data.strip()
         for name in ("margin", "attribution_window_hours"):
             if _filled(getattr(d, name).data):
-                item[name] = _number(getattr(d, name).data)
+                item[name] = number(getattr(d, name).data)
         metrics.append(item)
         out.rows["metrics"].append(i)
     body["metrics"] = metrics
     body["decision"] = form.decision.data
-    body["quality_sample"] = _number(form.quality_sample.data) if _filled(form.quality_sample.data) else None
+    body["quality_sample"] = number(form.quality_sample.data) if _filled(form.quality_sample.data) else None
     body["sticky"] = bool(form.sticky.data)
     cuped: dict[str, Any] = {"enabled": bool(form.cuped.data)}
     if _filled(form.cuped_lookback_days.data):
-        cuped["lookback_days"] = _number(form.cuped_lookback_days.data)
+        cuped["lookback_days"] = number(form.cuped_lookback_days.data)
     body["cuped"] = cuped
     for name in _JSON_BLOCKS:
         text = getattr(form, name).data
@@ -111,7 +113,35 @@ def form_payload(form: ExperimentForm, *, creating: bool) -> Payload:
             body[name] = json.loads(text)
         except ValueError as exc:
             out.bad_json = out.bad_json or (name, f"{name}: is not valid JSON ({exc})")
+    _schedule(form, out, current if not creating else None)
     return out
+
+
+def _schedule(form: ExperimentForm, out: Payload, current: dict[str, Any] | None) -> None:
+    """``start_at``, ``stop_at`` and ``ramp`` into the payload: given ones when creating, changed
+    ones when editing (a cleared time is null)."""
+    for name in ("start_at", "stop_at"):
+        text = (getattr(form, name).data or "").strip()
+        if current is None:
+            if text:
+                out.body[name] = text
+        elif text != (current.get(name) or ""):
+            out.body[name] = text or None
+    text = (form.ramp.data or "").strip() or "[]"
+    try:
+        ramp = json.loads(text)
+    except ValueError as exc:
+        out.bad_json = out.bad_json or ("ramp", f"ramp: is not valid JSON ({exc})")
+        return
+    if current is None:
+        if ramp:
+            out.body["ramp"] = ramp
+    elif ramp != _steps(current):
+        out.body["ramp"] = ramp
+
+
+def _steps(view: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"at": s["at"], "coverage": s["coverage"]} for s in view.get("ramp") or ()]
 
 
 def form_data(view: dict[str, Any], engines: list[str]) -> MultiDict[str, Any]:
@@ -145,6 +175,8 @@ def form_data(view: dict[str, Any], engines: list[str]) -> MultiDict[str, Any]:
                 data[f"metrics-{i}-{name}"] = _text(m[name])
     for name in _JSON_BLOCKS:
         data[name] = json.dumps(view.get(name) or ({} if name == "forced" else []), indent=2)
+    data["start_at"], data["stop_at"] = view.get("start_at") or "", view.get("stop_at") or ""
+    data["ramp"] = json.dumps(_steps(view), indent=2)
     return data
 
 

@@ -223,6 +223,16 @@ def test_console_end_to_end(browser, server) -> None:  # type: ignore[no-untyped
     assert served == UNITS
     shot(d, "engines")
 
+    # the power planner, from the experiment's own history (its control's conversion and traffic)
+    d.get(f"{base}/console/plan")
+    css("#experiment").send_keys("console-e2e")
+    css("#metric").send_keys("conversion")
+    css("#effect").send_keys("0.1")
+    css("#plan").click()
+    wait_for(lambda: d.find_elements(By.ID, "plan-result"), "the plan")
+    assert "units per variant" in css("#plan-title").text and "console-e2e" in css("#plan-table").text
+    shot(d, "planner")
+
     # revoke the sdk key (the button asks first): the SDK is refused at once
     d.get(f"{base}/console/keys")
     row = css('#keys-table tr[data-name="web-app"]')

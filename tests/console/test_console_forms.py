@@ -182,3 +182,32 @@ def test_a_coverage_ramp_of_a_started_experiment_needs_no_confirmation(console, 
     assert reply.status_code == 302
     view = client.get("/v1/experiments/checkout", headers=admin).get_json()
     assert view["phase"] == 1 and view["coverage"] == 0.3
+
+
+def test_the_schedule_is_set_from_the_form_and_kept_by_an_unrelated_edit(console, client, admin, services) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from abtest.services.scheduler import apply_schedules
+
+    soon = datetime.now(timezone.utc) + timedelta(hours=1)
+    ramp = [{"at": (soon + timedelta(hours=1)).isoformat(), "coverage": 0.2},
+            {"at": (soon + timedelta(hours=2)).isoformat(), "coverage": 0.6}]
+    fields = {"start_at": soon.isoformat(), "ramp": __import__("json").dumps(ramp)}
+    assert console.post("/console/new", data=form(console, **fields)).status_code == 302
+    view = client.get("/v1/experiments/checkout", headers=admin).get_json()
+    assert view["start_at"] is not None and [s["coverage"] for s in view["ramp"]] == [0.2, 0.6]
+    # the monitor applies the start and the first step; an edit of the name keeps the schedule's progress
+    apply_schedules(services.db, soon + timedelta(hours=1, minutes=1))
+    view = client.get("/v1/experiments/checkout", headers=admin).get_json()
+    assert view["status"] == "running" and [s["state"] for s in view["ramp"]] == ["applied", "pending"]
+    data = _edit_fields(console.get("/console/experiments/checkout/edit").get_data(as_text=True))
+    reply = console.post("/console/experiments/checkout/edit", data={**data, "name": "Renamed"})
+    assert reply.status_code == 302, errors_by_field(reply.get_data(as_text=True))
+    view = client.get("/v1/experiments/checkout", headers=admin).get_json()
+    assert view["name"] == "Renamed" and [s["state"] for s in view["ramp"]] == ["applied", "pending"]
+    # a bad step is refused beside the ramp field, nothing written
+    bad = {**data, "ramp": '[{"at": "2020-01-01T00:00:00Z", "coverage": 1.5}]'}
+    reply = console.post("/console/experiments/checkout/edit", data=bad)
+    assert reply.status_code == 422 and "ramp" in errors_by_field(reply.get_data(as_text=True))
+    assert [s["state"] for s in client.get("/v1/experiments/checkout", headers=admin).get_json()["ramp"]] == [
+        "applied", "pending"]
