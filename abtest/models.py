@@ -300,7 +300,9 @@ class ExposureId(Base):
 
 class RequestLog(Base):
     __tablename__ = "requests"
-    __table_args__ = (Index("ix_requests_experiment_variant", "experiment_id", "phase", "variant"),)
+    __table_args__ = (Index("ix_requests_experiment_variant", "experiment_id", "phase", "variant"),
+                      # CUPED's pre-exposure history of a unit (abtest.reports.breakdown_queries)
+                      Index("ix_requests_unit_started", "unit_id", "started_at"))
 
     request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     experiment_id: Mapped[int | None] = mapped_column(
