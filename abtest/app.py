@@ -3,7 +3,8 @@
 ``create_app(overrides)`` layers configuration as defaults, then ``ABTEST_*`` environment
 variables, then ``overrides`` (tests); :func:`abtest.wiring.start_services` builds the services
 container (``app.extensions["abtest"]``) with its start-up side effects, and the blueprints of
-:mod:`abtest.api` are registered on the app. The container's threads stop when it is closed,
+:mod:`abtest.api` and the web console (:mod:`abtest.console`, at ``/console/``) are registered
+on the app. The container's threads stop when it is closed,
 or at exit (:mod:`abtest.container`).
 """
 
@@ -30,6 +31,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["abtest"] = services
 
     from .api import register
+    from .console import register as register_console
 
     register(app)
+    register_console(app)
     return app

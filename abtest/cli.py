@@ -147,8 +147,8 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--scope", type=click.Choice(["admin", "sdk"]), required=True,
-              help="sdk: assign, infer and send events; admin: that, plus experiments and reports")
+@click.option("--scope", type=click.Choice(["admin", "viewer", "sdk"]), required=True,
+              help="sdk: assign, infer and send events; viewer: read experiments, reports, audit; admin: everything")
 @click.option("--name", required=True, help="a name to recognise the key by: the audit log records it, revoke takes it")
 def keys_create(scope: str, name: str) -> None:
     """Create a key and print it, alone, on stdout."""
@@ -213,9 +213,13 @@ def demo(users: int, effect: float, superiority: bool, base_rate: float, seed: i
 
 def _mount_report() -> None:
     from .cli_experiments import experiments
+    from .cli_layers import layers
+    from .cli_plan import plan_command
     from .reports.cli import report
 
     cli.add_command(experiments)
+    cli.add_command(layers)
+    cli.add_command(plan_command)
     cli.add_command(report)
 
 
@@ -249,6 +253,9 @@ _mount_optional()
 
 
 def main() -> None:
+    from engines import tune_openmp
+
+    tune_openmp()  # before anything imports torch: the engines run in this process or its children
     cli(prog_name="abtest")
 
 

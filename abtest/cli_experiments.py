@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from .cli_experiments_flags import patch_body
+from .cli_experiments_flags import patch_body, schedule_fields
 from .cli_experiments_text import audit_text, changed_fields, changes, experiment_line, experiment_text
 from .config import Settings
 from .errors import ABTestError, BadRequest, Conflict, ValidationError
@@ -105,6 +105,22 @@ def _reads(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="print the API's JSON instead of text")(fn)
 
 
+def _schedules(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The schedule options of ``create`` and ``update`` (they replace the file's fields)."""
+    fn = click.option("--stop-at", metavar="TIME|none",
+                      help="stop the experiment at this ISO-8601 time with a timezone (after --start-at); "
+                           "none: no stop time")(fn)
+    fn = click.option("--start-at", metavar="TIME|none",
+                      help="start the draft at this ISO-8601 time with a timezone, e.g. 2026-12-01T09:00:00Z; "
+                           "none: no start time")(fn)
+    fn = click.option("--ramp-step", multiple=True, metavar="AT=COVERAGE",
+                      help="a coverage ramp step, e.g. 2026-12-01T10:00:00Z=0.1 (repeatable, in time order; "
+                           "together they replace the whole ramp)")(fn)
+    return click.option("--ramp", metavar="JSON|none",
+                        help='the coverage ramp as JSON, [{"at": TIME, "coverage": SHARE}, ...] '
+                             "(none: no ramp)")(fn)
+
+
 def _done(view: Mapping[str, Any], as_json: bool, summary: str) -> None:
     if as_json:
         _print_json(view)
@@ -126,19 +142,32 @@ def experiments() -> None:
 @experiments.command("create")
 @click.option("-f", "--file", "stream", type=JSON_FILE, default="-", show_default=True, metavar="FILE",
               help="the experiment as JSON, the body POST /v1/experiments takes ('-': standard input)")
+@_schedules
 @_writes
-def create(stream: IO[str], actor: str | None, as_json: bool) -> None:
+def create(stream: IO[str], actor: str | None, as_json: bool, **flags: Any) -> None:
     """Create a draft experiment from a JSON file or standard input.
+
+    The schedule options set ramp, start_at and stop_at (over the file's): the monitor
+    starts the draft at --start-at, applies each ramp step's coverage at its time while the
+    experiment runs, and stops it at --stop-at.
 
     \b
     Example:
       abtest experiments create -f exp.json
       cat exp.json | abtest experiments create --json
+      abtest experiments create -f exp.json --start-at 2026-12-01T09:00:00Z \\
+          --ramp-step 2026-12-01T09:00:00Z=0.05 --ramp-step 2026-12-02T09:00:00Z=0.5
     """
     from .container import EngineNames
     from .services import experiments as svc
 
     payload = _read_json(stream)
+    with _reported():
+        schedule = schedule_fields(flags)
+    if schedule:
+        if not isinstance(payload, Mapping):
+            raise InputError("body: must be a JSON object")
+        payload = {**payload, **schedule}
     settings = Settings.load()
     with _reported(), _database(settings) as database, database.transaction() as session:
         exp = svc.create_experiment(session, payload, _actor(actor), EngineNames(settings))
@@ -217,10 +246,12 @@ Examples:
   abtest experiments update v2-vs-v1 --force qa-user-1=treatment --unforce qa-user-2
   abtest experiments update v2-vs-v1 --targeting rules.json --hypothesis "V2 is as good"
   abtest experiments update v2-vs-v1 -f changes.json --dry-run
+  abtest experiments update v2-vs-v1 --ramp-step 2026-12-03T09:00:00Z=1 --stop-at 2026-12-20T09:00:00Z
 
 \b
 Mutable fields (-f): name, hypothesis, owner, coverage, variants, targeting, forced,
-metrics, decision, quality_sample, cuped, dimensions, sticky, treatment_paused. A targeting
+metrics, decision, quality_sample, cuped, dimensions, sticky, ramp, start_at, stop_at,
+treatment_paused. A ramp step is {"at": "2026-12-01T10:00:00Z", "coverage": 0.1}; a targeting
 rule is {"attribute": "country", "op": "in", "value": ["US", "CA"]}; CUPED options are
 {"enabled": true, "lookback_days": 14}; a dimension is {"attribute": "country", "levels": ["US", "DE"]}.
 """
@@ -252,6 +283,7 @@ rule is {"attribute": "country", "op": "in", "value": ["US", "CA"]}; CUPED optio
               help="share of requests whose completions are scored, in (0, 1]; none: no scoring")
 @click.option("--sticky/--no-sticky", default=None,
               help="keep each unit's variant when the weights change (new units follow the new weights)")
+@_schedules
 @click.option("-y", "--yes", is_flag=True, help="apply a change that opens a new phase without asking")
 @click.option("--dry-run", is_flag=True, help="validate and print what would change; write nothing")
 @_writes
@@ -272,7 +304,9 @@ def update(key: str, stream: IO[str] | None, variants_file: IO[str] | None, targ
         with database.session() as session:  # a rehearsal: the same update, rolled back
             before, after = _apply_update(session, key, base, opts, who, is_engine)
             session.rollback()
-        new_phase = after["phase"] > before["phase"]
+        from .services.experiments import opens_new_phase
+
+        new_phase = opens_new_phase(before, after)
         if new_phase:
             click.echo(_phase_warning(before, after), err=True)
         if dry_run:
@@ -286,7 +320,7 @@ def update(key: str, stream: IO[str] | None, variants_file: IO[str] | None, targ
             click.confirm(f"Open phase {after['phase']} of {key}?", abort=True, err=True)
         with database.transaction() as session:
             before, after = _apply_update(session, key, base, opts, who, is_engine)
-            if after["phase"] > before["phase"] and not new_phase:  # changed since the rehearsal
+            if opens_new_phase(before, after) and not new_phase:  # changed since the rehearsal
                 raise Conflict(f"{key} changed meanwhile and this update now opens a new phase; run it again",
                                details={"experiment": key})
     lines = [f"{key}: updated (version {after['version']}, phase {after['phase']})",

@@ -9,12 +9,15 @@ refused the same way, as a :class:`~abtest.errors.ValidationError` naming the fl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from .errors import ValidationError
 
-__all__ = ["patch_body", "weights", "forced_units", "share_or_none"]
+__all__ = ["patch_body", "weights", "forced_units", "share_or_none", "schedule_fields"]
+
+_CLEAR = ("none", "null", "off")
 
 # Fields set once, at creation (key, layer, layer_share).
 
@@ -71,6 +74,44 @@ def share_or_none(text: str) -> float | None:
         raise ValidationError("quality_sample", "must be a number in (0, 1], or none to stop scoring") from None
 
 
+def _ramp_steps(items: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``--ramp-step AT=COVERAGE`` (repeated) as ramp steps, in the order given."""
+    steps = []
+    for item in items:
+        at, sep, number = item.rpartition("=")  # ISO times have no '='
+        try:
+            coverage = float(number)
+        except ValueError:
+            sep = ""
+        if not sep or not at.strip():
+            raise ValidationError("ramp-step", f"{item!r} is not AT=COVERAGE (e.g. 2026-12-01T10:00:00Z=0.1)")
+        steps.append({"at": at.strip(), "coverage": coverage})
+    return steps
+
+
+def schedule_fields(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``ramp``, ``start_at`` and ``stop_at`` fields of the flags given (none/null: clear)."""
+    fields: dict[str, Any] = {}
+    ramp, steps = opts.get("ramp"), opts.get("ramp_step") or ()
+    if ramp is not None and steps:
+        raise ValidationError("ramp-step", "give --ramp or --ramp-step, not both")
+    if ramp is not None:
+        if ramp.strip().lower() in _CLEAR:
+            fields["ramp"] = []
+        else:
+            try:
+                fields["ramp"] = json.loads(ramp)
+            except json.JSONDecodeError as exc:
+                raise ValidationError("ramp", f"is not valid JSON ({exc}); e.g. "
+                                      '[{"at": "2026-12-01T10:00:00Z", "coverage": 0.1}]') from None
+    elif steps:
+        fields["ramp"] = _ramp_steps(tuple(steps))
+    for name in ("start_at", "stop_at"):
+        if opts.get(name) is not None:
+            fields[name] = None if opts[name].strip().lower() in _CLEAR else opts[name]
+    return fields
+
+
 def patch_body(current: Mapping[str, Any], base: Any, opts: Mapping[str, Any]) -> dict[str, Any]:
     """The PATCH body: the ``-f`` file's fields, then each flag given (against ``current``).
 
@@ -91,4 +132,5 @@ def patch_body(current: Mapping[str, Any], base: Any, opts: Mapping[str, Any]) -
         payload["variants"] = weights(opts["weights"], payload.get("variants", current["variants"]))
     if opts["force"] or opts["unforce"]:
         payload["forced"] = forced_units(payload.get("forced", current["forced"]), opts["force"], opts["unforce"])
+    payload.update(schedule_fields(opts))
     return payload

@@ -89,6 +89,24 @@ def _rule(r: Mapping[str, Any]) -> str:
     return f"{r['attribute']} {r['op']} {value(r['value'])}"
 
 
+def _step(step: Mapping[str, Any]) -> str:
+    """``2026-12-01 10:00:00 UTC  10 %  applied 2026-12-01 10:00:20 UTC`` (or pending, skipped)."""
+    text = f"{when(step['at'])}  {step['coverage'] * 100:g} %  {step['state']}"
+    return text + (f" {when(step['applied_at'])}" if step.get("applied_at") else "")
+
+
+def _schedule(view: Mapping[str, Any]) -> list[str]:
+    """The schedule lines of ``show``: start and stop times, ramp steps with their states."""
+    lines: list[str] = []
+    if view.get("start_at"):
+        lines += _block("start at", [when(view["start_at"])])
+    if view.get("stop_at"):
+        lines += _block("stop at", [when(view["stop_at"])])
+    if view.get("ramp"):
+        lines += _block("ramp", (_step(s) for s in view["ramp"]))
+    return lines
+
+
 def _block(label: str, items: Iterable[str]) -> list[str]:
     items = list(items) or ["-"]
     return [f"{label:<12}{items[0]}", *(f"{'':<12}{item}" for item in items[1:])]
@@ -116,6 +134,7 @@ def experiment_text(view: Mapping[str, Any]) -> str:
         *_block("targeting", (_rule(r) for r in view["targeting"] or ())),
         *_block("forced", (f"{unit} -> {variant}" for unit, variant in sorted((view["forced"] or {}).items()))),
     ]
+    lines += _schedule(view)
     if view["layer"]:
         lo, hi = view["layer_range"]
         lines += _block("layer", [f"{view['layer']} [{lo:g}, {hi:g})"])

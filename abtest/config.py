@@ -70,6 +70,9 @@ class Settings:
     definitions_push_check_s: float = 1.0
     # Guardrail checks of running experiments every this many seconds (0 turns them off).
     guardrail_interval_s: float = 300.0
+    # Schedules (coverage ramp steps, start_at, stop_at) are applied every this many seconds:
+    # a step takes effect within this long after its time (0 turns schedules off).
+    schedule_interval_s: float = 30.0
     # When set, an admin API key with this exact value is ensured at start-up (for bootstrapping).
     bootstrap_admin_key: str | None = None
     # Failed authentications: a client address with this many 401s within the window gets 429
@@ -86,6 +89,17 @@ class Settings:
     # A probe ping of the database or the broker unanswered this long marks it down (a hung
     # server); raise it on a machine so loaded that a healthy server can stall that long.
     probe_stale_s: float = 0.75
+    # The web console (/console/): the key that signs its session cookie. Unset: a random key
+    # generated once and kept in ``secret_key_file`` (fine for one host; several hosts behind
+    # one address must share ABTEST_SECRET_KEY, or each signs the others' visitors out).
+    secret_key: str | None = None
+    secret_key_file: str = "var/secret_key"
+    # How long a console sign-in lasts, in hours; Secure cookies (HTTPS only) even when the
+    # request reached the app over plain HTTP (behind a TLS-terminating proxy).
+    console_session_hours: float = 12.0
+    console_secure_cookie: bool = False
+    # The experiment page reloads its live report every this many seconds (0: never).
+    console_refresh_s: float = 10.0
     log_level: str = "INFO"
     # "text" for people, "json" for one JSON object per line (request ids as fields).
     log_format: str = "text"
@@ -98,6 +112,10 @@ class Settings:
                               f"{', '.join(LOG_FORMATS)}")
         if str(self.log_level).upper() not in LOG_LEVELS:
             raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if not 0 < self.console_session_hours <= 24 * 365:
+            raise ConfigError(f"{ENV_PREFIX}CONSOLE_SESSION_HOURS: {self.console_session_hours!r} is not in (0, 8760]")
+        if self.console_refresh_s < 0:
+            raise ConfigError(f"{ENV_PREFIX}CONSOLE_REFRESH_S: {self.console_refresh_s!r} is negative")
 
     @classmethod
     def load(
@@ -171,4 +189,6 @@ def _absolute_paths(settings: Settings) -> Settings:
         changes["checkpoint_dir"] = _absolute_path(settings.checkpoint_dir)
     if settings.engine_registry:
         changes["engine_registry"] = _absolute_path(settings.engine_registry)
+    if settings.secret_key_file:
+        changes["secret_key_file"] = _absolute_path(settings.secret_key_file)
     return dataclasses.replace(settings, **changes)

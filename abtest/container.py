@@ -156,7 +156,7 @@ class Services:
         return self.inference.dispatcher.health()
 
     def start_monitor(self) -> None:
-        """Start the guardrail monitor thread (once: a second call does nothing)."""
+        """Start the monitor thread, guardrails and schedules (once: a second call does nothing)."""
         with self._lock:
             if self.monitor is not None or self._closed:
                 return
@@ -164,7 +164,8 @@ class Services:
 
             interval = self.settings.guardrail_interval_s
             lock = redis_round_lock(self.settings.broker_url, interval) if self.settings.broker_url else None
-            self.monitor = GuardrailMonitor(self.db, interval, lock, on_pause=self._paused).start()
+            self.monitor = GuardrailMonitor(self.db, interval, lock, on_pause=self._paused,
+                                            schedule_interval_s=self.settings.schedule_interval_s).start()
 
     def _paused(self, key: str | None = None) -> None:
         self.configs.invalidate(key)

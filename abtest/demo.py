@@ -37,6 +37,7 @@ import httpx
 from tqdm import tqdm
 
 from .client import Client
+from .config import Settings
 from .testing import running_server
 
 __all__ = ["DemoConfig", "run_demo", "DEMO_EXPERIMENT", "DEMO_PROMPTS", "experiment_spec", "print_summary"]
@@ -116,7 +117,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from engines.demo import build_demo
 
     started = time.perf_counter()
-    build_demo()  # cached: returns at once when the checkpoints exist
+    build_demo(Settings.load().checkpoint_dir)  # cached: returns at once when the checkpoints exist
     print(f"demo checkpoints ready ({time.perf_counter() - started:.0f}s)")
     # enough server threads for every simulated user in flight, so the engines batch them
     with running_server(threads=max(8, cfg.concurrency * 2)) as (base_url, admin_key):

@@ -4,13 +4,16 @@ The schema is created only by Alembic migrations (``migrations/``); a test check
 models and the migrations agree. Imports no Flask.
 
 Tables
-    api_keys        hashed API keys with a scope (admin | sdk)
+    api_keys        hashed API keys with a scope (admin | viewer | sdk)
+    console_signouts  web console sessions signed out before they expired (refused from then on)
     experiments     configuration and lifecycle; ``phase`` counts allocation changes
     variants        arms of an experiment: key, engine, weight, control/shadow flags
     metrics         metric definitions (built-ins are implicit; event metrics are rows)
     audit_log       append-only record of every change (who, when, what)
     exposures       one row per (experiment, phase, unit): variant, first/last seen, count
     sticky_assignments  per (experiment, unit) of a sticky experiment: the variant it keeps
+    layers          per mutual-exclusion layer: its holdout share (units kept on control)
+    holdout_exposures   one row per (experiment, phase, unit) of a unit kept in its layer's holdout
     exposure_ids    ids of exposures sent by locally evaluating clients (idempotency)
     requests        one row per inference request: the outcome log
     events          client-reported events (conversions, values), idempotent by event_id
@@ -53,12 +56,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "Base",
     "ApiKey",
+    "ConsoleSignout",
     "Experiment",
     "Variant",
     "Metric",
     "AuditEntry",
     "Exposure",
     "StickyAssignment",
+    "Layer",
+    "HoldoutExposure",
     "ExposureId",
     "RequestLog",
     "Event",
@@ -99,11 +105,23 @@ class ApiKey(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    scope: Mapped[str] = mapped_column(String(16))  # "admin" | "sdk"
+    scope: Mapped[str] = mapped_column(String(16))  # "admin" | "viewer" | "sdk"
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the key
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, for display only
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class ConsoleSignout(Base):
+    """A web console session signed out before its cookie expired: a copy of the cookie is
+    refused from then on. Rows past ``expires_at`` (when the cookie would have expired anyway)
+    are deleted as new sign-outs come."""
+
+    __tablename__ = "console_signouts"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    signed_out_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Experiment(Base):
@@ -138,6 +156,14 @@ class Experiment(Base):
     dimensions: Mapped[list[Any] | None] = mapped_column(JSON, default=list)
     # Sticky bucketing: units keep their variant across weight changes (sticky_assignments).
     sticky: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Schedule (abtest.services.schedules): coverage ramp steps [{"at", "coverage", "state",
+    # "applied_at"}], how many of them are done (applied or superseded), the time of the next
+    # pending one (None: none), and the times the monitor starts and stops the experiment.
+    ramp: Mapped[list[Any] | None] = mapped_column(JSON, default=list)
+    ramp_applied: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ramp_next_at: Mapped[datetime | None]
+    start_at: Mapped[datetime | None]
+    stop_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -234,6 +260,35 @@ class StickyAssignment(Base):
     assigned_at: Mapped[datetime]
 
 
+class Layer(Base):
+    """A layer's settings; a layer without a row has no holdout."""
+
+    __tablename__ = "layers"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holdout: Mapped[float] = mapped_column(Float, default=0.0)  # share of units kept on control, [0, 0.5]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class HoldoutExposure(Base):
+    """A unit of a layer's holdout that an experiment of the layer answered with its control
+    (not enrolled: the experiment's own analysis never sees it)."""
+
+    __tablename__ = "holdout_exposures"
+    __table_args__ = (Index("ix_holdout_exposures_layer", "layer", "unit_id"),)
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    phase: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    layer: Mapped[str] = mapped_column(String(100))
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer, default=1)
+
+
 class ExposureId(Base):
     """Ids of client-sent exposures already counted (a resent batch counts once)."""
 
@@ -245,7 +300,9 @@ class ExposureId(Base):
 
 class RequestLog(Base):
     __tablename__ = "requests"
-    __table_args__ = (Index("ix_requests_experiment_variant", "experiment_id", "phase", "variant"),)
+    __table_args__ = (Index("ix_requests_experiment_variant", "experiment_id", "phase", "variant"),
+                      # CUPED's pre-exposure history of a unit (abtest.reports.breakdown_queries)
+                      Index("ix_requests_unit_started", "unit_id", "started_at"))
 
     request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     experiment_id: Mapped[int | None] = mapped_column(

@@ -8,7 +8,7 @@ functions, so the embedded mode never loads celery or redis.
 Start-up side effects, each once per process:
     the SQLite schema      created when the embedded database is empty (once per URL)
     the bootstrap key      ``ABTEST_BOOTSTRAP_ADMIN_KEY`` created unless it exists
-    the guardrail monitor  one thread per container (:meth:`Services.start_monitor`)
+    the monitor            one thread per container: guardrails and schedules (:meth:`Services.start_monitor`)
     engine preloading      in the background, embedded mode only
 Threads stop in :meth:`Services.close`, or at exit (one hook for every container).
 """
@@ -72,7 +72,7 @@ def start_services(settings: Settings) -> Services:
     try:
         if settings.bootstrap_admin_key:
             _ensure_key(services, settings.bootstrap_admin_key)
-        if settings.guardrail_interval_s > 0:
+        if settings.guardrail_interval_s > 0 or settings.schedule_interval_s > 0:
             services.start_monitor()
         if settings.preload_engines:
             services.start_engines()

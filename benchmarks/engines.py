@@ -15,14 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-
-os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # before torch loads: see engines/__init__.py
 import platform
 import statistics
 import sys
 import threading
 import time
 from pathlib import Path
+
+from engines import tune_openmp
+
+tune_openmp()  # before torch is imported (main imports it)
 
 
 def _log(msg: str) -> None:
@@ -213,7 +215,7 @@ def dynamic_batching(engine, prompts, new_tokens: int, concurrent: int) -> dict:
         "sequential_tok_s": round(seq_tokens / seq_s, 1),
         "concurrent_tok_s": round(toks / conc_s, 1),
         "speedup": round((toks / conc_s) / (seq_tokens / seq_s), 2),
-        "batch_sizes": sched.batch_sizes,
+        "batch_sizes": list(sched.batch_sizes),
         "queue_ms_p50": round(_pct(q, 0.5), 1),
         "queue_ms_p99": round(_pct(q, 0.99), 1),
         "max_wait_ms": engine.spec.max_wait_ms,
@@ -254,9 +256,9 @@ def checkpoint_root(root: str | None = None) -> Path:
     """The demo checkpoint root, absolute, resolved once at start-up: ``--root``, else
     ``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints`` under the working directory (where
     ``abtest engines build-demo`` and ``make demo`` put them when run from the repository root)."""
-    from engines.spec import default_checkpoint_root
+    from engines.spec import CHECKPOINT_DIR_ENV, default_checkpoint_root
 
-    return Path(os.path.abspath(os.path.expanduser(root))) if root else default_checkpoint_root()
+    return default_checkpoint_root(root or os.environ.get(CHECKPOINT_DIR_ENV))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

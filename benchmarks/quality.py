@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-
-os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # before torch loads: see engines/__init__.py
 import sys
 import tempfile
 import time
+
+from engines import tune_openmp
+
+tune_openmp()  # before torch is imported (main imports it)
 
 PAIRS = (("treatment_vs_control", "v1-fp32", "v2-int4"), ("reference", "v2-int4", "v2-fp32"))
 

@@ -44,9 +44,9 @@ def checkpoint_root() -> Path:
     """Where the demo checkpoints are looked for, absolute and resolved once at start-up:
     ``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints`` under the working directory (where
     ``abtest engines build-demo`` puts them when run from the repository root)."""
-    from engines.spec import default_checkpoint_root
+    from engines.spec import CHECKPOINT_DIR_ENV, default_checkpoint_root
 
-    return default_checkpoint_root()
+    return default_checkpoint_root(os.environ.get(CHECKPOINT_DIR_ENV))
 
 
 def demo_present(checkpoints: Path) -> bool:

@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     from abtest.app import create_app
     from abtest.services.keys import create_key
     from engines.demo import build_demo
-    from engines.spec import default_checkpoint_root
+    from benchmarks.serving import checkpoint_root
 
-    build_demo()  # cached
+    root = checkpoint_root()
+    build_demo(root)  # cached
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="abtest-timeouts-")
     app = create_app({"database_url": f"sqlite:///{folder}/abtest.sqlite", "infer_timeout_s": args.timeout,
                       "preload_engines": True, "guardrail_interval_s": 0.0,
-                      "checkpoint_dir": str(default_checkpoint_root())})
+                      "checkpoint_dir": str(root)})
     services = app.extensions["abtest"]
     with services.db.transaction() as session:
         headers = {"Authorization": f"Bearer {create_key(session, 'bench', 'admin')}"}
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append({"long_status": long.status_code, "long_s": round(long_s, 3), "short_status": short.status_code,
                        "short_s": round(short_s, 3), "short_batch_size": (short.get_json() or {}).get("batch_size")})
     services.close()
-    cold = _cold_first_request(args.timeout, str(default_checkpoint_root()))
+    cold = _cold_first_request(args.timeout, str(root))
     logging.getLogger().removeHandler(handler)
     infer = [r for r in records if r.name == "abtest.infer"]
     print(json.dumps({

@@ -6,15 +6,9 @@
 
 import os as _os
 
-# OpenMP threads that spin long while waiting collapse throughput (10-20x measured here) when
-# the 2 cores are shared with other processes; never spinning (OMP_WAIT_POLICY=PASSIVE) costs
-# ~2x in decode latency. A short spin keeps both. Only effective when torch has not been
-# imported yet (`python -m engines`, the benchmark, a fresh worker process).
-_os.environ.setdefault("GOMP_SPINCOUNT", "20000")
-
-from engines.device import DeviceError, check_device  # noqa: E402
-from engines.spec import EngineSpec, builtin_specs, load_registry  # noqa: E402
-from engines.types import (  # noqa: E402
+from engines.device import DeviceError, check_device
+from engines.spec import EngineSpec, builtin_specs, load_registry
+from engines.types import (
     EngineClosed,
     EngineError,
     GenerationRequest,
@@ -32,6 +26,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "tune_openmp",
     "EngineSpec",
     "builtin_specs",
     "load_registry",
@@ -46,6 +41,18 @@ __all__ = [
     "EngineClosed",
     *_LAZY,
 ]
+
+
+def tune_openmp() -> None:
+    """Make OpenMP threads spin only briefly while they wait (``GOMP_SPINCOUNT``, unless set).
+
+    Threads that spin long collapse throughput (10-20x measured here) when the cores are shared
+    with other processes; never spinning (``OMP_WAIT_POLICY=PASSIVE``) costs ~2x in decode
+    latency; a short spin keeps both. It only takes effect before torch is first imported, so
+    the entry points call it first (``abtest``, ``python -m engines``, the benchmarks); importing
+    ``engines`` changes nothing.
+    """
+    _os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 
 def __getattr__(name: str):

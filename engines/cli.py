@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from engines.spec import default_checkpoint_root, load_registry
+from engines.spec import CHECKPOINT_DIR_ENV, default_checkpoint_root, load_registry
 
 __all__ = ["engines", "main"]
 
@@ -47,23 +46,25 @@ def quantize_cmd(src, dst, group_size, lm_head_group_size, calibration, method, 
 
 
 @engines.command("build-demo")
-@click.option("--root", type=click.Path(file_okay=False), default=None,
+@click.option("--root", type=click.Path(file_okay=False), default=None, envvar=CHECKPOINT_DIR_ENV,
               help="Checkpoint root (default $ABTEST_CHECKPOINT_DIR or ./var/checkpoints).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, envvar="ABTEST_DEMO_THREADS",
+              help="torch CPU threads for the build (default: torch's; env ABTEST_DEMO_THREADS).")
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
 @click.option("--if-missing", is_flag=True,
               help="Do nothing (without loading torch) when the served demo checkpoints, v1-fp32 and "
                    "v2-int4, are already under the root (yours or built before): for one-shot setup jobs.")
-def build_demo_cmd(root, force, if_missing) -> None:
+def build_demo_cmd(root, threads, force, if_missing) -> None:
     """Build the demo tokenizer and V1/V2 checkpoints (cached), and the V2 INT4 artifact."""
     if force and if_missing:
         raise click.UsageError("--force and --if-missing contradict each other")
-    root = Path(os.path.abspath(os.path.expanduser(root))) if root else default_checkpoint_root()
+    root = default_checkpoint_root(root)
     if if_missing and served_demo_present(root):
         click.echo(json.dumps({"root": str(root), "v1-fp32": "present", "v2-int4": "present", "built": False}))
         return
     from engines.demo import build_demo
 
-    summary = build_demo(root, force=force, progress=True)
+    summary = build_demo(root, force=force, progress=True, threads=threads)
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -76,7 +77,8 @@ def served_demo_present(root: Path) -> bool:
 
 @engines.command("list")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="JSON file of extra engine specs.")
-@click.option("--root", type=click.Path(file_okay=False), default=None, help="Checkpoint root.")
+@click.option("--root", type=click.Path(file_okay=False), default=None, envvar=CHECKPOINT_DIR_ENV,
+              help="Checkpoint root (default $ABTEST_CHECKPOINT_DIR or ./var/checkpoints).")
 def list_cmd(registry, root) -> None:
     """List the engine specs (built-ins plus the registry file)."""
     try:
@@ -89,6 +91,9 @@ def list_cmd(registry, root) -> None:
 
 
 def main() -> None:  # python -m engines.cli
+    from engines import tune_openmp
+
+    tune_openmp()
     engines(prog_name="engines")
 
 

@@ -6,18 +6,23 @@ Futures, Overloaded, drain). Each row of the KV cache holds one request from slo
 a decode step feeds every live row its own position (``DecoderRunner.decode_ragged``). New
 requests are prefilled together (left-padded, as in ``Engine.generate``) and their cache rows
 copied in; finished rows are resolved at once and the cache compacted.
+
+Chunked prefill: a prompt longer than ``prefill_chunk`` tokens (spec field, default 256) is
+prefilled one chunk per iteration, between the decode steps of the running rows, so a long
+prompt joining stalls them by at most one chunk; it joins the decode once its prompt is in.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 import torch
 
-from engines.runtime import _Row
+from engines.generation import Row
 from engines.scheduler import BatchingScheduler, Expired, _Pending
-from engines.types import EngineError, GenerationResult
+from engines.types import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +32,7 @@ __all__ = ["ContinuousBatchingScheduler"]
 class _Live:
     __slots__ = ("row", "pending", "t_admit", "t_first", "slot", "tok", "max_batch")
 
-    def __init__(self, row: _Row, pending: _Pending, t_admit: float):
+    def __init__(self, row: Row, pending: _Pending, t_admit: float):
         self.row = row
         self.pending = pending
         self.t_admit = t_admit
@@ -37,30 +42,46 @@ class _Live:
         self.max_batch = 0
 
 
+class _Prefill:
+    """A long prompt being prefilled chunk by chunk into a cache of its own (one row)."""
+
+    __slots__ = ("live", "cache", "done")
+
+    def __init__(self, live: _Live, cache):
+        self.live, self.cache, self.done = live, cache, 0
+
+
 class ContinuousBatchingScheduler(BatchingScheduler):
-    """``max_batch_size`` here bounds the live rows of the running decode (default: the spec's,
-    capped at 64)."""
+    """``max_batch_size`` here bounds the rows of the running decode, prefilling ones included
+    (default: the spec's, capped at 64)."""
 
     def __init__(self, engine, *, max_batch_size: int | None = None, max_wait_ms: float | None = None,
-                 max_queue: int | None = None, name: str | None = None):
+                 max_queue: int | None = None, name: str | None = None, idle_gap_ms: float | None = None,
+                 prefill_chunk: int | None = None):
+        spec = getattr(engine, "spec", None)
         if max_batch_size is None:
-            max_batch_size = min(64, getattr(getattr(engine, "spec", None), "max_batch_size", 64))
+            max_batch_size = min(64, getattr(spec, "max_batch_size", 64))
+        self.prefill_chunk = int(prefill_chunk if prefill_chunk is not None else getattr(spec, "prefill_chunk", 256))
+        if self.prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be >= 1")
+        self._prefilling: deque[_Prefill] = deque()
+        self.prefill_chunks_run = 0
         self._live: list[_Live] = []
         self._cache = None
         self._cap_t = 0
         self.steps_run = 0
         super().__init__(engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         name=name)
+                         name=name, idle_gap_ms=idle_gap_ms)
 
     # ------------------------------------------------------------------ worker
 
     def _take(self) -> list[_Pending] | None:
         """Requests to admit now: when idle, wait like the static batcher (size or deadline);
         while decoding, take whatever is queued without waiting."""
-        if not self._live:
+        if not self._live and not self._prefilling:
             return self._next_batch()
         with self._cond:
-            room = self.max_batch_size - len(self._live)
+            room = self.max_batch_size - len(self._live) - len(self._prefilling)
             n = min(room, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
 
@@ -70,18 +91,21 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             if admit is None:
                 return
             try:
-                with self.engine._lock:
+                with self.engine.lock:
                     if admit:
                         self._admit(admit)
+                    if self._prefilling:
+                        self._prefill_step()
                     if self._live:
                         self._step()
             except BaseException as e:  # noqa: BLE001 - fail the live requests, keep serving
                 log.exception("continuous batch step failed")
                 err = e if isinstance(e, EngineError) else EngineError(f"generation failed: {type(e).__name__}: {e}")
-                for lv in self._live:
+                for lv in [*self._live, *(pf.live for pf in self._prefilling)]:
                     if not lv.pending.future.done():
                         lv.pending.future.set_exception(err)
                 self._live, self._cache, self._cap_t = [], None, 0
+                self._prefilling.clear()
                 for p in admit or []:
                     if not p.future.done():
                         p.future.set_exception(err)
@@ -99,8 +123,9 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         n = len(self._live)
         if self._cache is not None and n:
             for (k, v), (nk, nv) in zip(self._cache, new):
-                nk[:n, :, : self._cap_t] = k[:n]
-                nv[:n, :, : self._cap_t] = v[:n]
+                # a sliding layer's ring keeps slot s at s % W: the old entries keep their index
+                nk[:n, :, : k.shape[2]] = k[:n]
+                nv[:n, :, : v.shape[2]] = v[:n]
         self._cache, self._cap_t = new, cap_t
 
     @torch.inference_mode()
@@ -112,17 +137,14 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             if not p.future.set_running_or_notify_cancel():
                 continue
             try:
-                ids = eng._validate(p.request)
+                row = eng.start_row(len(new), p.request, (t_admit - p.t_submit) * 1e3, p.alive, p.on_text)
             except EngineError as e:
                 p.future.set_exception(e)
                 continue
-            req = p.request
-            limit = min(req.max_new_tokens, eng.spec.context_window - len(ids))
-            seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=eng._seed_rng))
-            gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
-            row = _Row(len(new), req, ids, (t_admit - p.t_submit) * 1e3, limit, gen, p.alive,
-                       eng.deltas(p.on_text, req) if p.on_text else None)
-            new.append(_Live(row, p, t_admit))
+            if len(row.ids) > self.prefill_chunk:
+                self._prefilling.append(_Prefill(_Live(row, p, t_admit), eng.runner.new_cache(1, len(row.ids))))
+            else:
+                new.append(_Live(row, p, t_admit))
         if not new:
             return
         runner = eng.runner
@@ -138,55 +160,73 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         key_valid = (torch.arange(P)[None, :] >= pad_t[:, None]).to(dev) if any(pad_t.tolist()) else None
         tmp = runner.new_cache(B, P)
         logits = runner.forward(ids.to(dev), positions, 0, tmp, key_valid, last_only=True)[:, -1]
-        first = eng._sample(logits, [lv.row for lv in new]).tolist()
+        first = eng.sample(logits, [lv.row for lv in new]).tolist()
         now = time.monotonic()
+        for lv in new:  # the prefill's time, shared by the rows it ran (the engine's compute share)
+            lv.row.compute += (now - t_admit) / len(new)
         need_t = max(len(lv.row.ids) + lv.row.limit for lv in new + self._live)
         self._ensure_cache(len(self._live) + B, need_t)
         for b, lv in enumerate(new):
-            lv.t_first = now
-            r = lv.row
-            r.gen.append(first[b])
-            if self._finished(r):
-                r.t_done = now
-                self._resolve(lv)
-                continue
-            dst = len(self._live)
-            for (k, v), (tk, tv) in zip(self._cache, tmp):
-                k[dst, :, : lens[b]] = tk[b, :, P - lens[b]:]
-                v[dst, :, : lens[b]] = tv[b, :, P - lens[b]:]
-            lv.slot = lens[b]
-            lv.tok = first[b]
-            self._live.append(lv)
-        n = len(self._live)
-        for lv in self._live:
-            lv.max_batch = max(lv.max_batch, n)
+            self._join(lv, first[b], now, tmp, b, P - lens[b])
 
-    def _finished(self, r: _Row) -> bool:
+    def _join(self, lv: _Live, first: int, now: float, tmp, b: int, pad: int) -> None:
+        """A prefilled row takes its first token; unless that ends it, its KV (row ``b`` of the
+        prefill cache ``tmp``, ``pad`` slots of left padding) moves into the decode's cache."""
+        lv.t_first = now
+        r = lv.row
+        if self.engine.advance(r, first):
+            r.t_done = now
+            self._resolve(lv)
+            return
+        n_ids = len(r.ids)
+        P = n_ids + pad  # the prefill cache's slots
+        dst = len(self._live)
+        for (k, v), (tk, tv) in zip(self._cache, tmp):
+            if tk.shape[2] < P:  # a ring (slot s at s % R), left-padded: shift to slot 0
+                k[dst] = torch.roll(tk[b], -pad, dims=1)
+                v[dst] = torch.roll(tv[b], -pad, dims=1)
+            else:
+                k[dst, :, :n_ids] = tk[b, :, pad:P]
+                v[dst, :, :n_ids] = tv[b, :, pad:P]
+        lv.slot, lv.tok = n_ids, first
+        self._live.append(lv)
+        n = len(self._live)
+        for other in self._live:
+            other.max_batch = max(other.max_batch, n)
+
+    @torch.inference_mode()
+    def _prefill_step(self) -> None:
+        """One chunk of the oldest long prompt; when its last chunk is in, it joins the decode."""
         eng = self.engine
-        t = r.gen[-1]
-        if r.alive is not None and not r.alive():
-            r.finish = "expired"  # nobody waits for it: it leaves the decode now
-        elif t in eng.eos_ids:
-            r.finish = "stop"
-        elif r.req.stop and eng._hit_stop(r):
-            r.finish = "stop"
-        elif len(r.gen) >= r.limit:
-            r.finish = "length"
-        if r.deltas is not None:
-            eng._stream(r)
-        return r.finish is not None
+        pf = self._prefilling[0]
+        lv, r = pf.live, pf.live.row
+        if r.alive is not None and not r.alive():  # its caller left while it prefilled
+            self._prefilling.popleft()
+            r.finish, r.t_done = "expired", time.monotonic()
+            lv.t_first = r.t_done
+            self._resolve(lv)
+            return
+        t0 = time.monotonic()
+        s, e = pf.done, min(len(r.ids), pf.done + self.prefill_chunk)
+        ids = torch.tensor([r.ids[s:e]], dtype=torch.long, device=eng.device)
+        positions = torch.arange(s, e, device=eng.device)[None]
+        logits = eng.runner.forward(ids, positions, s, pf.cache, None, last_only=True)[:, -1]
+        pf.done = e
+        self.prefill_chunks_run += 1
+        now = time.monotonic()
+        r.compute += now - t0
+        if e < len(r.ids):
+            return
+        self._prefilling.popleft()
+        first = eng.sample(logits, [r]).tolist()[0]
+        self._ensure_cache(len(self._live) + 1, max(len(x.row.ids) + x.row.limit for x in [lv, *self._live]))
+        self._join(lv, first, time.monotonic(), pf.cache, 0, 0)
 
     def _resolve(self, lv: _Live) -> None:
         eng = self.engine
         r = lv.row
-        gen = r.gen[:-1] if r.gen and r.gen[-1] in eng.eos_ids else r.gen
-        text = r.text if r.text is not None else eng._decode(gen)
-        res = GenerationResult(
-            text=text, prompt_tokens=len(r.ids), completion_tokens=len(r.gen), queue_ms=r.queue_ms,
-            ttft_ms=(lv.t_first - lv.t_admit) * 1e3, decode_ms=(r.t_done - lv.t_first) * 1e3,
-            total_ms=r.queue_ms + (r.t_done - lv.t_admit) * 1e3, batch_size=max(1, lv.max_batch),
-            finish_reason=r.finish or "length", request_id=r.req.request_id, token_ids=tuple(r.gen),
-        )
+        res = eng.result(r, ttft_ms=(lv.t_first - lv.t_admit) * 1e3, decode_ms=(r.t_done - lv.t_first) * 1e3,
+                         total_ms=r.queue_ms + (r.t_done - lv.t_admit) * 1e3, batch_size=max(1, lv.max_batch))
         self.requests_run += 1
         if r.finish == "expired":
             lv.pending.future.set_exception(Expired("the caller stopped waiting; the request left its batch"))
@@ -199,20 +239,21 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         dev = eng.device
         live = self._live
         n = len(live)
+        t_step = time.monotonic()
         tok = torch.tensor([lv.tok for lv in live], dtype=torch.long, device=dev)
         slots = torch.tensor([lv.slot for lv in live], dtype=torch.long, device=dev)
         end = max(lv.slot for lv in live) + 1
         view = [(k[:n], v[:n]) for k, v in self._cache]
         logits = eng.runner.decode_ragged(tok, slots, end, view)
-        nxt = eng._sample(logits, [lv.row for lv in live]).tolist()
+        nxt = eng.sample(logits, [lv.row for lv in live]).tolist()
         self.steps_run += 1
         self.batch_sizes.append(n)
         now = time.monotonic()
         keep = []
         for j, lv in enumerate(live):
             r = lv.row
-            r.gen.append(nxt[j])
-            if self._finished(r):
+            r.compute += (now - t_step) / n  # the step's time, shared by the rows it ran
+            if eng.advance(r, nxt[j]):
                 r.t_done = now
                 self._resolve(lv)
             else:

@@ -302,8 +302,9 @@ def train_model(config, tokenizer, texts: list[str], size: DemoSize, seed: int, 
 
 
 def build_demo(root: str | os.PathLike | None = None, force: bool = False, progress: bool = True,
-               size: DemoSize = DEMO, group_size: int = 64) -> dict:
-    """Build (or reuse) <root>/tokenizer, v1-fp32, v2-fp32, v2-int4. Returns a summary."""
+               size: DemoSize = DEMO, group_size: int = 64, threads: int | None = None) -> dict:
+    """Build (or reuse) <root>/tokenizer, v1-fp32, v2-fp32, v2-int4 (``root`` default:
+    ``var/checkpoints``; ``threads``: torch CPU threads for the build). Returns a summary."""
     import torch
 
     from engines.quant import is_int4_artifact, quantize_checkpoint
@@ -313,8 +314,8 @@ def build_demo(root: str | os.PathLike | None = None, force: bool = False, progr
     root.mkdir(parents=True, exist_ok=True)
     summary: dict = {"root": str(root)}
     t_all = time.perf_counter()
-    if os.environ.get("ABTEST_DEMO_THREADS"):
-        torch.set_num_threads(int(os.environ["ABTEST_DEMO_THREADS"]))
+    if threads:
+        torch.set_num_threads(int(threads))
     tok_dir = root / "tokenizer"
     if force:
         for sub in ("tokenizer", "v1-fp32", "v2-fp32", "v2-int4"):

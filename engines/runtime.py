@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +19,12 @@ from pathlib import Path
 import torch
 
 from engines.device import DeviceError, check_device
-from engines.model import DecoderRunner, LoadedModel, load_model
+from engines.decoder import DecoderRunner
+from engines.model import LoadedModel, load_model
 from engines.spec import EngineSpec, check_checkpoint
-from engines.streaming import TextDeltas, TextSink
+from engines.streaming import TextSink
 from engines.scoring import Scoring
+from engines.generation import GenerationCore, Row
 from engines.types import (
     EngineClosed,
     EngineError,
@@ -39,8 +40,6 @@ __all__ = ["Engine", "load_engine"]
 
 # Bound on the attention score tensor of one prefill chunk (bytes): long prompts prefill in chunks.
 _PREFILL_SCORE_BYTES = 256 * 2**20
-# Bound on one batch's KV cache (bytes); a larger batch is run as several.
-_KV_BUDGET_BYTES = int(float(os.environ.get("ABTEST_ENGINE_KV_BUDGET_GB", "3")) * 2**30)
 
 
 def load_engine(spec: EngineSpec) -> "Engine":
@@ -65,32 +64,7 @@ def load_engine(spec: EngineSpec) -> "Engine":
     return eng
 
 
-class _Row:
-    """Book-keeping of one request inside a running batch."""
-
-    __slots__ = ("index", "req", "ids", "queue_ms", "limit", "gen", "stop", "text_len", "finish",
-                 "t_done", "generator", "text", "greedy", "compute", "alive", "deltas")
-
-    def __init__(self, index, req, ids, queue_ms, limit, generator, alive=None, deltas=None):
-        self.index = index
-        self.req = req
-        self.ids = ids
-        self.queue_ms = queue_ms
-        self.limit = limit
-        self.gen: list[int] = []
-        self.finish: str | None = None
-        self.t_done = 0.0
-        self.generator = generator
-        self.text: str | None = None
-        self.greedy = req.temperature <= 0
-        self.compute = 0.0  # seconds: this row's share of the batch's steps
-        # () -> bool: whether the caller still waits; a row whose caller stopped leaves the
-        # batch at the next decode step with finish "expired" (None: always waited for)
-        self.alive = alive
-        self.deltas: TextDeltas | None = deltas  # a streaming caller's text deltas (None: not streamed)
-
-
-class Engine(Scoring):
+class Engine(Scoring, GenerationCore):
     """One loaded model plus its generation loop. ``generate`` is thread-safe (serialised)."""
 
     def __init__(self, spec: EngineSpec, loaded: LoadedModel):
@@ -102,7 +76,7 @@ class Engine(Scoring):
         self.device = loaded.device
         self.runner = DecoderRunner(loaded, spec.context_window, spec.attention, spec.sliding_window)
         self.load_seconds = 0.0
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # one generation (or scoring) at a time; the schedulers hold it per step
         self._closed = False
         self._seed_rng = torch.Generator().manual_seed(0x5EED)
         self.eos_ids = self._eos_ids(Path(spec.checkpoint))
@@ -145,7 +119,7 @@ class Engine(Scoring):
         return self.loaded.weight_bytes()
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             self._closed = True
 
     # ---------------------------------------------------------------------------------------
@@ -190,36 +164,30 @@ class Engine(Scoring):
         ``on_text[i]`` (streaming) is called with request i's new text after each decode step
         (:class:`~engines.streaming.TextDeltas`); the deltas join up to the result's text."""
         out: list[GenerationResult | EngineError | None] = [None] * len(requests)
-        with self._lock:
+        with self.lock:
             if self._closed:
                 raise EngineClosed(f"engine {self.spec.name} is closed")
-            rows: list[_Row] = []
+            rows: list[Row] = []
             for i, req in enumerate(requests):
                 try:
-                    ids = self._validate(req)
+                    rows.append(self.start_row(i, req, queue_ms[i] if queue_ms else 0.0,
+                                               alive[i] if alive else None, on_text[i] if on_text else None))
                 except EngineError as e:
                     out[i] = e
-                    continue
-                limit = min(req.max_new_tokens, self.spec.context_window - len(ids))
-                seed = req.seed if req.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
-                gen = torch.Generator().manual_seed(seed) if req.temperature > 0 else None
-                sink = on_text[i] if on_text else None
-                rows.append(_Row(i, req, ids, float(queue_ms[i]) if queue_ms else 0.0, limit, gen,
-                                 alive[i] if alive else None, self.deltas(sink, req) if sink else None))
             for chunk in self._chunks(rows):
                 self._run_isolated(chunk, out)
         return out  # type: ignore[return-value]
 
-    def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
-        """Split into batches of at most max_batch_size rows whose KV cache fits the budget."""
+    def _chunks(self, rows: list[Row]) -> list[list[Row]]:
+        """Split into batches of at most max_batch_size rows whose KV cache fits the spec's budget."""
         r = self.runner
-        per_token = r.n_layers * 2 * r.n_kv * r.head_dim * torch.empty((), dtype=r.dtype).element_size()
-        chunks: list[list[_Row]] = []
-        cur: list[_Row] = []
+        budget = self.spec.kv_budget_gb * 2**30
+        chunks: list[list[Row]] = []
+        cur: list[Row] = []
         P = L = 0
         for row in rows:
             p2, l2 = max(P, len(row.ids)), max(L, row.limit)
-            if cur and (len(cur) >= self.spec.max_batch_size or (len(cur) + 1) * (p2 + l2) * per_token > _KV_BUDGET_BYTES):
+            if cur and (len(cur) >= self.spec.max_batch_size or r.kv_bytes(p2 + l2, len(cur) + 1) > budget):
                 chunks.append(cur)
                 cur, p2, l2 = [], len(row.ids), row.limit
             cur.append(row)
@@ -228,7 +196,7 @@ class Engine(Scoring):
             chunks.append(cur)
         return chunks
 
-    def _run_isolated(self, rows: list[_Row], out: list) -> None:
+    def _run_isolated(self, rows: list[Row], out: list) -> None:
         """Run a batch; if it fails as a whole, rerun its rows one by one so that only the
         request that causes the failure fails."""
         try:
@@ -250,7 +218,7 @@ class Engine(Scoring):
     # ---------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _run_batch(self, rows: list[_Row]) -> list[GenerationResult]:
+    def _run_batch(self, rows: list[Row]) -> list[GenerationResult]:
         t_start = time.perf_counter()
         dev = self.device
         runner = self.runner
@@ -278,7 +246,7 @@ class Engine(Scoring):
         for s in range(0, P, qchunk):
             e = min(P, s + qchunk)
             logits = runner.forward(ids[:, s:e], positions[:, s:e], s, cache, key_valid, last_only=True)
-        tok = self._sample(logits[:, -1], rows)
+        tok = self.sample(logits[:, -1], rows)
         t_first = time.perf_counter()
         for r in rows:
             r.compute = (t_first - t_start) / B
@@ -298,23 +266,10 @@ class Engine(Scoring):
             t_step = now
             still = []
             for j, b in enumerate(active):
-                r = rows[b]
-                t = toks[crow[j]]
-                r.gen.append(t)
-                if r.alive is not None and not r.alive():
-                    r.finish = "expired"  # nobody waits for it: it leaves the batch now
-                elif t in self.eos_ids:
-                    r.finish = "stop"
-                elif r.req.stop and self._hit_stop(r):
-                    r.finish = "stop"
-                elif len(r.gen) >= r.limit:
-                    r.finish = "length"
-                if r.finish is not None:
-                    r.t_done = now
+                if self.advance(rows[b], toks[crow[j]]):
+                    rows[b].t_done = now
                 else:
                     still.append(j)
-                if r.deltas is not None:
-                    self._stream(r)
             if not still:
                 break
             if len(still) < len(active):
@@ -334,78 +289,10 @@ class Engine(Scoring):
             slot += 1
             if CB != len(active):
                 ct = torch.tensor(crow, dtype=torch.long, device=dev)
-                new = self._sample(logits.index_select(0, ct), [rows[b] for b in active])
+                new = self.sample(logits.index_select(0, ct), [rows[b] for b in active])
                 tok = torch.full((CB,), self.pad_id, dtype=torch.long, device=dev)
                 tok[ct] = new
             else:
-                tok = self._sample(logits, [rows[b] for b in active])
-        results = []
-        for r in rows:
-            gen = r.gen[:-1] if r.gen and r.gen[-1] in self.eos_ids else r.gen
-            text = r.text if r.text is not None else self._decode(gen)
-            run_ms = (r.t_done - t_start) * 1e3
-            results.append(GenerationResult(
-                text=text,
-                prompt_tokens=len(r.ids),
-                completion_tokens=len(r.gen),
-                queue_ms=r.queue_ms,
-                ttft_ms=(t_first - t_start) * 1e3,
-                decode_ms=(r.t_done - t_first) * 1e3,
-                total_ms=r.queue_ms + run_ms,
-                batch_size=B,
-                finish_reason=r.finish or "length",
-                request_id=r.req.request_id,
-                compute_ms=r.compute * 1e3,
-                token_ids=tuple(r.gen),
-            ))
-        return results
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def deltas(self, sink: TextSink, req: GenerationRequest) -> TextDeltas:
-        return TextDeltas(sink, self._decode, req.stop)
-
-    def _stream(self, r: _Row) -> None:
-        """Hand a streamed row its new text after a step; its final text once it has ended."""
-        if r.finish is None:
-            r.deltas.step(r.gen)
-        elif r.finish != "expired":
-            if r.text is None:
-                r.text = self._decode(r.gen[:-1] if r.gen and r.gen[-1] in self.eos_ids else r.gen)
-            r.deltas.finish(r.text)
-
-    def _hit_stop(self, r: _Row) -> bool:
-        text = self._decode(r.gen)
-        cut = -1
-        for s in r.req.stop:
-            i = text.find(s)
-            if i >= 0 and (cut < 0 or i < cut):
-                cut = i
-        if cut >= 0:
-            r.text = text[:cut]
-            return True
-        return False
-
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """Next token per row: argmax for greedy rows; seeded temperature/top-p sampling else."""
-        tok = logits.argmax(-1)
-        sampled = [j for j, r in enumerate(rows) if not r.greedy]
-        if not sampled:
-            return tok
-        for j in sampled:
-            r = rows[j]
-            lg = logits[j].float().cpu() / r.req.temperature
-            probs = torch.softmax(lg, -1)
-            if r.req.top_p < 1.0:
-                sp, si = probs.sort(descending=True)
-                cum = sp.cumsum(0)
-                keep = (cum - sp) < r.req.top_p  # smallest prefix whose mass reaches top_p
-                sp = sp * keep
-                choice = si[torch.multinomial(sp, 1, generator=r.generator)]
-            else:
-                choice = torch.multinomial(probs, 1, generator=r.generator)
-            tok[j] = choice.to(tok.device)[0]
-        return tok
-
-    # ---------------------------------------------------------------------------------------
+                tok = self.sample(logits, [rows[b] for b in active])
+        return [self.result(r, ttft_ms=(t_first - t_start) * 1e3, decode_ms=(r.t_done - t_first) * 1e3,
+                            total_ms=r.queue_ms + (r.t_done - t_start) * 1e3, batch_size=B) for r in rows]

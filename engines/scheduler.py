@@ -1,7 +1,9 @@
 """Dynamic batching: requests from many threads are grouped into engine batches.
 
-A batch runs when ``max_batch_size`` requests wait, or when the oldest waiting request has
-waited ``max_wait_ms``. One worker thread sleeps on a Condition (no busy polling) and runs the
+A batch runs when ``max_batch_size`` requests wait, when the oldest waiting request has
+waited ``max_wait_ms``, or when no request has arrived for ``idle_gap_ms`` (default 2 ms): an
+idle engine starts a lone request at once instead of holding it for ``max_wait_ms``, while a
+burst that arrives together still runs as one batch. One worker thread sleeps on a Condition (no busy polling) and runs the
 batches one after another; every caller gets a Future that ends with its own result or its
 own exception (like Ray Serve's ``@serve.batch``: one output per input, in order). The queue is
 bounded: ``submit`` raises :class:`Overloaded` when it is full. ``close(drain=True)`` runs what
@@ -22,7 +24,9 @@ from engines.types import EngineClosed, EngineError, GenerationRequest, Overload
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatchingScheduler", "RequestFuture", "Expired"]
+__all__ = ["BatchingScheduler", "RequestFuture", "Expired", "BATCH_SIZES_KEPT"]
+
+BATCH_SIZES_KEPT = 4096  # statistics stay bounded however long a scheduler serves
 
 
 class Expired(EngineError):
@@ -63,21 +67,23 @@ class _Pending:
 
 class BatchingScheduler:
     def __init__(self, engine, *, max_batch_size: int | None = None, max_wait_ms: float | None = None,
-                 max_queue: int | None = None, name: str | None = None):
+                 max_queue: int | None = None, name: str | None = None, idle_gap_ms: float | None = None):
         spec = getattr(engine, "spec", None)
         self.engine = engine
+        self.idle_gap_ms = float(idle_gap_ms if idle_gap_ms is not None else getattr(spec, "idle_gap_ms", 2.0))
         self.max_batch_size = int(max_batch_size if max_batch_size is not None else getattr(spec, "max_batch_size", 256))
         self.max_wait_ms = float(max_wait_ms if max_wait_ms is not None else getattr(spec, "max_wait_ms", 50.0))
         self.max_queue = int(max_queue if max_queue is not None else getattr(spec, "max_queue", 1024))
-        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.max_wait_ms < 0 or self.idle_gap_ms < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_ms and idle_gap_ms >= 0")
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._closed = False
         self._running = 0  # requests in the batch being run now
+        self._last_arrival = 0.0  # monotonic time of the latest submit
         self.batches_run = 0
         self.requests_run = 0
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=BATCH_SIZES_KEPT)  # the latest batches' sizes
         label = name or getattr(spec, "name", "engine")
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{label}", daemon=True)
         self._thread.start()
@@ -99,7 +105,9 @@ class BatchingScheduler:
                 raise EngineClosed("the batching scheduler is closed")
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"queue is full ({self.max_queue} requests waiting); retry later")
-            self._queue.append(_Pending(request, fut, deadline=deadline, on_text=on_text))
+            pending = _Pending(request, fut, deadline=deadline, on_text=on_text)
+            self._queue.append(pending)
+            self._last_arrival = pending.t_submit
             n = len(self._queue)
             if n == 1 or n >= self.max_batch_size:
                 self._cond.notify()
@@ -138,7 +146,9 @@ class BatchingScheduler:
     # ------------------------------------------------------------------ worker
 
     def _next_batch(self) -> list[_Pending] | None:
-        max_wait = self.max_wait_ms / 1e3
+        """Called when the engine is idle: the next batch, once it is full, its oldest request has
+        waited ``max_wait_ms``, or no request came for ``idle_gap_ms``; None once closed and empty."""
+        max_wait, gap = self.max_wait_ms / 1e3, self.idle_gap_ms / 1e3
         with self._cond:
             while True:
                 if not self._queue:
@@ -148,7 +158,8 @@ class BatchingScheduler:
                     continue
                 if self._closed or len(self._queue) >= self.max_batch_size:
                     break
-                remaining = self._queue[0].t_submit + max_wait - time.monotonic()
+                due = min(self._queue[0].t_submit + max_wait, self._last_arrival + gap)
+                remaining = due - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)

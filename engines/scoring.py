@@ -1,6 +1,6 @@
 """Teacher-forced scoring: an engine's distribution over a given continuation (what a quality
 reference computes), as a mixin of :class:`engines.runtime.Engine`, which supplies ``runner``,
-``tokenizer``, ``eos_ids``, ``spec``, ``loaded``, ``device``, ``_validate``, ``_lock`` and ``_closed``."""
+``tokenizer``, ``eos_ids``, ``spec``, ``loaded``, ``device``, ``_validate``, ``lock`` and ``_closed``."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class Scoring:
         fp = self.tokenizer_fingerprint
         if not comp:
             return ScoreResult((), b"", vocab, fp, len(ids), truncated, tuple(ids))
-        with self._lock:
+        with self.lock:
             if self._closed:
                 raise EngineClosed(f"engine {self.spec.name} is closed")
             logits = self.teacher_forced_logits(ids + comp)[len(ids) - 1:len(ids) - 1 + len(comp)]

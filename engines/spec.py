@@ -19,12 +19,16 @@ __all__ = [
     "check_checkpoint",
     "PRECISIONS",
     "ATTENTIONS",
+    "SCHEDULERS",
+    "CHECKPOINT_DIR_ENV",
     "GROUP_SIZES",
     "INT4_KERNELS",
 ]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int4")
 ATTENTIONS = ("dense", "hybrid")
+SCHEDULERS = ("static", "continuous")
+CHECKPOINT_DIR_ENV = "ABTEST_CHECKPOINT_DIR"  # read by the commands (engines CLI, benchmarks), never here
 GROUP_SIZES = (32, 64, 128)
 INT4_KERNELS = ("auto", "batched", "aten")  # engines.int4.KERNELS (kept torch-free here)
 DEVICES = ("cpu", "cuda")
@@ -44,7 +48,13 @@ class EngineSpec:
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
     max_batch_size: int = 256  # BatchingScheduler: flush when this many requests wait
     max_wait_ms: float = 50.0  # BatchingScheduler: flush when the oldest waited this long
+    idle_gap_ms: float = 2.0  # ... or when no request arrived for this long (a lone request starts at once)
+    # Serving: "static" (BatchingScheduler: a batch runs to its end) or "continuous"
+    # (ContinuousBatchingScheduler: requests join and leave a running decode between steps).
+    scheduler: str = "static"
+    prefill_chunk: int = 256  # continuous: a longer prompt is prefilled this many tokens per iteration
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
+    kv_budget_gb: float = 3.0  # one static batch's KV cache at most this: a larger batch runs as several
     num_threads: int | None = None  # torch CPU threads for this engine (None: leave as is)
     description: str = ""  # free text shown by `engines list`
     # What an hour of this engine's machine costs (any currency, the same for every engine of an
@@ -83,18 +93,24 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
             p.append(f"field 'group_size' must be one of {GROUP_SIZES} for int4, got {gs!r}")
     elif gs is not None:
         p.append("field 'group_size' is only valid with precision 'int4'")
+    if d.get("scheduler", "static") not in SCHEDULERS:
+        p.append(f"field 'scheduler' must be one of {SCHEDULERS}, got {d.get('scheduler')!r}")
     if d.get("attention") not in ATTENTIONS:
         p.append(f"field 'attention' must be one of {ATTENTIONS}, got {d.get('attention')!r}")
-    for f in ("context_window", "max_batch_size", "max_queue"):
+    for f in ("context_window", "max_batch_size", "max_queue", "prefill_chunk"):
         v = d.get(f)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             p.append(f"field {f!r} must be a positive integer, got {v!r}")
     sw = d.get("sliding_window")
     if sw is not None and (not isinstance(sw, int) or isinstance(sw, bool) or sw < 1):
         p.append(f"field 'sliding_window' must be a positive integer or null, got {sw!r}")
-    mw = d.get("max_wait_ms")
-    if not isinstance(mw, (int, float)) or isinstance(mw, bool) or mw < 0:
-        p.append(f"field 'max_wait_ms' must be a number >= 0, got {mw!r}")
+    kv = d.get("kv_budget_gb", 3.0)
+    if not isinstance(kv, (int, float)) or isinstance(kv, bool) or not 0 < kv < float("inf"):
+        p.append(f"field 'kv_budget_gb' must be a number > 0, got {kv!r}")
+    for f in ("max_wait_ms", "idle_gap_ms"):
+        mw = d.get(f, 0.0)
+        if not isinstance(mw, (int, float)) or isinstance(mw, bool) or not 0 <= mw < float("inf"):
+            p.append(f"field {f!r} must be a number >= 0, got {mw!r}")
     dev = d.get("device")
     try:
         parse_device(dev)
@@ -114,12 +130,12 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
     return p
 
 
-def default_checkpoint_root() -> Path:
-    """``$ABTEST_CHECKPOINT_DIR``, else ``var/checkpoints``, as an absolute path: a relative value
-    is resolved against the working directory now, so the specs built from it do not move when
-    the directory changes later (or when written into a registry file elsewhere)."""
-    raw = os.environ.get("ABTEST_CHECKPOINT_DIR") or "var/checkpoints"
-    return Path(os.path.abspath(os.path.expanduser(raw)))
+def default_checkpoint_root(raw: str | os.PathLike | None = None) -> Path:
+    """``raw``, else ``var/checkpoints``, as an absolute path: a relative value is resolved
+    against the working directory now, so the specs built from it do not move when the
+    directory changes later (or when written into a registry file elsewhere). The engines read
+    no environment: the commands pass ``$ABTEST_CHECKPOINT_DIR`` in (:data:`CHECKPOINT_DIR_ENV`)."""
+    return Path(os.path.abspath(os.path.expanduser(raw or "var/checkpoints")))
 
 
 def builtin_specs(checkpoint_root: str | os.PathLike | None = None) -> dict[str, EngineSpec]:

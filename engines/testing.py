@@ -59,7 +59,8 @@ def build_tiny_checkpoints(root: str | os.PathLike) -> dict[str, EngineSpec]:
     if not is_int4_artifact(q):
         quantize_checkpoint(root / "v2-fp32", q, 32, lm_head_group_size=32)
     torch.set_num_threads(threads)
-    common = dict(max_batch_size=32, max_wait_ms=20.0)
+    # Requests sent together by a test batch together: the idle gap is as long as the wait.
+    common = dict(max_batch_size=32, max_wait_ms=20.0, idle_gap_ms=20.0)
     return {
         "v1-fp32": EngineSpec(name="v1-fp32", checkpoint=str(root / "v1-fp32"), precision="fp32",
                               attention="dense", context_window=256, **common),

@@ -21,6 +21,9 @@ from abtest.app import create_app
 from abtest.db import upgrade
 from abtest.models import Base
 from abtest.services.keys import create_key
+from engines import tune_openmp
+
+tune_openmp()  # as the abtest and engines commands do, before a test imports torch
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_SERVER_URL = os.environ.get("ABTEST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -82,9 +85,11 @@ def app(db_url: str, tmp_path) -> Iterator[Any]:
         "checkpoint_dir": str(tmp_path / "checkpoints"),
         "max_body_bytes": 65_536,
         "guardrail_interval_s": 0.0,  # tests run guardrail rounds explicitly
+        "schedule_interval_s": 0.0,  # and schedule rounds, with a fake clock
         # a loaded 2-core CI machine can stall a healthy database past the 0.75 s default; the
         # outage tests (tests/serving, benchmarks.faults) keep the default
         "probe_stale_s": 5.0,
+        "secret_key_file": str(tmp_path / "secret_key"),
     })
     yield application
     application.extensions["abtest"].close()

@@ -1,4 +1,5 @@
-"""The OpenAPI document matches the app's routes, both ways."""
+"""The OpenAPI document matches the app's API routes, both ways (the web console's pages under
+/console/ are HTML for people, not part of the API)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 def app_routes(app) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith("console."):
             continue
         path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
         routes |= {(m.lower(), path) for m in rule.methods - {"HEAD", "OPTIONS"}}

@@ -83,8 +83,8 @@ def test_a_chdir_in_another_thread_changes_nothing(tmp_path, monkeypatch, elsewh
 
 def test_engine_paths_are_absolute(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ABTEST_CHECKPOINT_DIR", "ck")
-    assert default_checkpoint_root() == tmp_path / "ck"
+    assert default_checkpoint_root("ck") == tmp_path / "ck"
+    assert default_checkpoint_root() == tmp_path / "var" / "checkpoints"
     assert builtin_specs("other")["v1-fp32"].checkpoint == str(tmp_path / "other" / "v1-fp32")
     (tmp_path / "reg.json").write_text(json.dumps({"engines": [{"name": "v1-fp32", "checkpoint": "./mine"}]}))
     assert load_registry("reg.json")["v1-fp32"].checkpoint == str(tmp_path / "mine")

@@ -194,6 +194,13 @@ class CeleryDispatcher:
         return {engine: "unknown" if (n := counts[queue_name(engine)]) is None else ("ready" if n else "no_consumer")
                 for engine in self.engines}
 
+    def workers_seen(self) -> dict[str, int | None]:
+        """Per registered engine: workers that beat on its queue lately (None: the broker cannot say)."""
+        if not self.probe.up():
+            return dict.fromkeys(self.engines, None)
+        counts = self.consumers.counts([queue_name(engine) for engine in self.engines])
+        return {engine: counts[queue_name(engine)] for engine in self.engines}
+
     def problems(self) -> dict[str, str]:
         """Why each engine that is not ready is not."""
         return {engine: f"no worker consumes queue {queue_name(engine)}"

@@ -103,6 +103,7 @@ class EngineHost:
         failed = self._failures.get(name)
         if failed is not None and time.monotonic() - failed[0] < self.retry_after_s:
             raise EngineUnavailable(failed[1])
+        from engines.continuous import ContinuousBatchingScheduler
         from engines.runtime import load_engine
         from engines.scheduler import BatchingScheduler
 
@@ -115,7 +116,8 @@ class EngineHost:
             self._failures[name] = (time.monotonic(), message)
             raise EngineUnavailable(message) from exc
         log.info("engine %s loaded in %.1fs on %s", name, time.perf_counter() - started, spec.device)
-        return BatchingScheduler(engine)
+        kind = ContinuousBatchingScheduler if spec.scheduler == "continuous" else BatchingScheduler
+        return kind(engine)
 
     def preload(self, *names: str) -> None:
         for name in names:

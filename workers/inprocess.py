@@ -80,6 +80,10 @@ class InProcessDispatcher:
     def problems(self) -> dict[str, str]:
         return self.host.problems()
 
+    def workers_seen(self) -> dict[str, int | None]:
+        """Embedded: this process serves every engine itself (one "worker" each)."""
+        return dict.fromkeys(self.host.specs, 1)
+
     def start_loading(self) -> None:
         self.host.start_loading()
 

@@ -13,7 +13,7 @@ from flask import Flask, Response
 
 from ..services.ratelimit import FailureLimiter
 
-from . import assign, errors, events, experiments, gate, health, infer, openai, prometheus, reports, sdk
+from . import assign, errors, events, experiments, gate, health, infer, layers, openai, plan, prometheus, reports, sdk
 
 __all__ = ["register", "HTML_CSP", "AUTH_FAILURES"]
 
@@ -25,7 +25,7 @@ AUTH_FAILURES = "abtest.auth_failures"  # app.extensions key of the failed-authe
 def register(app: Flask) -> None:
     errors.init_app(app)
     gate.init_app(app)
-    for module in (health, experiments, assign, events, infer, openai, prometheus, reports, sdk):
+    for module in (health, experiments, layers, assign, events, infer, openai, prometheus, reports, plan, sdk):
         app.register_blueprint(module.bp)
     settings = app.extensions["abtest"].settings
     app.extensions[AUTH_FAILURES] = FailureLimiter(settings.auth_fail_limit, settings.auth_fail_window_s)

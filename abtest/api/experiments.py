@@ -1,4 +1,5 @@
-"""/v1/experiments: configure experiments (admin scope). One transaction per write."""
+"""/v1/experiments: configure experiments (admin scope; a viewer key may list, show and read the
+audit log). One transaction per write."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def create() -> Response:
 
 
 @bp.get("")
-@requires("admin")
+@requires("viewer")
 def list_() -> Response:
     status = request.args.get("status")
     if status is not None and status not in ("draft", "running", "paused", "stopped"):
@@ -45,7 +46,7 @@ def list_() -> Response:
 
 
 @bp.get("/<key>")
-@requires("admin")
+@requires("viewer")
 def show(key: str) -> Response:
     with services().db.session() as session:
         return _reply(svc_exp.experiment_view(svc_exp.get_experiment(session, key)))
@@ -82,7 +83,7 @@ for _action in svc_exp.TRANSITIONS:  # POST /<key>/start, /<key>/pause, /<key>/s
 
 
 @bp.get("/<key>/audit")
-@requires("admin")
+@requires("viewer")
 def audit(key: str) -> Response:
     with services().db.session() as session:
         exp = svc_exp.get_experiment(session, key)

@@ -9,6 +9,7 @@ __all__ = ["openapi_document", "OPERATIONS", "QUERY_PARAMETERS"]
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _STR, _NUM, _BOOL, _INT = {"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "integer"}
 _OBJ = {"type": "object"}
+_TIME = {"type": "string", "format": "date-time"}
 
 
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -25,6 +26,12 @@ _EXPERIMENT_FIELDS = dict(
     variants={"type": "array", "items": _VARIANT, "minItems": 2},
     targeting={"type": "array", "items": _RULE}, forced=_OBJ,
     metrics={"type": "array", "items": _METRIC}, sticky=_BOOL,
+    ramp={"type": "array", "maxItems": 50, "description": "coverage ramp steps in time order, applied by the "
+          "monitor while the experiment runs",
+          "items": _obj(["at", "coverage"], at=_TIME, coverage={"type": "number", "minimum": 0, "maximum": 1})},
+    start_at={**_TIME, "nullable": True, "description": "the monitor starts the draft at this time"},
+    stop_at={**_TIME, "nullable": True, "description": "the monitor stops the experiment at this time "
+             "(after start_at)"},
 )
 SCHEMAS: dict[str, Any] = {
     "Error": _obj(["error"], error=_obj(["code", "message"], code=_STR, message=_STR, details={}),
@@ -57,6 +64,22 @@ SCHEMAS: dict[str, Any] = {
                "headline, experiment, generated_at, options, srm, variants, metrics, recommendations, "
                "timeseries, latency_histogram, shadow, quality; ?format=html|csv|text returns text"},
     "CsvText": {"type": "string"},
+    "PlanRequest": _obj(
+        [], kind={"enum": ["binary", "mean"]}, baseline=_NUM, sd=_NUM, variance=_NUM, experiment=_STR,
+        metric=_STR, mde={"type": "number", "exclusiveMinimum": True, "minimum": 0},
+        margin={"type": "number", "exclusiveMinimum": True, "minimum": 0}, relative={"type": "boolean", "default": True},
+        direction={"enum": ["increase", "decrease"]},
+        alpha={"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 0.5, "default": 0.05},
+        power={"type": "number", "exclusiveMinimum": True, "minimum": 0.5, "exclusiveMaximum": True,
+               "maximum": 1, "default": 0.8},
+        variants={"type": "integer", "minimum": 2, "maximum": 20, "default": 2},
+        daily_units={"type": "number", "exclusiveMinimum": True, "minimum": 0},
+        coverage={"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+        traffic_days={"type": "integer", "minimum": 1, "maximum": 90, "default": 7}),
+    "Plan": {"type": "object", "required": ["units_per_variant", "total_units", "days"], "description":
+             "units_per_variant, total_units, days (null without traffic), then the test, the baseline and "
+             "variance it was sized on, the per-comparison alpha (Bonferroni over the treatments), the "
+             "traffic, the source (given or the experiment's history) and the inputs echoed"},
     "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "description":
                               "OpenAI's chat completion request (docs/openai.md): model is an experiment key or, "
                               "for an admin key, an engine; user or X-Abtest-Unit is the unit; stream: true "
@@ -66,15 +89,27 @@ SCHEMAS: dict[str, Any] = {
     "OpenAICompletion": {"type": "object", "description": "chat.completion / text_completion, or SSE chunks "
                          "ending with data: [DONE]; errors in OpenAI's shape {error: {message, type, param, code}}"},
     "ModelList": {"type": "object", "description": "running experiments (and engines for an admin key)"},
-    "Definitions": _obj(["version", "experiments"], version=_STR, experiments={"type": "array", "items": _OBJ}),
+    "Definitions": _obj(["version", "experiments"], version=_STR, experiments={"type": "array", "items": _OBJ},
+                        layers={"type": "object", "description": "layer name -> {\"holdout\": share}, for "
+                                "layers whose holdout share is above 0"}),
     "EventStream": {"type": "string", "description": "text/event-stream: `event: definitions` frames with "
                     "{\"version\"}, `: keep-alive` comments; ends after ?max_s seconds"},
     "Exposure": _obj(["exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen", "last_seen"],
                      exposure_id={"type": "string", "maxLength": 64}, experiment=_STR, phase=_INT, unit_id=_STR,
                      variant=_STR, first_seen={}, last_seen={}, count={"type": "integer", "minimum": 1},
-                     sticky=_BOOL),
+                     sticky=_BOOL, holdout=_BOOL,
+                     segments={"type": "object", "additionalProperties": _STR,
+                               "description": "the unit's level per declared dimension "
+                                              "(a declared level or \"other\")"}),
     "ExposureBatch": _obj(["exposures"], exposures={"type": "array", "maxItems": 1000,
                                                     "items": {"$ref": "#/components/schemas/Exposure"}}),
+    "LayerSettings": _obj(["holdout"], holdout={"type": "number", "minimum": 0, "maximum": 0.5}),
+    "Layer": _obj(["name", "holdout", "experiments"], name=_STR, holdout=_NUM,
+                  experiments={"type": "array", "items": _OBJ}, created_at={}, updated_at={}),
+    "LayerList": _obj(["layers"], layers={"type": "array", "items": {"$ref": "#/components/schemas/Layer"}}),
+    "LayerReport": {"type": "object", "description": "cumulative impact: layer, holdout, alpha, experiments, "
+                    "units {holdout, exposed, both}, holdout_split, metrics (exposed vs holdout: difference, "
+                    "relative_lift, each with ci_lower, ci_upper, p_value), method; ?format=html returns a page"},
 }
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -101,6 +136,13 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
                "read this phase's results (1 = the first); default: the current phase; a phase the "
                "experiment never had is a 404"),
     ],
+    ("get", "/v1/layers/{name}/report"): [
+        _query("format", {"type": "string", "enum": ["json", "html"], "default": "json"},
+               "json: the cumulative impact report; html: a self-contained page"),
+        _query("alpha", {"type": "number", "exclusiveMinimum": True, "minimum": 0, "exclusiveMaximum": True,
+                         "maximum": 0.5, "default": 0.05},
+               "significance level of every CI and test (95% CIs at the default)"),
+    ],
     ("get", "/v1/sdk/definitions/stream"): [
         _query("max_s", {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 3600, "default": 300},
                "end the stream after this many seconds (clients reconnect)"),
@@ -116,22 +158,30 @@ OPERATIONS: list[tuple[str, str, str, str | None, str | None, int, str]] = [
     ("get", "/healthz", "Liveness and dependency reachability", None, None, 200, "Experiment"),
     ("get", "/openapi.json", "This document", None, None, 200, "Experiment"),
     ("post", "/v1/experiments", "Create an experiment (draft)", "admin", "ExperimentCreate", 201, "Experiment"),
-    ("get", "/v1/experiments", "List experiments", "admin", None, 200, "Experiment"),
-    ("get", "/v1/experiments/{key}", "Show an experiment", "admin", None, 200, "Experiment"),
+    ("get", "/v1/experiments", "List experiments", "viewer", None, 200, "Experiment"),
+    ("get", "/v1/experiments/{key}", "Show an experiment", "viewer", None, 200, "Experiment"),
     ("patch", "/v1/experiments/{key}", "Change an experiment", "admin", "ExperimentPatch", 200, "Experiment"),
     ("post", "/v1/experiments/{key}/start", "Start or resume", "admin", None, 200, "Experiment"),
     ("post", "/v1/experiments/{key}/pause", "Pause", "admin", None, 200, "Experiment"),
     ("post", "/v1/experiments/{key}/stop", "Stop for good", "admin", None, 200, "Experiment"),
-    ("get", "/v1/experiments/{key}/audit", "Audit log", "admin", None, 200, "Experiment"),
+    ("get", "/v1/experiments/{key}/audit", "Audit log", "viewer", None, 200, "Experiment"),
+    ("get", "/v1/layers", "List layers and their holdout shares", "admin", None, 200, "LayerList"),
+    ("get", "/v1/layers/{name}", "Show a layer", "admin", None, 200, "Layer"),
+    ("put", "/v1/layers/{name}", "Set a layer's holdout share (409 while one of its experiments runs)", "admin",
+     "LayerSettings", 200, "Layer"),
+    ("get", "/v1/layers/{name}/report", "Cumulative impact: the layer's holdout vs its exposed units", "admin",
+     None, 200, "LayerReport"),
     ("post", "/v1/assign", "Assign a unit to a variant", "sdk", "AssignRequest", 200, "AssignResponse"),
     ("post", "/v1/infer", "Assign the unit and run its variant's engine", "sdk", "InferRequest", 200,
      "InferResponse"),
     ("get", "/metrics", "Prometheus metrics of this process", None, None, 200, "PrometheusText"),
     ("post", "/v1/events", "Ingest a batch of events (idempotent by event_id)", "sdk", "EventBatch", 202,
      "EventBatchResult"),
-    ("get", "/v1/experiments/{key}/report", "Results: JSON, or ?format=html|csv|text", "admin", None, 200, "Report"),
+    ("get", "/v1/experiments/{key}/report", "Results: JSON, or ?format=html|csv|text", "viewer", None, 200, "Report"),
     ("get", "/v1/experiments/{key}/export", "Raw CSV of ?table=exposures|requests|events", "admin", None, 200,
      "CsvText"),
+    ("post", "/v1/plan", "Power planner: units and days for a metric (given, or from an experiment's history)",
+     "viewer", "PlanRequest", 200, "Plan"),
     ("post", "/v1/chat/completions", "OpenAI-compatible chat completion (streamed with stream: true)", "sdk",
      "ChatCompletionRequest", 200, "OpenAICompletion"),
     ("post", "/v1/completions", "OpenAI-compatible text completion", "sdk", "CompletionRequest", 200,
@@ -157,8 +207,9 @@ def _operation(method: str, path: str, summary: str, scope: str | None, body: st
             "default": {"description": "error", "content": {"application/json": {"schema": _ERROR}}},
         },
     }
-    if "{key}" in path:
-        op["parameters"] = [{"name": "key", "in": "path", "required": True, "schema": _STR}]
+    for name in ("key", "name"):
+        if f"{{{name}}}" in path:
+            op["parameters"] = [{"name": name, "in": "path", "required": True, "schema": _STR}]
     if (method, path) in QUERY_PARAMETERS:
         op["parameters"] = op.get("parameters", []) + QUERY_PARAMETERS[(method, path)]
     if body is not None:

@@ -1,4 +1,4 @@
-"""/v1/experiments/<key>/report and /export (admin scope): results and raw data.
+"""/v1/experiments/<key>/report (admin or viewer scope) and /export (admin): results and raw data.
 
 ``GET /report`` returns JSON by default, ``?format=html`` a self-contained page,
 ``?format=csv`` the results table and ``?format=text`` the console summary (what ``abtest
@@ -67,7 +67,7 @@ def options_from_request(fmt: str) -> ReportOptions:
 
 
 @bp.get("/<key>/report")
-@requires("admin")
+@requires("viewer")
 def report(key: str) -> Response:
     fmt = request.args.get("format", "json")
     if fmt not in FORMATS:

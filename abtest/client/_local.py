@@ -35,7 +35,8 @@ from . import definitions as defs
 from ._events import MAX_LENGTHS, check_json, check_text
 from ._exceptions import DefinitionsUnavailableError, NotFoundError
 from ._models import AssignResult
-from .evaluation import ExperimentConfig, assign, should_store
+from .evaluation import ExperimentConfig, assign, in_holdout, should_store
+from .segments import segment_levels
 from .sticky import GuardedSticky, StickyStore
 
 __all__ = ["LocalEvaluator", "ExposureBuffer", "DefinitionsStatus", "DEFINITIONS_PATH", "STREAM_PATH",
@@ -70,7 +71,9 @@ class DefinitionsStatus:
 class ExposureBuffer:
     """Exposures aggregated per (experiment, phase, unit) until :meth:`drain`: one item per key,
     with its count and first/last time, and an id unique to this client (``<uuid>-<n>``) that
-    the server deduplicates on, so a resent batch counts once.
+    the server deduplicates on, so a resent batch counts once. An experiment with dimensions
+    also gets the unit's ``segments`` (:func:`~abtest.client.segments.segment_levels`) of the
+    key's first exposure, as a server-side assignment keeps those of the unit's first.
 
     ``handing_over`` is held by whoever drains into a pipeline until the drained items are in
     it, so a ``flush`` that drains after it sees them: otherwise a flush could find the buffer
@@ -83,14 +86,19 @@ class ExposureBuffer:
         self._prefix = uuid.uuid4().hex
         self._ids = itertools.count(1)
 
-    def add(self, experiment: str, phase: int, unit_id: str, variant: str, sticky: bool) -> int:
-        """Record one exposure; returns how many keys are buffered now."""
+    def add(self, experiment: str, phase: int, unit_id: str, variant: str, sticky: bool,
+            dimensions: tuple[Mapping[str, Any], ...] = (), attributes: Mapping[str, Any] | None = None,
+            holdout: bool = False) -> int:
+        """Record one exposure; returns how many keys are buffered now. ``dimensions`` and
+        ``attributes`` give the segments of a key's first exposure (later ones keep them);
+        ``holdout``: of a unit its layer's holdout kept on the control."""
         now = time.time()
         key = (experiment, phase, unit_id)
         with self._lock:
             held = self._items.get(key)
             if held is None:
-                self._items[key] = [variant, now, now, 1, sticky]
+                self._items[key] = [variant, now, now, 1, sticky,
+                                    segment_levels(dimensions, attributes) if dimensions else None, holdout]
             else:
                 held[2] = now
                 held[3] += 1
@@ -105,10 +113,17 @@ class ExposureBuffer:
             items, self._items = self._items, {}
         prefix, ids = self._prefix, self._ids
         # times as seconds since the epoch (the server takes them or ISO-8601): cheap to write
-        return [{"exposure_id": f"{prefix}-{next(ids)}", "experiment": exp, "phase": phase,
-                 "unit_id": unit, "variant": variant, "first_seen": round(first, 3), "last_seen": round(last, 3),
-                 "count": count, "sticky": sticky}
-                for (exp, phase, unit), (variant, first, last, count, sticky) in items.items()]
+        out = []
+        for (exp, phase, unit), (variant, first, last, count, sticky, segments, holdout) in items.items():
+            item = {"exposure_id": f"{prefix}-{next(ids)}", "experiment": exp, "phase": phase, "unit_id": unit,
+                    "variant": variant, "first_seen": round(first, 3), "last_seen": round(last, 3),
+                    "count": count, "sticky": sticky}
+            if segments is not None:
+                item["segments"] = segments
+            if holdout:
+                item["holdout"] = True
+            out.append(item)
+        return out
 
 
 class LocalEvaluator:
@@ -190,7 +205,9 @@ class LocalEvaluator:
         if fresh and sticky is not None:
             sticky.save(experiment, unit_id, result.variant)
         if result.in_experiment:
-            self.exposures.add(experiment, config.phase, unit_id, result.variant, fresh)
+            self.exposures.add(experiment, config.phase, unit_id, result.variant, fresh, config.dimensions, attributes)
+        elif in_holdout(result):
+            self.exposures.add(experiment, config.phase, unit_id, result.variant, False, holdout=True)
         # The evaluator answers with one object per distinct answer of a snapshot, and so do we.
         # Each entry holds its Assignment, so that id cannot be reused while the entry exists.
         entry = self._results.get(id(result))

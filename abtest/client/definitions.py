@@ -13,7 +13,17 @@ evaluator, so what the server writes is what the client reads::
          "variants": [{"key": "control", "engine": "v1", "weight": 0.5, "control": true,
                        "shadow": false}, ...],
          "targeting": [{"attribute": "country", "op": "in", "value": ["US"]}],
-         "forced": {"qa-1": "treatment"}}]}
+         "forced": {"qa-1": "treatment"},
+         "dimensions": [{"attribute": "country", "levels": ["US", "DE"]}]}],
+     "layers": {"homepage": {"holdout": 0.05}}}
+
+``dimensions`` (the segment attributes, see :mod:`abtest.client.segments`) may be absent (a
+document of an older server): none.
+
+``layers`` holds each layer's holdout share, one number per layer (only layers whose share is
+above 0 are listed); an experiment of a listed layer keeps those units on its control (see
+:mod:`abtest.client.evaluation`). The ``version`` covers the experiments and the layers, so a
+holdout change is a change of definitions.
 
 Standard library only.
 """
@@ -27,8 +37,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .evaluation import TARGETING_OPERATORS, ExperimentConfig, VariantConfig
+from .segments import MAX_DIMENSIONS, MAX_LEVEL_LENGTH, MAX_LEVELS, OTHER_LEVEL
 
-__all__ = ["DefinitionsError", "experiment_dict", "document", "parse"]
+__all__ = ["DefinitionsError", "experiment_dict", "layers_dict", "document", "parse", "MAX_HOLDOUT"]
 
 
 class DefinitionsError(ValueError):
@@ -47,14 +58,32 @@ def experiment_dict(c: ExperimentConfig) -> dict[str, Any]:
         "variants": [{"key": v.key, "engine": v.engine, "weight": v.weight, "control": v.is_control,
                       "shadow": v.shadow} for v in c.variants],
         "targeting": [dict(r) for r in c.targeting], "forced": dict(c.forced),
+        "dimensions": [{"attribute": d["attribute"], "levels": list(d["levels"])} for d in c.dimensions],
     }
+
+
+def layers_dict(configs: Iterable[ExperimentConfig]) -> dict[str, dict[str, float]]:
+    """Each layer's holdout share (layers with a share above 0), from the configs of its
+    experiments; ValueError if two experiments of one layer disagree."""
+    layers: dict[str, dict[str, float]] = {}
+    for c in configs:
+        if c.layer is None or c.holdout <= 0.0:
+            continue
+        if layers.setdefault(c.layer, {"holdout": c.holdout})["holdout"] != c.holdout:
+            raise ValueError(f"experiments of layer {c.layer!r} disagree on its holdout share")
+    return {name: layers[name] for name in sorted(layers)}
 
 
 def document(configs: Iterable[ExperimentConfig]) -> dict[str, Any]:
     """The document of ``configs`` (sorted by key); ``version`` changes exactly when they do."""
-    experiments = [experiment_dict(c) for c in sorted(configs, key=lambda c: c.key)]
-    canonical = json.dumps(experiments, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return {"version": hashlib.sha256(canonical.encode()).hexdigest(), "experiments": experiments}
+    ordered = sorted(configs, key=lambda c: c.key)
+    experiments = [experiment_dict(c) for c in ordered]
+    layers = layers_dict(ordered)
+    # Without holdouts the version is that of the experiments alone (as it always was).
+    hashed: Any = {"experiments": experiments, "layers": layers} if layers else experiments
+    canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return {"version": hashlib.sha256(canonical.encode()).hexdigest(), "experiments": experiments,
+            "layers": layers}
 
 
 # --- reading it back ---------------------------------------------------------------------
@@ -106,7 +135,51 @@ def _rule(raw: Any, where: str) -> Mapping[str, Any]:
     return {"attribute": raw["attribute"], "op": op, "value": raw["value"]}
 
 
-def _experiment(raw: Any, where: str) -> ExperimentConfig:
+def _dimensions(raw: Mapping[str, Any], where: str) -> tuple[Mapping[str, Any], ...]:
+    """Up to MAX_DIMENSIONS distinct attributes, each with 1 to MAX_LEVELS distinct levels."""
+    items = _get(raw, "dimensions", list, where) if "dimensions" in raw else []
+    if len(items) > MAX_DIMENSIONS:
+        raise DefinitionsError(f"{where}.dimensions", f"at most {MAX_DIMENSIONS} dimensions, got {len(items)}")
+    out, seen = [], set()
+    for i, item in enumerate(items):
+        path = f"{where}.dimensions[{i}]"
+        if not isinstance(item, dict):
+            raise DefinitionsError(path, "must be an object")
+        attribute, levels = _get(item, "attribute", str, path), _get(item, "levels", list, path)
+        if attribute in seen:
+            raise DefinitionsError(f"{path}.attribute", f"appears twice: {attribute!r}")
+        seen.add(attribute)
+        if not 1 <= len(levels) <= MAX_LEVELS or len(set(map(str, levels))) != len(levels):
+            raise DefinitionsError(f"{path}.levels", f"must be 1 to {MAX_LEVELS} distinct levels")
+        if not all(isinstance(v, str) and 0 < len(v) <= MAX_LEVEL_LENGTH and v != OTHER_LEVEL for v in levels):
+            raise DefinitionsError(f"{path}.levels", f"must be non-empty strings of at most {MAX_LEVEL_LENGTH} "
+                                   f"characters other than {OTHER_LEVEL!r}")
+        out.append({"attribute": attribute, "levels": list(levels)})
+    return tuple(out)
+
+
+
+
+MAX_HOLDOUT = 0.5
+
+
+def _layers(raw: Any) -> dict[str, float]:
+    """The ``layers`` object: layer name -> holdout share in [0, 0.5] (absent: no holdouts)."""
+    if not isinstance(raw, dict):
+        raise DefinitionsError("definitions.layers", "must be an object")
+    shares: dict[str, float] = {}
+    for name, entry in raw.items():
+        where = f"layers[{name!r}]"
+        if not isinstance(entry, dict):
+            raise DefinitionsError(where, "must be an object")
+        share = float(_get(entry, "holdout", (int, float), where))
+        if not (math.isfinite(share) and 0.0 <= share <= MAX_HOLDOUT):
+            raise DefinitionsError(f"{where}.holdout", f"must be in [0, {MAX_HOLDOUT}], got {share!r}")
+        shares[name] = share
+    return shares
+
+
+def _experiment(raw: Any, where: str, holdouts: Mapping[str, float]) -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise DefinitionsError(where, "must be an object")
     variants = tuple(_variant(v, f"{where}.variants[{i}]")
@@ -134,6 +207,8 @@ def _experiment(raw: Any, where: str) -> ExperimentConfig:
         targeting=tuple(_rule(r, f"{where}.targeting[{i}]") for i, r in enumerate(_get(raw, "targeting", list, where))),
         forced=dict(forced), layer=layer, layer_start=start, layer_end=end,
         treatment_paused=_get(raw, "treatment_paused", bool, where), sticky=_get(raw, "sticky", bool, where),
+        dimensions=_dimensions(raw, where),
+        holdout=holdouts.get(layer, 0.0) if layer is not None else 0.0,
     )
 
 
@@ -143,9 +218,10 @@ def parse(doc: Any) -> tuple[str, dict[str, ExperimentConfig]]:
     if not isinstance(doc, dict):
         raise DefinitionsError("definitions", "must be a JSON object")
     version = _get(doc, "version", str, "definitions")
+    holdouts = _layers(doc.get("layers", {}))
     configs: dict[str, ExperimentConfig] = {}
     for i, raw in enumerate(_get(doc, "experiments", list, "definitions")):
-        config = _experiment(raw, f"experiments[{i}]")
+        config = _experiment(raw, f"experiments[{i}]", holdouts)
         if config.key in configs:
             raise DefinitionsError(f"experiments[{i}].key", f"appears twice: {config.key!r}")
         configs[config.key] = config

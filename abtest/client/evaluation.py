@@ -19,6 +19,15 @@ Three independent hashes per experiment (salt ``s``, phase ``p``):
                           is independent of it).
     ``<s>:<p>:variant``   picks the variant by cumulative weight, in variant order.
 
+Layer holdouts (``holdout`` on the experiment: its layer's holdout share, one number per layer):
+    ``holdout:<layer>``   a unit whose bucket here is below the share is in the layer's holdout:
+                          every experiment of the layer that would enrol it (its targeting,
+                          layer range and coverage pass) answers it the control with reason
+                          ``holdout``, not enrolled. The hash depends only on the layer's name,
+                          so the holdout is the same units across all the layer's experiments
+                          and independent of their positions, coverage and variant hashes.
+                          A sticky unit in the holdout gets the control too.
+
 A weight change on a started experiment opens a new phase, which re-randomizes units with a
 fresh variant hash; results are analysed per phase, so allocations are never mixed.
 
@@ -44,6 +53,7 @@ __all__ = [
     "bucket",
     "assign",
     "should_store",
+    "in_holdout",
     "matches_targeting",
     "TARGETING_OPERATORS",
 ]
@@ -95,12 +105,13 @@ class ExperimentConfig:
     quality_sample: float | None = None  # share of served requests scored for output quality
     dimensions: tuple[Mapping[str, Any], ...] = ()  # segment dimensions: {"attribute", "levels"}
     sticky: bool = False  # units keep their variant across weight changes (see the module doc)
+    holdout: float = 0.0  # the layer's holdout share in [0, 0.5] (only with a layer; see the module doc)
 
     # Derived once per snapshot (the hot path reads these, never recomputes them).
     _control: VariantConfig | None = field(default=None, init=False, repr=False, compare=False)
     _by_key: Mapping[str, VariantConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
     _cumulative: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
-    _prefixes: tuple[bytes, bytes, bytes] = field(default=(b"", b"", b""), init=False, repr=False, compare=False)
+    _prefixes: tuple[bytes, ...] = field(default=(), init=False, repr=False, compare=False)
     _memo: dict[tuple[str | None, str], "Assignment"] = field(default_factory=dict, init=False, repr=False,
                                                                compare=False)
 
@@ -114,7 +125,8 @@ class ExperimentConfig:
             "_by_key": {v.key: v for v in reversed(self.variants)},  # the first of a key wins, as next() did
             "_cumulative": tuple(cumulative),
             "_prefixes": tuple(f"{ns}{_SEP}".encode() for ns in (
-                f"layer:{self.layer}", f"{self.salt}:coverage", f"{self.salt}:{self.phase}:variant")),
+                f"layer:{self.layer}", f"{self.salt}:coverage", f"{self.salt}:{self.phase}:variant",
+                f"holdout:{self.layer}")),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
@@ -138,7 +150,7 @@ class Assignment:
     variant: str
     engine: str
     in_experiment: bool
-    # assigned | sticky | forced | not_running | targeting | layer | coverage | treatment_paused
+    # assigned | sticky | forced | not_running | targeting | layer | coverage | holdout | treatment_paused
     reason: str
     shadow_engine: str | None = None  # set when the variant is a shadow: run a copy there
 
@@ -160,17 +172,25 @@ def assign(
         return Assignment(exp.key, forced.key, forced.engine, False, "forced")
     if exp.targeting and not matches_targeting(exp.targeting, attributes or {}):
         return _out(exp, control, "targeting")
+    layer_ns, coverage_ns, variant_ns, holdout_ns = exp._prefixes
+    held = exp.holdout > 0.0 and exp.layer is not None and _position(holdout_ns, unit_id) < exp.holdout
     if sticky is not None and exp.sticky and sticky in exp._by_key:
-        return _served(exp, exp._by_key[sticky], "sticky")
-    layer_ns, coverage_ns, variant_ns = exp._prefixes
+        return _out(exp, control, "holdout") if held else _served(exp, exp._by_key[sticky], "sticky")
     if exp.layer is not None:
         pos = _position(layer_ns, unit_id)
         if not exp.layer_start <= pos < exp.layer_end:
             return _out(exp, control, "layer")
     if exp.coverage < 1.0 and _position(coverage_ns, unit_id) >= exp.coverage:
         return _out(exp, control, "coverage")
+    if held:
+        return _out(exp, control, "holdout")
     chosen = _pick_cumulative(exp, _position(variant_ns, unit_id))
     return _served(exp, chosen, "assigned")
+
+
+def in_holdout(result: Assignment) -> bool:
+    """Whether ``result`` keeps the unit in its layer's holdout (a holdout exposure to record)."""
+    return result.reason == "holdout"
 
 
 def should_store(exp: ExperimentConfig, result: Assignment) -> bool:

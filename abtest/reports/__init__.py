@@ -13,7 +13,8 @@ Modules: ``catalogue`` (the built-in metrics), ``statuses`` (which request statu
 ``rollups`` (the tables the queries read, kept as requests are logged), ``queries`` (SQL and
 ORM only), ``metrics`` (rows to statistics), ``specs`` (the metrics of an experiment),
 ``model`` (the typed report and its JSON), ``blocks`` and ``build`` (the report),
-``html``/``svg`` (the page), ``csv`` (results and raw exports), ``cli`` (``abtest report``).
+``html``/``svg`` (the page), ``csv`` (results and raw exports), ``cli`` (``abtest report``),
+``baseline`` (a metric's control baseline and traffic, for the power planner).
 The decision policy is :mod:`abtest.stats.decision`.
 The names below load lazily so that the CLI can mount ``abtest report`` without scipy.
 """

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from .. import stats as S
 from . import blocks as B
+from . import cohorts as CO
 from . import queries as Q
 from . import segments
 from .metrics import (
@@ -80,7 +81,7 @@ from .headline import with_headline
 from .quality import quality_section
 from .specs import metric_specs
 
-__all__ = ["ReportOptions", "Report", "build_report", "metric_specs"]
+__all__ = ["ReportOptions", "Report", "build_report", "metric_specs", "metric_statistics"]
 
 BREACH_ACTION = "guardrail_breach"
 _BASIS = ("sequential (always-valid) CIs: absolute for a superiority primary and guardrails without a "
@@ -131,7 +132,9 @@ class _Data:
     shadow: tuple[Any, ...] = ()
     notes: dict[str, str] = field(default_factory=dict)  # metric -> what its figures leave out
     unavailable: dict[str, dict[str, Unavailable]] = field(default_factory=dict)  # metric -> variant -> why
-    cuped: dict[str, tuple[dict[str, S.CupedMeanStats], int]] = field(default_factory=dict)  # metric -> CUPED sums
+    cuped: segments.CupedSums = field(default_factory=dict)  # metric -> CUPED sums
+    cohorts: CO.Cohorts = field(default_factory=dict)  # sticky, several cohorts: metric -> cohort -> variant
+    estimators: dict[str, Any] = field(default_factory=dict)  # metric -> EstimatorView
 
     def stats_of(self, spec: MetricSpec, variant: str) -> Any:
         missing = self.unavailable.get(spec.name, {}).get(variant)
@@ -163,7 +166,12 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
     srm_counts = Q.fresh_exposure_counts(conn, scope) if getattr(exp, "sticky", False) else exposed
     srm = B.srm_result(keys, arms, srm_counts)
     data = _collect(conn, scope, exp.key, specs, keys, options, exposed_days)
-    data.cuped = segments.cuped_stats(conn, scope, exp, specs, keys)
+    data.cohorts, data.estimators = CO.collect(conn, scope, exp, specs, keys, data.cap_value is not None,
+                                               data.unavailable)
+    # no CUPED where a variant's figure is unavailable, on a capped latency (its covariate is not
+    # capped), nor on a metric compared per allocation cohort
+    data.cuped = segments.cuped_stats(conn, scope, exp, specs, keys, skip={
+        *data.unavailable, *(("latency_ms",) if data.cap_value is not None else ()), *data.cohorts})
 
     analyses = {(s.name, t): _analyze(s, data, control, t, options) for s in specs for t in treatments}
     adjusted, family = _holm(analyses, options.alpha)
@@ -197,6 +205,18 @@ def build_report(session: Session, key: str, options: ReportOptions = ReportOpti
 
 
 # --- data collection ---------------------------------------------------------------------
+
+def metric_statistics(session: Session, exp: Any, spec: MetricSpec) -> dict[str, Any]:
+    """Per non-shadow variant, the plain (unadjusted, uncapped) statistic the report analyses for
+    ``spec`` in the current phase, or its :class:`Unavailable` reason (the power planner's input)."""
+    conn = session.connection()
+    scope = Q.Scope(exp.id, int(exp.phase), conn.dialect.name)
+    keys = [v.key for v in exp.variants if not v.shadow]
+    data = _collect(conn, scope, exp.key, [spec], keys, ReportOptions(metrics=(spec.name,)),
+                    Q.exposure_days(conn, scope))
+    return {v: data.stats_of(spec, v) for v in keys}
+
+
 
 def _collect(conn: Any, scope: Q.Scope, key: str, specs: Sequence[MetricSpec], keys: Sequence[str],
              options: ReportOptions, exposed_days: Sequence[Mapping[str, Any]]) -> _Data:
@@ -321,8 +341,11 @@ def _analyze(spec: MetricSpec, data: _Data, control: str, treatment: str,
     c, t = data.stats_of(spec, control), data.stats_of(spec, treatment)
     if spec.name in data.cuped:  # regression-adjusted (CUPED) with the pair's pooled theta
         c, t = S.cuped_adjust(data.cuped[spec.name][0][control], data.cuped[spec.name][0][treatment])
-    comparison = (S.compare_quantiles(c, t, options.alpha) if spec.shape == "quantile"
-                  else compare(c, t, options.alpha))
+    if spec.name in data.cohorts:  # sticky, after an allocation change: per cohort, pooled
+        comparison = CO.stratified_comparison(data.cohorts[spec.name], control, treatment, options.alpha)
+    else:
+        comparison = (S.compare_quantiles(c, t, options.alpha) if spec.shape == "quantile"
+                      else compare(c, t, options.alpha))
     return S.analyze(comparison, spec.higher_is_better, options.n_star)
 
 
@@ -343,7 +366,8 @@ def _metric(spec: MetricSpec, data: _Data, keys: Sequence[str], treatments: Sequ
         {v: estimate_view(data.stats_of(spec, v), options.alpha) for v in keys},
         tuple(comparison_view(t, analyses[(spec.name, t)], adjusted[(spec.name, t)], options.alpha)
               for t in treatments), note=data.notes.get(spec.name),
-        cuped=segments.cuped_view(exp, *data.cuped[spec.name], keys[0], treatments) if spec.name in data.cuped else None)
+        cuped=segments.cuped_view(exp, *data.cuped[spec.name], keys[0], treatments) if spec.name in data.cuped else None,
+        estimator=data.estimators.get(spec.name))
 
 
 def _days(started: datetime | None, now: datetime) -> float | None:

@@ -22,9 +22,9 @@ from .model import ComparisonResult, Estimate, MetricResult, Report
 from .svg import forest_plot, histogram_plot, timeseries_plot, variant_colors
 from .text import count_text, human_time, value_text
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "render_sections", "REPORT_CSS"]
 
-_CSS = """
+REPORT_CSS = _CSS = """
 body{font:14px/1.45 -apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;color:#202124;margin:0;background:#f6f7f9}
 main{max-width:1200px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px}
@@ -45,6 +45,8 @@ svg text{font:12px sans-serif;fill:#3c4043}svg .tick{font-size:11px;fill:#5f6368
 svg .grid{stroke:#eceff1}svg .zero{stroke:#202124;stroke-width:1.2}svg .na{fill:#80868b;font-style:italic}
 svg .legend-label{font-size:12px}dl{color:#3c4043}dt{font-weight:600;margin-top:6px}
 """
+
+
 
 
 def _pct(x: float | None) -> str:
@@ -175,6 +177,7 @@ def _metric_row(report: Report, m: MetricResult, c: ComparisonResult) -> str:
     cells = (f'<td class="l">{escape(m.name)}<div class="meta">{escape(m.role)}, '
              f'{escape(m.direction)} is better{margin}</div>'
              + (f'<div class="meta">{escape(m.note)}</div>' if m.note else "")
+             + (f'<div class="meta estimator">{escape(_estimator(m.estimator))}</div>' if m.estimator else "")
              + f'</td><td>{escape(c.variant)}</td>'
              f'{_value_cell(m, report.control)}{_value_cell(m, c.variant)}')
     if c.error:
@@ -236,6 +239,12 @@ def _quality(report: Report) -> str:
             '<th>mean KL (95% CI)</th><th>scored</th><th>units</th></tr>' + rows + '</table>'
             f'<p class="meta">{escape(sample)}{q.skipped} scoring jobs skipped, {q.dropped} dropped. '
             f'{escape(q.note)}</p>')
+
+
+def _estimator(e: Any) -> str:
+    """One line: how a metric of a phase holding several allocation cohorts was compared."""
+    cohorts = ", ".join(f"phase {c.phase}: {sum(c.units.values()):,} units" for c in e.cohorts)
+    return f"{e.estimator} ({cohorts})" + (f"; {e.note}" if e.note else "")
 
 
 def _cuped(report: Report) -> str:
@@ -307,8 +316,9 @@ def _definitions(report: Report) -> str:
             f'requests, truncated completions of ok requests.</dd></dl>')
 
 
-def render_html(report: Report) -> str:
-    """The whole page as a string."""
+def render_sections(report: Report) -> str:
+    """The page's sections without the document around them (the web console embeds them,
+    styled by :data:`REPORT_CSS`)."""
     colors = variant_colors([v.variant for v in report.variants])
     parts = [
         _header(report), _recommendation(report), _banners(report),
@@ -319,7 +329,12 @@ def render_html(report: Report) -> str:
         timeseries_plot(_timeseries_input(report), colors=colors), "</div>", _shadow(report), _quality(report),
         _cuped(report), _segments(report), _definitions(report),
     ]
+    return "".join(parts)
+
+
+def render_html(report: Report) -> str:
+    """The whole page as a string."""
     title = escape(f'{report.experiment.name} — abtest report')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style>'
-            f'</head><body><main>{"".join(parts)}</main></body></html>')
+            f'</head><body><main>{render_sections(report)}</main></body></html>')

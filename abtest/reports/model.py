@@ -21,10 +21,12 @@ __all__ = [
     "OverallRecommendation", "PrimaryBasis", "SRMVariant", "SRMBlock", "VariantSummary", "TimePoint", "TimeSeries",
     "Histogram", "ShadowSummary", "QualityResult", "QualitySection", "Breach", "ExperimentInfo", "QuantileMethod", "MultipleTesting",
     "Options", "Report", "clean", "CupedAdjustment", "CupedView", "Interaction", "SegmentComparison", "SegmentLevel",
-    "SegmentSection",
+    "SegmentSection", "CohortUnits", "EstimatorView",
 ]
 
 from .sections import (  # noqa: E402 - the report's optional sections, re-exported here
+    CohortUnits,
+    EstimatorView,
     CupedAdjustment,
     CupedView,
     Interaction,
@@ -152,6 +154,8 @@ class MetricResult:
     # and left out ("312 requests logged before token counts were recorded are left out").
     note: str | None = field(default=None, metadata={"omit_none": True})
     cuped: CupedView | None = field(default=None, metadata={"omit_none": True})
+    # a sticky experiment's phase holding units of several allocation cohorts: how it was compared
+    estimator: EstimatorView | None = field(default=None, metadata={"omit_none": True})
 
     @property
     def higher_is_better(self) -> bool:

@@ -4,14 +4,34 @@ whose rules of serialisation they follow): CUPED per metric, segment breakdowns,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: model imports this module
     from .model import Estimate
 
-__all__ = ["CupedAdjustment", "CupedView", "Interaction", "QualityResult", "QualitySection", "SegmentComparison",
+__all__ = ["CohortUnits", "EstimatorView", "CupedAdjustment", "CupedView", "Interaction", "QualityResult", "QualitySection", "SegmentComparison",
            "SegmentLevel", "SegmentSection"]
+
+
+@dataclass(frozen=True)
+class CohortUnits:
+    """One allocation cohort of a sticky experiment's phase: the phase its units were first
+    assigned in, and the metric's units per variant."""
+
+    phase: int
+    units: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class EstimatorView:
+    """How a metric of a phase holding several allocation cohorts was compared: ``estimator``
+    is "post-stratified by allocation cohort" (per cohort, pooled by cohort size) or, for the
+    metrics that are not, "pooled, not adjusted for allocation cohorts"; ``note`` why not."""
+
+    estimator: str
+    cohorts: tuple[CohortUnits, ...]
+    note: str | None = field(default=None, metadata={"omit_none": True})
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,15 @@
 CUPED (:func:`cuped_stats`): for each event metric (binary, count, sum) of an experiment with
 CUPED on, the covariate is the same kind of the same event over the ``cuped_lookback_days``
 before each unit's first exposure; units without history (no event at all in that window)
-carry the pooled covariate mean of the units with history. A metric whose units have no history
-at all is analysed unadjusted. Comparisons then use :func:`abtest.stats.cuped_adjust` (pooled
-theta per control-treatment pair) and the metric's ``cuped`` block states theta and the
-variance reduction per treatment.
+carry the pooled covariate mean of the units with history. For each built-in ratio metric
+(``latency_ms``, ``error_rate``, ``ttft_ms``, ... the ratios of the catalogue) the covariate is
+the same metric's numerator and denominator over the unit's requests in that window (from the
+request log, before its first exposure; a unit has history when that denominator is > 0, e.g.
+an ok request for ``latency_ms``), adjusted with the ratio recipe
+(:class:`abtest.stats.CupedRatioStats`); quantile metrics stay unadjusted. A metric whose units
+have no history at all is analysed unadjusted. Comparisons then use
+:func:`abtest.stats.cuped_adjust` (pooled theta per control-treatment pair) and the metric's
+``cuped`` block states theta and the variance reduction per treatment.
 
 Segments (:func:`segment_sections`): for each declared dimension and level, every mean and ratio
 metric is compared with the same Welch test as the whole report, its SRM checked against the
@@ -17,27 +22,31 @@ between levels (interaction). Quantile metrics are not broken down.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from .. import stats as S
 from . import breakdown_queries as BQ
 from . import queries as Q
-from .catalogue import ratio_metrics
+from .catalogue import RATIO_SOURCES, ratio_metrics
 from .metrics import MetricSpec, compare, mean_stats, ratio_stats, total
 from .model import CupedAdjustment, CupedView, Interaction, SegmentComparison, SegmentLevel, SegmentSection, clean
 
-__all__ = ["cuped_stats", "cuped_view", "segment_sections"]
+__all__ = ["CupedSums", "cuped_stats", "cuped_view", "segment_sections"]
+
+
+CupedSums = dict[str, tuple[dict[str, Any], int]]  # metric -> (variant -> imputed sums, units with history)
 
 
 def cuped_stats(conn: Any, scope: Q.Scope, exp: Any, specs: Sequence[MetricSpec],
-                keys: Sequence[str]) -> dict[str, tuple[dict[str, S.CupedMeanStats], int]]:
-    """Metric -> (variant -> imputed CupedMeanStats, units with history), for the event metrics
-    whose units have history; empty when the experiment has CUPED off."""
+                keys: Sequence[str], skip: Collection[str] = ()) -> CupedSums:
+    """Metric -> (variant -> imputed CupedMeanStats or CupedRatioStats, units with history), for
+    the event and built-in ratio metrics whose units have history, but those in ``skip`` (the
+    caller's: unavailable ones, a capped latency); empty when the experiment has CUPED off."""
     if getattr(exp, "cuped", True) is False:
         return {}
     lookback = int(getattr(exp, "cuped_lookback_days", None) or 14) * 86_400
-    out: dict[str, tuple[dict[str, S.CupedMeanStats], int]] = {}
+    out: CupedSums = _builtin_cuped(conn, scope, specs, keys, lookback, skip)
     cache: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for s in specs:
         if s.shape != "mean" or s.kind not in ("binary", "count", "sum"):
@@ -60,7 +69,38 @@ def cuped_stats(conn: Any, scope: Q.Scope, exp: Any, specs: Sequence[MetricSpec]
     return out
 
 
-def cuped_view(exp: Any, stats: Mapping[str, S.CupedMeanStats], n_hist: int, control: str,
+def _builtin_cuped(conn: Any, scope: Q.Scope, specs: Sequence[MetricSpec], keys: Sequence[str], lookback: int,
+                   skip: Collection[str]) -> CupedSums:
+    """The built-in ratio metrics' part of :func:`cuped_stats` (one query for all of them)."""
+    names = {s.name for s in specs if s.kind == "builtin" and s.shape == "ratio" and s.name not in skip}
+    if not names:
+        return {}
+    rows = BQ.builtin_covariate_rows(conn, scope, lookback)
+    index = {source: i for i, source in enumerate(RATIO_SOURCES)}
+    out: CupedSums = {}
+    for m in ratio_metrics():
+        if m.name not in names:
+            continue
+        i = index[m.source]
+        hist, without = {}, {}
+        for r in rows:
+            g = {k: r[f"{k}{i}"] for k in BQ.BUILTIN_COVARIATE_SUMS}
+            hist[r["variant"]] = S.CupedRatioStats(int(g["h"]), *(g[k] for k in BQ.BUILTIN_COVARIATE_SUMS[6:]))
+            # the units without history: all units' post sums less those of the units with history
+            without[r["variant"]] = S.RatioStats(
+                int(r["units"] - g["h"]), g["m"] - g["h_m"], max(g["m_sq"] - g["h_m_sq"], 0.0), g["d"] - g["h_d"],
+                max(g["d_sq"] - g["h_d_sq"], 0.0), g["m_d"] - g["h_m_d"])
+        n_hist = sum(h.n for h in hist.values())
+        if n_hist == 0:
+            continue
+        pooled = (sum(h.pre_num_sum for h in hist.values()) / n_hist, sum(h.pre_den_sum for h in hist.values()) / n_hist)
+        empty_h, empty_w = S.CupedRatioStats(0, *([0.0] * 14)), S.RatioStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        out[m.name] = ({v: S.impute_missing(hist.get(v, empty_h), without.get(v, empty_w), pooled) for v in keys},
+                       n_hist)
+    return out
+
+
+def cuped_view(exp: Any, stats: Mapping[str, Any], n_hist: int, control: str,
                treatments: Sequence[str]) -> CupedView:
     adjustments = []
     for t in treatments:

@@ -2,7 +2,8 @@
 
 ``Assigner.assign`` answers from an in-process cache of :class:`ExperimentConfig` snapshots
 (refreshed after ``cache_ttl_s``; writes in this process invalidate at once) and records an
-exposure for every enrolled unit through ``record`` (the outcome log's group commit, see
+exposure for every enrolled unit (and a holdout exposure for every unit its layer's holdout
+keeps on the control, :class:`~abtest.services.layers.HoldoutItem`) through ``record`` (the outcome log's group commit, see
 :mod:`abtest.services.outcomes`), which returns only once the exposure is committed: an
 acknowledged assignment survives a crash of the process.
 """
@@ -21,10 +22,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..db import Database, is_outage
 from ..client.sticky import GuardedSticky
-from ..evaluator import Assignment, ExperimentConfig, assign, should_store
+from ..evaluator import Assignment, ExperimentConfig, assign, in_holdout, should_store
 from ..models import Exposure
 from ..validation.experiments import segment_levels
 from .experiments import get_experiment, to_config
+from .layers import HoldoutItem, holdout_share
 
 __all__ = ["ConfigCache", "Assigner", "exposure_upsert", "aggregate_exposures"]
 
@@ -44,7 +46,8 @@ class ConfigCache:
             return hit[1]
         try:
             with self.db.session() as session:
-                config = to_config(get_experiment(session, key))
+                exp = get_experiment(session, key)
+                config = to_config(exp, holdout_share(session, exp.layer))
         except Exception as exc:
             if hit is not None and is_outage(exc) and now - hit[0] < self.ttl + self.grace:
                 return hit[1]
@@ -118,4 +121,6 @@ class Assigner:
         if record and result.in_experiment:
             self._record((config.id, config.phase, unit_id, result.variant, datetime.now(timezone.utc),
                           segment_levels(list(config.dimensions), attributes), fresh))
+        elif record and in_holdout(result) and config.layer is not None:
+            self._record(HoldoutItem(config.id, config.phase, unit_id, config.layer, datetime.now(timezone.utc)))
         return result, config

@@ -1,6 +1,6 @@
 """The SDK definitions document (``GET /v1/sdk/definitions``), built once per ``ttl``.
 
-Every experiment's assignment config, serialized by :func:`abtest.client.definitions.document`
+Every experiment's assignment config and every layer's holdout share, serialized by :func:`abtest.client.definitions.document`
 (the module the SDK reads it back with). Drafts and stopped experiments are included: the
 server answers ``not_running`` for them, and so does a client evaluating locally. The
 document's ``version`` is its ETag: a client that sends it back in ``If-None-Match`` gets 304.
@@ -15,6 +15,7 @@ import time
 from ..client.definitions import document
 from ..db import Database
 from .experiments import list_experiments, to_config
+from .layers import holdout_shares
 
 __all__ = ["Definitions"]
 
@@ -32,7 +33,8 @@ class Definitions:
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1], cached[2]
         with self.db.session() as session:
-            doc = document(to_config(e) for e in list_experiments(session))
+            shares = holdout_shares(session)
+            doc = document(to_config(e, shares.get(e.layer or "", 0.0)) for e in list_experiments(session))
         body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         with self._lock:
             self._cached = (now, doc["version"], body)

@@ -31,6 +31,7 @@ from ..evaluator import ExperimentConfig, VariantConfig
 from ..models import AuditEntry, Experiment, Metric, Variant
 from ..validation import Fields
 from ..validation import experiments as spec
+from .schedules import schedule_view, set_schedule
 
 __all__ = [
     "create_experiment",
@@ -79,6 +80,8 @@ def create_experiment(
     spec.parse_policy(exp.decision, metrics, exp.quality_sample, variants)
     exp.variants = [Variant(position=i, **v) for i, v in enumerate(variants)]
     exp.metrics = [Metric(position=i, **m) for i, m in enumerate(metrics)]
+    exp.ramp, exp.ramp_applied = [], 0
+    set_schedule(exp, f, now())
     if f.has("layer"):
         _place_in_layer(session, exp, f.str("layer", slug=True, max_len=100),
                         float(f.num("layer_share", 1.0, lo=0.0, hi=1.0)))
@@ -207,6 +210,8 @@ def update_experiment(
                                                exp.targeting)
     if f.has("sticky"):
         exp.sticky = f.bool("sticky")
+    if f.has("ramp") or f.has("start_at") or f.has("stop_at"):
+        set_schedule(exp, f, now())
     metrics = spec.parse_metrics(f.list("metrics")) if f.has("metrics") else [
         {c: getattr(m, c) for c in ("name", "event_name", "kind", "role", "direction", "margin", "test")}
         for m in exp.metrics]
@@ -238,21 +243,38 @@ def _replace_variants(session: Session, exp: Experiment, variants: list[dict[str
         exp.phase += 1  # a new allocation: re-randomize and analyse separately
 
 
-def transition(session: Session, exp: Experiment, action: str, actor: str) -> Experiment:
+def transition(session: Session, exp: Experiment, action: str, actor: str,
+               details: Mapping[str, Any] | None = None, at: datetime | None = None) -> Experiment:
+    """Move ``exp`` along :data:`TRANSITIONS` at ``at`` (default: now), with one audit entry
+    ``action`` (plus ``details``).
+
+    A start clears a pending ``start_at`` and a stop a pending ``stop_at``; a start is refused
+    while ``stop_at`` has passed (the monitor would stop the experiment at once)."""
     target = TRANSITIONS[action].get(exp.status)
     if target is None:
         raise Conflict(
             f"cannot {action} an experiment that is {exp.status}",
             details={"status": exp.status, "action": action},
         )
+    at = at or now()
+    if target == "running" and exp.stop_at is not None and exp.stop_at <= at:
+        raise Conflict(f"cannot start {exp.key!r}: its stop_at ({exp.stop_at.isoformat()}) has passed; "
+                       "change or clear stop_at first", details={"field": "stop_at", "action": action})
     before = exp.status
-    exp.status, exp.updated_at, exp.version = target, now(), exp.version + 1
+    exp.status, exp.updated_at, exp.version = target, at, exp.version + 1
+    changes: dict[str, Any] = {"status": {"from": before, "to": target}, **(details or {})}
     if target == "running" and exp.started_at is None:
-        exp.started_at = now()
+        exp.started_at = at
+    if target == "running" and exp.start_at is not None:
+        changes["start_at"] = {"from": exp.start_at.isoformat(), "to": None}
+        exp.start_at = None
     if target == "stopped":
-        exp.stopped_at = now()
+        exp.stopped_at = at
+        if exp.stop_at is not None:
+            changes["stop_at"] = {"from": exp.stop_at.isoformat(), "to": None}
+            exp.stop_at = None
     session.flush()
-    _audit(session, exp, actor, action, {"status": {"from": before, "to": target}})
+    session.add(AuditEntry(experiment_id=exp.id, at=at, actor=actor, action=action, changes=changes))
     return exp
 
 
@@ -323,6 +345,7 @@ def experiment_view(exp: Experiment) -> dict[str, Any]:
         "treatment_paused": exp.treatment_paused, "version": exp.version,
         "created_at": _iso(exp.created_at), "updated_at": _iso(exp.updated_at),
         "started_at": _iso(exp.started_at), "stopped_at": _iso(exp.stopped_at),
+        **schedule_view(exp),
     }
 
 
@@ -330,7 +353,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def to_config(exp: Experiment) -> ExperimentConfig:
+def to_config(exp: Experiment, holdout: float = 0.0) -> ExperimentConfig:
+    """The evaluator's snapshot of ``exp``; ``holdout``: its layer's holdout share."""
     return ExperimentConfig(
         id=exp.id, key=exp.key, status=exp.status, salt=exp.salt, phase=exp.phase,
         coverage=exp.coverage,
@@ -340,6 +364,7 @@ def to_config(exp: Experiment) -> ExperimentConfig:
         layer=exp.layer, layer_start=exp.layer_start, layer_end=exp.layer_end,
         treatment_paused=exp.treatment_paused, quality_sample=exp.quality_sample,
         dimensions=tuple(exp.dimensions or ()), sticky=bool(exp.sticky),
+        holdout=holdout if exp.layer is not None else 0.0,
     )
 
 
@@ -360,4 +385,26 @@ def resume_treatment(session: Session, exp: Experiment, actor: str, reason: str 
     return True
 
 
-__all__ += ["resume_treatment"]
+lock_layer = _lock_layer  # for the layer settings (abtest.services.layers)
+
+
+def rehearse_update(session: Session, key: str, payload: Any, actor: str,
+                    is_engine: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(before, after): the experiment's views around ``update_experiment(payload)``, then rolled
+    back, so nothing is written. Raises what the update would (ValidationError, Conflict, NotFound).
+    ``session`` is a plain session (``Database.session()``), not a transaction's: this rolls it back."""
+    try:
+        exp = get_experiment(session, key)
+        before = experiment_view(exp)
+        update_experiment(session, exp, payload, actor, is_engine)
+        return before, experiment_view(exp)
+    finally:
+        session.rollback()
+
+
+def opens_new_phase(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Does the change from view ``before`` to view ``after`` re-randomize every unit (a new phase)?"""
+    return int(after["phase"]) > int(before["phase"])
+
+
+__all__ += ["resume_treatment", "lock_layer", "rehearse_update", "opens_new_phase"]

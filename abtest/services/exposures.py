@@ -11,8 +11,14 @@ against the experiment (its variants, its current phase); a bad item is rejected
 siblings are stored.
 
 Item: ``{"exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen",
-"last_seen", "count", "sticky"}`` (``count`` >= 1, default 1; ``sticky`` default false; times
-as ISO-8601 or seconds since the epoch).
+"last_seen", "count", "sticky", "segments"}`` (``count`` >= 1, default 1; ``sticky`` default
+false; times as ISO-8601 or seconds since the epoch). ``segments`` (optional): the unit's levels
+of the experiment's dimensions, as the client computed them with the server's own function
+(:func:`abtest.client.segments.segment_levels`): an object whose keys are declared dimensions and
+whose values are declared levels of them or "other"; stored on the exposure row like those of a
+server-side assignment (the first exposure's are kept). ``"holdout": true`` marks a unit that its
+layer's holdout kept on the control: it must be in that holdout and name the control, and it
+goes to ``holdout_exposures`` (:mod:`abtest.services.layers`).
 """
 
 from __future__ import annotations
@@ -23,19 +29,21 @@ from typing import Any, Callable
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ..client.segments import OTHER_LEVEL
 from ..db import Database
 from ..errors import NotFound, PayloadTooLarge, ValidationError
-from ..evaluator import ExperimentConfig
+from ..evaluator import ExperimentConfig, bucket
 from ..models import ExposureId
 from ..validation import TEXT_ERROR, storable
 from .assigner import aggregate_exposures, exposure_upsert
 from .events import MAX_BATCH, MAX_FUTURE, IngestResult, Rejection
+from .layers import HoldoutItem, aggregate_holdouts, holdout_upsert
 from .sticky import sticky_insert, sticky_rows
 
 __all__ = ["ingest_exposures", "EXPOSURE_FIELDS"]
 
 EXPOSURE_FIELDS = frozenset({"exposure_id", "experiment", "phase", "unit_id", "variant", "first_seen",
-                             "last_seen", "count", "sticky"})
+                             "last_seen", "count", "sticky", "segments", "holdout"})
 _LIMITS = {"exposure_id": 64, "experiment": 100, "unit_id": 200, "variant": 100}
 
 
@@ -76,6 +84,23 @@ def _time(item: dict[str, Any], key: str, latest: datetime) -> datetime:
     return ts
 
 
+def _segments(raw: Any, config: ExperimentConfig) -> dict[str, str] | None:
+    """The item's segments: only declared dimensions, each a declared level or "other"."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _Bad("segments: must be an object of dimension -> level")
+    levels = {d["attribute"]: d["levels"] for d in config.dimensions}
+    for attribute, level in raw.items():
+        if attribute not in levels:
+            declared = ", ".join(sorted(levels)) or "none"
+            raise _Bad(f"segments: {attribute!r} is not a dimension of {config.key!r} (declared: {declared})"
+                       if storable(str(attribute)) else f"segments: {TEXT_ERROR}")
+        if type(level) is not str or (level != OTHER_LEVEL and level not in levels[attribute]):
+            raise _Bad(f"segments.{attribute}: must be one of the dimension's levels or {OTHER_LEVEL!r}")
+    return dict(raw) or None
+
+
 def _item(raw: Any, config_of: Callable[[str], ExperimentConfig], latest: datetime) -> tuple[str, tuple[Any, ...]]:
     if not isinstance(raw, dict):
         raise _Bad("must be an object")
@@ -97,10 +122,20 @@ def _item(raw: Any, config_of: Callable[[str], ExperimentConfig], latest: dateti
         raise _Bad("count: must be a positive integer")
     if type(sticky) is not bool:
         raise _Bad("sticky: must be true or false")
+    holdout = raw.get("holdout", False)
+    if type(holdout) is not bool:
+        raise _Bad("holdout: must be true or false")
     first, last = _time(raw, "first_seen", latest), _time(raw, "last_seen", latest)
     if first > last:
         raise _Bad("first_seen: must not be after last_seen")
-    return exposure_id, (config.id, phase, unit, variant, last, None, sticky and config.sticky, count, first)
+    if holdout:
+        if config.layer is None or not bucket(f"holdout:{config.layer}", unit) < config.holdout:
+            raise _Bad(f"holdout: unit {unit!r} is not in the holdout of {key!r}'s layer")
+        if variant != config.control.key:
+            raise _Bad(f"variant: a holdout unit gets the control {config.control.key!r}")
+        return exposure_id, HoldoutItem(config.id, phase, unit, config.layer, last, count, first)
+    segments = _segments(raw.get("segments"), config)
+    return exposure_id, (config.id, phase, unit, variant, last, segments, sticky and config.sticky, count, first)
 
 
 def ingest_exposures(db: Database, config_of: Callable[[str], ExperimentConfig], body: Any,
@@ -142,6 +177,10 @@ def _store(db: Database, items: dict[str, tuple[Any, ...]], now: datetime) -> in
         conn = session.connection()  # Core: one multi-row INSERT ... RETURNING per batch
         new = set(conn.execute(ids, [{"exposure_id": k, "received_at": now} for k in sorted(items)]).scalars())
         fresh = [items[k] for k in sorted(new)]
+        held = [item for item in fresh if isinstance(item, HoldoutItem)]
+        fresh = [item for item in fresh if not isinstance(item, HoldoutItem)]
+        if held:
+            session.execute(holdout_upsert(db.dialect), aggregate_holdouts(held))
         if fresh:
             session.execute(exposure_upsert(db.dialect), aggregate_exposures(fresh))
             sticky = sticky_rows(fresh)

@@ -38,10 +38,11 @@ from typing import Any, Protocol
 
 from ..errors import (ABTestError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout,
                       ValidationError)
-from ..evaluator import Assignment, ExperimentConfig, should_store
+from ..evaluator import Assignment, ExperimentConfig, in_holdout, should_store
 from ..prometheus import BATCH_BUCKETS, LATENCY_BUCKETS_MS, Registry
 from ..validation.experiments import segment_levels
 from .assigner import Assigner
+from .layers import HoldoutItem
 from .outcomes import OutcomeLog
 
 __all__ = ["InferenceService", "InferParams", "Dispatcher", "TokenStream", "QualityHook", "new_row", "started_at", "log_outcome"]
@@ -271,9 +272,12 @@ class InferenceService:
                        **_cost_columns(result, self.prices.get(row["engine"])))
             self.metrics.observe("abtest_batch_size", result["batch_size"], engine=row["engine"])
         segments, sticky = row.pop("segments", None), bool(row.pop("sticky_fresh", False))
-        exposure = ((row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"], segments,
-                     sticky)
-                    if row["in_experiment"] else None)  # committed with its outcome row
+        held = row.pop("holdout_layer", None)
+        exposure: tuple[Any, ...] | None = (
+            (row["experiment_id"], row["phase"], row["unit_id"], row["variant"], row["started_at"], segments, sticky)
+            if row["in_experiment"] else None)  # committed with its outcome row
+        if held is not None:
+            exposure = HoldoutItem(row["experiment_id"], row["phase"], row["unit_id"], held, row["started_at"])
         # the commit may take what is left of the caller's timeout, plus at most a second
         self.outcomes.write(row, exposure, timeout=min(5.0, max(1.0, t0 + self.timeout_s + 0.9 - time.perf_counter())))
         self.metrics.inc("abtest_requests_total", engine=row["engine"], variant=row["variant"] or "", status=status)
@@ -361,8 +365,10 @@ def new_row(request_id: str, assignment: Assignment, config: ExperimentConfig | 
             "phase": config.phase if config else None, "variant": assignment.variant if config else None,
             "engine": assignment.engine, "unit_id": unit_id, "in_experiment": assignment.in_experiment and config is not None,
             "shadow": False, "started_at": started,
-            # not a column: whether the exposure stores a fresh sticky assignment (finish takes it off)
-            "sticky_fresh": config is not None and should_store(config, assignment)}
+            # not columns: whether the exposure stores a fresh sticky assignment, and the layer whose
+            # holdout kept the unit on the control (a holdout exposure); finish takes them off
+            "sticky_fresh": config is not None and should_store(config, assignment),
+            "holdout_layer": config.layer if config is not None and in_holdout(assignment) else None}
 
 
 def log_outcome(row: Mapping[str, Any], status: str, http_status: int, code: str | None, message: str) -> None:

@@ -2,7 +2,8 @@
 
 Keys look like ``abt_<43 url-safe characters>`` (256 random bits), so a fast hash is enough:
 there is nothing to brute-force that a slow password hash would protect. Scopes: ``admin``
-(everything) and ``sdk`` (assign, infer and events only).
+(everything), ``viewer`` (read-only: experiment list and show, reports, the audit log, and the
+web console without its buttons) and ``sdk`` (assign, infer and events only).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from ..db import is_outage
 from ..errors import NotFound, ValidationError
 from ..models import ApiKey
 
-__all__ = ["SCOPES", "Principal", "create_key", "list_keys", "revoke_key", "hash_key", "KeyCache"]
+__all__ = ["SCOPES", "Principal", "create_key", "list_keys", "revoke_key", "revoke_key_id", "hash_key", "KeyCache",
+           "find_key", "key_by_id"]
 
-SCOPES = ("admin", "sdk")
+SCOPES = ("admin", "viewer", "sdk")
+# What each scope may do besides its own name: an admin key everything, a viewer key "viewer".
+_GRANTS = {"admin": frozenset(SCOPES), "viewer": frozenset({"viewer"}), "sdk": frozenset({"sdk"})}
 PREFIX = "abt_"
 
 
@@ -35,7 +39,9 @@ class Principal:
     scope: str
 
     def allows(self, scope: str) -> bool:
-        return self.scope == "admin" or self.scope == scope
+        """``admin`` allows everything; ``viewer`` the read-only (``viewer``) operations; ``sdk``
+        the SDK's."""
+        return scope in _GRANTS.get(self.scope, ())
 
 
 def hash_key(key: str) -> str:
@@ -73,6 +79,31 @@ def revoke_key(session: Session, name_or_prefix: str) -> int:
     return len(rows)
 
 
+def revoke_key_id(session: Session, key_id: int) -> ApiKey:
+    """Revoke the key with this id (NotFound when there is none or it is already revoked)."""
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None:
+        raise NotFound(f"no active key with id {key_id}")
+    row.revoked_at = datetime.now(timezone.utc)
+    return row
+
+
+def find_key(session: Session, key: str) -> ApiKey | None:
+    """The active key row of this key in clear, or None (unknown or revoked)."""
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    return row if row is not None and row.revoked_at is None else None
+
+
+def key_by_id(session: Session, key_id: int, hash_prefix: str) -> ApiKey | None:
+    """The active key row with this id whose hash starts with ``hash_prefix``, or None: how a
+    signed-in console session (which holds these two, never the key) is checked on each request,
+    so a revoked key stops working at once."""
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None or not hash_prefix or not row.key_hash.startswith(hash_prefix):
+        return None
+    return row
+
+
 class KeyCache:
     """Resolve keys to principals with a short TTL, so each request need not query the database.
 
@@ -86,6 +117,11 @@ class KeyCache:
         self.ttl, self.grace = ttl, grace
         self._entries: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        """Forget every cached answer (after a revocation: this process refuses the key at once)."""
+        with self._lock:
+            self._entries.clear()
 
     def resolve(self, session_factory, key: str) -> Principal | None:  # type: ignore[no-untyped-def]
         digest = hash_key(key)

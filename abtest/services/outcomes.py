@@ -40,6 +40,7 @@ from ..db import Database, is_outage
 from ..errors import BadRequest, ServiceUnavailable
 from ..models import RequestLog
 from .assigner import aggregate_exposures, exposure_upsert
+from .layers import HoldoutItem, aggregate_holdouts, holdout_upsert
 from .sticky import sticky_insert, sticky_rows
 from ..reports.rollups import insert_outcomes
 
@@ -56,7 +57,8 @@ _COLUMNS = tuple(c.name for c in RequestLog.__table__.columns)
 
 # An exposure to upsert: (experiment_id, phase, unit_id, variant, seen[, segment levels[, sticky[,
 # count, first_seen]]]); not the Exposure model. ``sticky`` True: a fresh assignment of a sticky
-# experiment, stored with it; ``count``/``first_seen``: a client's aggregate of several.
+# experiment, stored with it; ``count``/``first_seen``: a client's aggregate of several. A
+# :class:`~abtest.services.layers.HoldoutItem` is a holdout exposure (``holdout_exposures``).
 ExposureItem = tuple[Any, ...]
 _Entry = tuple["dict[str, Any] | None", "ExposureItem | None", "Future[None]"]
 
@@ -70,6 +72,7 @@ class OutcomeLog:
         self._closed = False
         self._exposures = exposure_upsert(db.dialect)
         self._sticky = sticky_insert(db.dialect)
+        self._holdouts = holdout_upsert(db.dialect)
         self.dropped: Counter[str] = Counter()  # entries the database refused: "requests" / "exposures"
         self._thread = threading.Thread(target=self._run, name="outcome-log", daemon=True)
         self._thread.start()
@@ -161,7 +164,8 @@ class OutcomeLog:
 
     def _transaction(self, batch: list[_Entry]) -> None:
         rows = [row for row, _, _ in batch if row is not None]
-        items = [e for _, e, _ in batch if e is not None]
+        items = [e for _, e, _ in batch if e is not None and not isinstance(e, HoldoutItem)]
+        holdouts = aggregate_holdouts(e for _, e, _ in batch if isinstance(e, HoldoutItem))
         exposures, sticky = aggregate_exposures(items), sticky_rows(items)
         with self.db.transaction() as session:
             if rows:
@@ -170,6 +174,8 @@ class OutcomeLog:
                 session.execute(self._exposures, exposures)
             if sticky:
                 session.execute(self._sticky, sticky)
+            if holdouts:
+                session.execute(self._holdouts, holdouts)
 
     def _refuse(self, entry: _Entry, exc: Exception) -> None:
         row, exposure, done = entry

@@ -19,6 +19,14 @@ Method (post-stratification by allocation period):
   enrolled units: the average effect over the enrolled population) and variance
   ``sum_k w_k^2 (s_Tk^2 / n_Tk + s_Ck^2 / n_Ck)``; a normal interval around it.
 
+The report applies the same pooling to its comparisons of any mean or ratio metric
+(:func:`stratified_test`): per cohort the difference of means (ratio metrics: of the ratios,
+delta-method variance), the standardized means ``C = sum_k w_k mean_Ck`` and
+``T = sum_k w_k mean_Tk`` with ``w_k = N_k / N`` over the cohorts where both variants have at
+least two units; absolute effect ``T - C`` (variance as above), relative lift ``T / C - 1`` by
+the delta method (``Var T / C^2 + T^2 Var C / C^4``, the two arms being independent), normal
+intervals and p-values.
+
 ``tests/stats/test_allocation.py`` shows both in a simulation with a time trend: the naive
 difference is biased, the pooled one is not, and its interval covers at the nominal rate.
 """
@@ -27,14 +35,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from scipy import stats as sps
 
-from ._common import check_alpha
+from ._common import (
+    MSG_EMPTY_VARIANT,
+    MSG_TOO_FEW_UNITS,
+    MSG_ZERO_BASELINE,
+    MSG_ZERO_RELATIVE_VARIANCE,
+    MSG_ZERO_VARIANCE,
+    Effect,
+    check_alpha,
+)
+from .frequentist import Comparison
 from .srm import DEFAULT_SRM_THRESHOLD, srm_test
 
-__all__ = ["Cohort", "CohortSRM", "PooledEffect", "cohort_srm", "pooled_effect", "naive_difference"]
+__all__ = ["Cohort", "CohortSRM", "PooledEffect", "CohortPart", "Stratified", "cohort_srm", "pooled_effect",
+           "naive_difference", "stratified_test"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +134,83 @@ def naive_difference(cohorts: Sequence[Cohort], control: str, treatment: str) ->
         n = sum(c.n(v) for c in cohorts)
         return sum(c.stats.get(v, (0, 0.0, 0.0))[1] for c in cohorts) / n
     return mean(treatment) - mean(control)
+
+
+@dataclass(frozen=True)
+class CohortPart:
+    """One cohort of a :func:`stratified_test`: its units (every variant), per variant units,
+    its weight in the pooled estimate (0 when unused) and its own difference of means."""
+
+    cohort: str
+    units: int
+    variant_units: Mapping[str, int]
+    weight: float
+    difference: float | None
+    se: float | None
+
+
+@dataclass(frozen=True)
+class Stratified:
+    """The pooled comparison (a :class:`~abtest.stats.Comparison` whose means are the
+    standardized ones) and the cohorts it pooled."""
+
+    comparison: Comparison
+    cohorts: tuple[CohortPart, ...]
+
+
+def _normal_effect(estimate: float, se: float, alpha: float) -> Effect:
+    z = float(sps.norm.ppf(1 - alpha / 2))
+    p = float(2 * sps.norm.sf(abs(estimate) / se))
+    return Effect(estimate, se, estimate - z * se, estimate + z * se, min(p, 1.0), None)
+
+
+def _usable(stats: Any) -> bool:
+    return stats.n >= 2 and math.isfinite(stats.mean) and math.isfinite(stats.variance)
+
+
+def stratified_test(cohorts: Mapping[str, Mapping[str, Any]], control: str, treatment: str,
+                    alpha: float = 0.05) -> Stratified:
+    """Treatment vs control post-stratified by cohort (see the module doc).
+
+    ``cohorts``: cohort label -> variant -> :class:`~abtest.stats.MeanStats` or
+    :class:`~abtest.stats.RatioStats` of the units first assigned in that cohort. ``N_k`` is
+    the cohort's units over every variant given. Cohorts where the control or the treatment has
+    fewer than two units (or no defined mean) are left out, the weights renormalized over the
+    others. Never raises for data states (the comparison's ``error`` says why).
+    """
+    alpha = check_alpha(alpha)
+    sizes = {k: sum(int(s.n) for s in by.values()) for k, by in cohorts.items()}
+    used = [k for k, by in cohorts.items() if control in by and treatment in by
+            and _usable(by[control]) and _usable(by[treatment])]
+    total = sum(sizes[k] for k in used)
+    parts, c_mean, t_mean, c_var, t_var = [], 0.0, 0.0, 0.0, 0.0
+    for k, by in cohorts.items():
+        units = {v: int(s.n) for v, s in by.items()}
+        if k not in used:
+            parts.append(CohortPart(k, sizes[k], units, 0.0, None, None))
+            continue
+        c, t, w = by[control], by[treatment], sizes[k] / total
+        vc, vt = c.variance / c.n, t.variance / t.n
+        c_mean, t_mean = c_mean + w * c.mean, t_mean + w * t.mean
+        c_var, t_var = c_var + w * w * vc, t_var + w * w * vt
+        parts.append(CohortPart(k, sizes[k], units, w, t.mean - c.mean, math.sqrt(vt + vc)))
+    n_c = sum(int(by[control].n) for k, by in cohorts.items() if k in used)
+    n_t = sum(int(by[treatment].n) for k, by in cohorts.items() if k in used)
+    if not used:
+        empty = any(sum(int(by[v].n) for by in cohorts.values() if v in by) == 0 for v in (control, treatment))
+        error = MSG_EMPTY_VARIANT if empty else MSG_TOO_FEW_UNITS
+        return Stratified(Comparison(None, None, n_c, n_t, alpha, None, None, error=error), tuple(parts))
+    base: dict[str, Any] = dict(control_mean=c_mean, treatment_mean=t_mean, n_control=n_c, n_treatment=n_t,
+                                alpha=alpha)
+    if not c_var + t_var > 0:
+        return Stratified(Comparison(**base, absolute=None, relative=None, error=MSG_ZERO_VARIANCE), tuple(parts))
+    absolute = _normal_effect(t_mean - c_mean, math.sqrt(c_var + t_var), alpha)
+    if c_mean == 0:
+        return Stratified(Comparison(**base, absolute=absolute, relative=None, relative_error=MSG_ZERO_BASELINE),
+                          tuple(parts))
+    rel_var = t_var / c_mean ** 2 + t_mean ** 2 * c_var / c_mean ** 4
+    if not rel_var > 0:
+        return Stratified(Comparison(**base, absolute=absolute, relative=None,
+                                     relative_error=MSG_ZERO_RELATIVE_VARIANCE), tuple(parts))
+    relative = _normal_effect(t_mean / c_mean - 1, math.sqrt(rel_var), alpha)
+    return Stratified(Comparison(**base, absolute=absolute, relative=relative), tuple(parts))

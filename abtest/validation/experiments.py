@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..client.segments import MAX_DIMENSIONS, MAX_LEVEL_LENGTH, MAX_LEVELS, OTHER_LEVEL, segment_levels
 from ..evaluator import TARGETING_OPERATORS
 from ..errors import ValidationError
 from ..reports.catalogue import builtin_directions
@@ -61,6 +62,7 @@ __all__ = [
     "parse_policy",
     "parse_cuped",
     "parse_dimensions",
+    "segment_levels",
     "UNIT_ATTRIBUTES",
     "DECISIONS",
     "METRIC_KINDS",
@@ -71,7 +73,8 @@ __all__ = [
 BUILTIN_METRICS: dict[str, str] = builtin_directions()
 DEFAULT_GUARDRAILS = ("error_rate", "latency_p99_ms")
 MUTABLE_FIELDS = ("name", "hypothesis", "owner", "coverage", "variants", "targeting", "forced", "metrics",
-                  "decision", "quality_sample", "cuped", "dimensions", "sticky", "treatment_paused")
+                  "decision", "quality_sample", "cuped", "dimensions", "sticky", "ramp", "start_at", "stop_at",
+                  "treatment_paused")
 DECISIONS = ("superiority", "non_inferiority")
 METRIC_KINDS = ("binary", "count", "sum", "cost_per_event")
 CREATE_FIELDS = ("key", "layer", "layer_share", *MUTABLE_FIELDS[:-1])
@@ -84,12 +87,10 @@ MAX_TARGETING_TEXT = 200
 MAX_UNIT_ID = 200
 # Segments: the unit attributes a dimension may break results down by (besides those the
 # experiment targets on), at most MAX_DIMENSIONS of them with at most MAX_LEVELS named levels
-# each (every other value counts as "other"), and the longest CUPED lookback.
+# each (every other value counts as "other"; abtest.client.segments, shared with the SDK), and
+# the longest CUPED lookback.
 UNIT_ATTRIBUTES = ("country", "region", "language", "device", "platform", "os", "browser", "app_version",
                    "plan", "tier", "channel", "cohort")
-MAX_DIMENSIONS = 5
-MAX_LEVELS = 20
-OTHER_LEVEL = "other"
 MAX_LOOKBACK_DAYS = 365
 DEFAULT_LOOKBACK_DAYS = 14
 
@@ -256,27 +257,13 @@ def parse_dimensions(raw: Any, targeting: list[dict[str, Any]]) -> list[dict[str
             raise ValidationError(f"{path}.levels", f"a dimension has 1 to {MAX_LEVELS} levels (the rest count as "
                                   f"{OTHER_LEVEL!r}), got {len(levels)}")
         for j, level in enumerate(levels):
-            if not isinstance(level, str) or not level or len(level) > 100 or level == OTHER_LEVEL:
-                raise ValidationError(f"{path}.levels[{j}]", f"must be a non-empty string of at most 100 "
+            if not isinstance(level, str) or not level or len(level) > MAX_LEVEL_LENGTH or level == OTHER_LEVEL:
+                raise ValidationError(f"{path}.levels[{j}]", f"must be a non-empty string of at most {MAX_LEVEL_LENGTH} "
                                       f"characters other than {OTHER_LEVEL!r}")
         if len(set(levels)) != len(levels):
             raise ValidationError(f"{path}.levels", "levels must be distinct")
-        check_json(levels, f"{path}.levels", max_len=100)
+        check_json(levels, f"{path}.levels", max_len=MAX_LEVEL_LENGTH)
         out.append({"attribute": attribute, "levels": list(levels)})
-    return out
-
-
-def segment_levels(dimensions: list[dict[str, Any]] | None, attributes: Mapping[str, Any] | None) -> dict[str, str] | None:
-    """A unit's level per dimension: its attribute's value when declared, else "other"."""
-    if not dimensions:
-        return None
-    attributes = attributes or {}
-    out = {}
-    for d in dimensions:
-        value = attributes.get(d["attribute"])
-        value = value if isinstance(value, str) else (str(value) if isinstance(value, (int, float))
-                                                      and not isinstance(value, bool) else None)
-        out[d["attribute"]] = value if value in d["levels"] else OTHER_LEVEL
     return out
 
 

@@ -47,3 +47,24 @@ def test_a_key_without_bearer_is_told_the_header_shape(client, admin) -> None:
     assert reply.get_json()["error"]["message"] == "malformed Authorization header: it must be 'Bearer <key>'"
     reply = client.get("/v1/experiments")
     assert reply.status_code == 401 and reply.get_json()["error"]["message"].startswith("missing API key")
+
+
+def test_viewer_scope_reads_but_changes_nothing(client, services, make_experiment) -> None:
+    from abtest.services.keys import create_key
+
+    make_experiment("exp-1", start=True)
+    with services.db.transaction() as session:
+        viewer = {"Authorization": f"Bearer {create_key(session, 'look', 'viewer')}"}
+    for path in ("/v1/experiments", "/v1/experiments/exp-1", "/v1/experiments/exp-1/audit",
+                 "/v1/experiments/exp-1/report", "/v1/experiments/exp-1/report?format=html"):
+        assert client.get(path, headers=viewer).status_code == 200, path
+    refused = [
+        client.post("/v1/experiments", json=experiment_payload("exp-2"), headers=viewer),
+        client.patch("/v1/experiments/exp-1", json={"coverage": 0.5}, headers=viewer),
+        client.post("/v1/experiments/exp-1/pause", headers=viewer),
+        client.get("/v1/experiments/exp-1/export?table=exposures", headers=viewer),
+        client.post("/v1/assign", json={"experiment": "exp-1", "unit_id": "u1"}, headers=viewer),
+    ]
+    assert [r.status_code for r in refused] == [403] * len(refused)
+    assert client.get("/v1/experiments/exp-2", headers=viewer).status_code == 404  # nothing was created
+    assert client.get("/v1/experiments/exp-1", headers=viewer).get_json()["status"] == "running"

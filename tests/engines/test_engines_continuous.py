@@ -14,7 +14,7 @@ def test_continuous_matches_static_results(tiny_engines, name):
     lens = [3, 17, 8, 25, 1, 12]
     reqs = [GenerationRequest(p, max_new_tokens=n) for p, n in zip(prompts, lens)]
     expected = [r.text for r in eng.generate(reqs)]
-    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5) as s:
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5, idle_gap_ms=5) as s:
         futs = [s.submit(r) for r in reqs]
         res = [f.result(60) for f in futs]
     assert [r.text for r in res] == expected
@@ -24,7 +24,7 @@ def test_continuous_matches_static_results(tiny_engines, name):
 
 def test_continuous_requests_join_and_leave(tiny_engines):
     eng = tiny_engines["v1-fp32"]
-    with ContinuousBatchingScheduler(eng, max_batch_size=8, max_wait_ms=1) as s:
+    with ContinuousBatchingScheduler(eng, max_batch_size=8, max_wait_ms=1, idle_gap_ms=1) as s:
         long = s.submit(GenerationRequest("import os", max_new_tokens=120))
         time.sleep(0.05)
         shorts = [s.submit(GenerationRequest(f"x = {i}", max_new_tokens=3)) for i in range(3)]
@@ -38,7 +38,7 @@ def test_continuous_requests_join_and_leave(tiny_engines):
 
 def test_continuous_errors_and_threads(tiny_engines):
     eng = tiny_engines["v2-int4"]
-    with ContinuousBatchingScheduler(eng, max_batch_size=6, max_wait_ms=5) as s:
+    with ContinuousBatchingScheduler(eng, max_batch_size=6, max_wait_ms=5, idle_gap_ms=5) as s:
         bad = s.submit(GenerationRequest("y" * 6000, max_new_tokens=2))
         zero = s.submit(GenerationRequest("ok", max_new_tokens=0))
         results = {}
@@ -61,3 +61,93 @@ def test_continuous_errors_and_threads(tiny_engines):
     # seeded sampling is reproducible in any batch company
     again = eng.generate([GenerationRequest("value_3 = 3", max_new_tokens=8, seed=3, temperature=0.7)])[0]
     assert again.text == results[3].text
+
+
+@pytest.mark.parametrize("kind", ["static", "continuous"])
+def test_the_spec_chooses_the_serving_scheduler(tiny_specs, tiny_engines, kind):
+    """workers' EngineHost (embedded and Celery serving) builds the scheduler the spec names,
+    and both give the engine's own greedy text."""
+    import dataclasses
+
+    from engines import BatchingScheduler
+    from workers.host import EngineHost
+
+    spec = dataclasses.replace(tiny_specs["v1-fp32"], scheduler=kind)
+    host = EngineHost({"v1-fp32": spec})
+    request = GenerationRequest("def f(x):", max_new_tokens=6)
+    try:
+        scheduler = host.scheduler("v1-fp32")
+        assert type(scheduler) is (ContinuousBatchingScheduler if kind == "continuous" else BatchingScheduler)
+        assert scheduler.submit(request).result(60).text == tiny_engines["v1-fp32"].generate([request])[0].text
+    finally:
+        host.close()
+
+
+def test_an_unknown_scheduler_is_refused_by_name():
+    from engines import EngineSpec
+
+    with pytest.raises(ValueError, match="field 'scheduler' must be one of"):
+        EngineSpec(name="e", checkpoint="c", scheduler="eager")
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        EngineSpec(name="e", checkpoint="c", prefill_chunk=0)
+
+
+def test_continuous_results_carry_their_compute_share(tiny_engines):
+    """Each request is charged its share of the prefills and decode steps it ran in (the cost
+    metrics price it), as in a static batch."""
+    eng = tiny_engines["v1-fp32"]
+    requests = [GenerationRequest(f"x = {i}", max_new_tokens=4 + i) for i in range(4)]
+    static = eng.generate(requests)
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5, idle_gap_ms=5) as s:
+        results = [f.result(60) for f in [s.submit(r) for r in requests]]
+    assert all(r.compute_ms is not None and r.compute_ms > 0 for r in results + static)
+    assert all(r.compute_ms <= r.total_ms + 1e-6 for r in results)
+
+
+LONG = "def add(a, b):\n    return a + b\n\nclass Stack:\n    def push(self, x):\n        self.items.append(x)\n" * 4
+
+
+@pytest.mark.parametrize("name", ["v1-fp32", "v2-int4"])
+def test_chunked_prefill_gives_the_static_batchs_tokens(tiny_engines, name):
+    eng = tiny_engines[name]
+    assert len(eng.encode(LONG)) > 5 * 16
+    requests = [GenerationRequest(LONG + f"# {i}", max_new_tokens=6 + i) for i in range(3)]
+    requests.append(GenerationRequest("x = 1", max_new_tokens=5))
+    expected = [r.token_ids for r in eng.generate(requests)]
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=5, idle_gap_ms=5, prefill_chunk=16) as s:
+        got = [f.result(120).token_ids for f in [s.submit(r) for r in requests]]
+        assert s.prefill_chunks_run >= 3 * 5
+    assert got == expected
+
+
+def test_a_long_prompt_joining_stalls_running_decodes_by_one_chunk_at_most(tiny_engines):
+    """Between two chunks of a joining long prompt, the running request takes a decode step."""
+    eng = tiny_engines["v1-fp32"]
+    seen: list[int] = []
+
+    class Watched(ContinuousBatchingScheduler):
+        def _prefill_step(self):
+            running = [lv for lv in self._live if lv.row.req.prompt == "import os"]
+            seen.append(len(running[0].row.gen) if running else -1)
+            super()._prefill_step()
+
+    with Watched(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, prefill_chunk=16) as s:
+        running = s.submit(GenerationRequest("import os", max_new_tokens=150))
+        while s.steps_run < 3:
+            time.sleep(0.005)
+        joining = s.submit(GenerationRequest(LONG, max_new_tokens=3))
+        assert joining.result(120).completion_tokens == 3
+        running.result(120)
+    chunks = [n for n in seen if n >= 0]
+    assert len(chunks) >= 5 and all(b == a + 1 for a, b in zip(chunks, chunks[1:]))  # one step per chunk
+
+
+def test_a_caller_that_leaves_during_a_long_prefill_ends_expired(tiny_engines):
+    from engines.scheduler import Expired
+
+    eng = tiny_engines["v1-fp32"]
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, prefill_chunk=16) as s:
+        future = s.submit(GenerationRequest(LONG, max_new_tokens=3), deadline=time.time() - 1)
+        with pytest.raises(Expired):
+            future.result(60)
+        assert s.submit(GenerationRequest("x = 2", max_new_tokens=2)).result(60).completion_tokens == 2

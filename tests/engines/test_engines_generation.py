@@ -176,7 +176,7 @@ def test_hybrid_lower_layers_use_sliding_window(tiny_engines):
     # global layers see everything
     assert not torch.allclose(ha[-1][0, -1], hb[-1][0, -1], atol=1e-4)
     # a dense engine on the same checkpoint sees the change in its first layer
-    from engines.model import DecoderRunner
+    from engines.decoder import DecoderRunner
 
     dense = DecoderRunner(eng.loaded, 512, "dense")
     with torch.inference_mode():
@@ -217,21 +217,22 @@ def test_closed_engine_refuses(tiny_specs):
 
 
 def test_large_batches_split_by_size_and_kv_budget(tiny_engines, monkeypatch):
-    import engines.runtime as rt
+    from dataclasses import replace
 
     eng = tiny_engines["v1-fp32"]
     reqs = [GenerationRequest(f"x = {i}", max_new_tokens=4) for i in range(6)]
-    monkeypatch.setattr(rt, "_KV_BUDGET_BYTES", 10**12)
-    monkeypatch.setattr(eng, "spec", __import__("dataclasses").replace(eng.spec, max_batch_size=4))
+    monkeypatch.setattr(eng, "spec", replace(eng.spec, max_batch_size=4, kv_budget_gb=1000.0))
     assert [r.batch_size for r in eng.generate(reqs)] == [4, 4, 4, 4, 2, 2]
     r = eng.runner
     per_seq = r.n_layers * 2 * r.n_kv * r.head_dim * 4 * (len(eng.encode("x = 1")) + 4)
-    monkeypatch.setattr(rt, "_KV_BUDGET_BYTES", int(per_seq * 2.5))
+    monkeypatch.setattr(eng, "spec", replace(eng.spec, max_batch_size=4, kv_budget_gb=per_seq * 2.5 / 2**30))
     assert [r.batch_size for r in eng.generate(reqs)] == [2, 2, 2, 2, 2, 2]
+    with pytest.raises(ValueError, match="kv_budget_gb"):
+        replace(eng.spec, kv_budget_gb=0)
 
 
 def test_rope_helper_equals_rotate_half_formula():
-    from engines.model import _rope, _rotate_half
+    from engines.decoder import _rope, _rotate_half
 
     torch.manual_seed(0)
     x = torch.randn(2, 4, 3, 8)

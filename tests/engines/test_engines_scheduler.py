@@ -36,7 +36,7 @@ class FakeEngine:
 
 def test_flush_on_size():
     eng = FakeEngine()
-    with BatchingScheduler(eng, max_batch_size=4, max_wait_ms=10_000, max_queue=100) as s:
+    with BatchingScheduler(eng, max_batch_size=4, max_wait_ms=10_000, idle_gap_ms=10_000, max_queue=100) as s:
         t0 = time.monotonic()
         futs = [s.submit(GenerationRequest(f"p{i}")) for i in range(4)]
         res = [f.result(timeout=5) for f in futs]
@@ -47,7 +47,7 @@ def test_flush_on_size():
 
 def test_flush_on_deadline():
     eng = FakeEngine()
-    with BatchingScheduler(eng, max_batch_size=100, max_wait_ms=60, max_queue=100) as s:
+    with BatchingScheduler(eng, max_batch_size=100, max_wait_ms=60, idle_gap_ms=10_000, max_queue=100) as s:
         t0 = time.monotonic()
         f1 = s.submit(GenerationRequest("a"))
         time.sleep(0.02)
@@ -61,7 +61,7 @@ def test_flush_on_deadline():
 
 def test_results_map_to_callers_and_errors_propagate():
     eng = FakeEngine()
-    with BatchingScheduler(eng, max_batch_size=8, max_wait_ms=20) as s:
+    with BatchingScheduler(eng, max_batch_size=8, max_wait_ms=20, idle_gap_ms=20) as s:
         futs = {p: s.submit(GenerationRequest(p)) for p in ["x1", "bad2", "x3", "x4"]}
         assert futs["x1"].result(5).text == "X1" and futs["x4"].result(5).text == "X4"
         with pytest.raises(InvalidRequest, match="bad2"):
@@ -101,7 +101,7 @@ def test_overloaded_when_full():
 def test_close_drains_then_refuses():
     eng = FakeEngine()
     eng.gate.clear()
-    s = BatchingScheduler(eng, max_batch_size=2, max_wait_ms=10_000, max_queue=100)
+    s = BatchingScheduler(eng, max_batch_size=2, max_wait_ms=10_000, idle_gap_ms=10_000, max_queue=100)
     futs = [s.submit(GenerationRequest(f"d{i}")) for i in range(5)]
     threading.Timer(0.1, eng.gate.set).start()
     s.close(drain=True, timeout=10)
@@ -151,7 +151,7 @@ def test_many_threads_real_engine(tiny_engines):
     expected = {p: r.text for p, r in zip(prompts, eng.generate([GenerationRequest(p, max_new_tokens=8) for p in prompts]))}
     results: dict = {}
     errors = []
-    with BatchingScheduler(eng, max_batch_size=16, max_wait_ms=30, max_queue=256) as s:
+    with BatchingScheduler(eng, max_batch_size=16, max_wait_ms=30, idle_gap_ms=30, max_queue=256) as s:
         def worker(k):
             try:
                 for j in range(3):
@@ -207,7 +207,7 @@ def test_an_abandoned_running_request_ends_expired_and_the_rest_are_served():
 
     eng = HonouringEngine()
     eng.gate.clear()
-    with BatchingScheduler(eng, max_batch_size=2, max_wait_ms=10_000, max_queue=10) as s:
+    with BatchingScheduler(eng, max_batch_size=2, max_wait_ms=10_000, idle_gap_ms=10_000, max_queue=10) as s:
         gone, kept = s.submit(GenerationRequest("gone")), s.submit(GenerationRequest("kept"))
         deadline = time.monotonic() + 5
         while not gone.running() and time.monotonic() < deadline:
@@ -218,3 +218,56 @@ def test_an_abandoned_running_request_ends_expired_and_the_rest_are_served():
         with pytest.raises(Expired):
             gone.result(5)
         assert kept.result(5).text == "KEPT"
+
+
+def test_an_idle_engine_starts_a_lone_request_at_once():
+    """max_wait_ms bounds how long a request waits for company; with no other request arriving
+    within idle_gap_ms there is none to wait for, so it runs at once."""
+    eng = FakeEngine()
+    with BatchingScheduler(eng, max_batch_size=100, max_wait_ms=30_000, idle_gap_ms=1, max_queue=100) as s:
+        result = s.submit(GenerationRequest("alone")).result(timeout=20)  # far short of 30 s
+        assert eng.batches == [["alone"]]
+        assert result.queue_ms < 15_000
+
+
+def test_a_burst_inside_the_idle_gap_runs_as_one_batch():
+    eng = FakeEngine()
+    with BatchingScheduler(eng, max_batch_size=100, max_wait_ms=30_000, idle_gap_ms=2_000, max_queue=100) as s:
+        futures = [s.submit(GenerationRequest(f"p{i}")) for i in range(6)]
+        assert [f.result(timeout=20).batch_size for f in futures] == [6] * 6
+        assert eng.batches == [[f"p{i}" for i in range(6)]]
+
+
+def test_the_idle_gap_is_a_spec_field_and_validated():
+    from engines import EngineSpec
+
+    spec = EngineSpec(name="e", checkpoint="c", idle_gap_ms=0.5)
+    with BatchingScheduler(FakeEngine(spec)) as s:
+        assert s.idle_gap_ms == 0.5
+    assert EngineSpec(name="e", checkpoint="c").idle_gap_ms == 2.0
+    with pytest.raises(ValueError, match="idle_gap_ms"):
+        EngineSpec(name="e", checkpoint="c", idle_gap_ms=-1)
+    with pytest.raises(ValueError, match="idle_gap_ms"):
+        BatchingScheduler(FakeEngine(), idle_gap_ms=-1)
+
+
+def test_batch_statistics_stay_bounded():
+    from engines.scheduler import BATCH_SIZES_KEPT
+
+    eng = FakeEngine()
+    with BatchingScheduler(eng, max_batch_size=1, max_wait_ms=0, max_queue=100) as s:
+        s.batch_sizes.extend([1] * (BATCH_SIZES_KEPT + 10))  # as if that many batches had run
+        s.submit(GenerationRequest("last")).result(timeout=10)
+        assert len(s.batch_sizes) == BATCH_SIZES_KEPT and s.batches_run == 1
+
+
+def test_importing_engines_sets_nothing_and_the_entry_points_tune_openmp():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    code = ("import os, engines, engines.spec, engines.types; before = os.environ.get('GOMP_SPINCOUNT'); "
+            "engines.tune_openmp(); print(before, os.environ.get('GOMP_SPINCOUNT'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "20000"]

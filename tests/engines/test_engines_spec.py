@@ -21,9 +21,18 @@ def test_builtins(tmp_path):
     assert (v1.max_batch_size, v1.max_wait_ms, v1.max_queue) == (256, 50.0, 1024)
 
 
-def test_env_root(monkeypatch, tmp_path):
+def test_the_engines_read_no_environment_and_their_commands_pass_it_in(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from engines.cli import engines as engines_cli
+
     monkeypatch.setenv("ABTEST_CHECKPOINT_DIR", str(tmp_path))
-    assert builtin_specs()["v2-int4"].checkpoint == str(tmp_path / "v2-int4")
+    monkeypatch.chdir(tmp_path)
+    assert builtin_specs()["v2-int4"].checkpoint == str(tmp_path / "var" / "checkpoints" / "v2-int4")
+    out = CliRunner().invoke(engines_cli, ["list"])
+    assert out.exit_code == 0, out.output
+    listed = {json.loads(line)["name"]: json.loads(line)["checkpoint"] for line in out.output.splitlines()}
+    assert listed["v2-int4"] == str(tmp_path / "v2-int4")  # the command took $ABTEST_CHECKPOINT_DIR
 
 
 def test_registry_override_and_extend(tmp_path):

@@ -23,7 +23,7 @@ class Collector:
 @pytest.mark.parametrize("scheduler", [BatchingScheduler, ContinuousBatchingScheduler])
 def test_deltas_join_up_to_the_text_and_plain_requests_share_the_batch(tiny_engines, scheduler):
     eng = tiny_engines["v1-fp32"]
-    with scheduler(eng, max_batch_size=8, max_wait_ms=200) as s:
+    with scheduler(eng, max_batch_size=8, max_wait_ms=200, idle_gap_ms=200) as s:
         streamed, sampled = Collector(), Collector()
         f1 = s.submit(GenerationRequest("hello there", max_new_tokens=24), on_text=streamed)
         f2 = s.submit(GenerationRequest("hello there", max_new_tokens=24))

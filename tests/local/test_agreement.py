@@ -1,6 +1,6 @@
 """The SDK's local evaluation and the server's evaluator agree: 1,000,000 random (experiment,
-unit, attributes) cases, across coverage, every targeting operator, layers, forced units,
-paused treatments, phases and sticky variants. The server side is the config the server
+unit, attributes) cases, across coverage, every targeting operator, layers and their holdouts,
+forced units, paused treatments, phases and sticky variants. The server side is the config the server
 assigns from (read from the database by its config cache); the SDK side is the same
 experiment as the SDK reads it from ``GET /v1/sdk/definitions``. A sample also goes through
 ``POST /v1/assign`` and a locally evaluating client end to end."""
@@ -21,6 +21,8 @@ from abtest.evaluator import TARGETING_OPERATORS, assign
 from tests.conftest import experiment_payload
 
 CASES = 1_000_000
+# The layers' holdout shares (layer-3 has none), set before any of their experiments starts.
+HOLDOUTS = {"layer-0": 0.3, "layer-1": 0.5, "layer-2": 0.05}
 COUNTRIES = ["US", "CA", "FR", "DE", "JP"]
 VERSIONS = ["1.0.0", "1.2", "2.0.1", "v2.3.0", "10.0", "bad"]
 
@@ -48,6 +50,11 @@ def _attributes(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.5:
         attrs["plan"] = rng.choice(["pro", "free"])
     return attrs
+
+
+def _holdouts(client: Any, admin: dict[str, str]) -> None:
+    for layer, share in HOLDOUTS.items():
+        assert client.put(f"/v1/layers/{layer}", json={"holdout": share}, headers=admin).status_code == 200
 
 
 def _make(client: Any, admin: dict[str, str], rng: random.Random, i: int) -> str:
@@ -78,11 +85,13 @@ def _make(client: Any, admin: dict[str, str], rng: random.Random, i: int) -> str
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_million_cases_agree_between_the_sdk_and_the_server(app, client, admin, sdk, services) -> None:
     rng = random.Random(20261201)
+    _holdouts(client, admin)
     keys = [_make(client, admin, rng, i) for i in range(48)]
     reply = client.get("/v1/sdk/definitions", headers=sdk)
     _, local = defs.parse(reply.get_json())
     server = {k: services.configs.get(k) for k in keys}
     assert set(local) == set(keys)
+    assert {c.layer: c.holdout for c in server.values() if c.holdout} == HOLDOUTS  # the server's own shares
     forced = {k: sorted(c.forced) for k, c in server.items()}
 
     reasons: Counter[str] = Counter()
@@ -101,13 +110,14 @@ def test_a_million_cases_agree_between_the_sdk_and_the_server(app, client, admin
     assert mismatches == []
     # every path of the evaluator was exercised, each many times
     assert set(reasons) == {"assigned", "sticky", "forced", "not_running", "targeting", "layer", "coverage",
-                            "treatment_paused"}
+                            "holdout", "treatment_paused"}
     assert min(reasons.values()) > 1000
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_http_path_and_a_local_client_agree_end_to_end(app, client, admin, sdk, services) -> None:
     rng = random.Random(7)
+    _holdouts(client, admin)
     keys = [_make(client, admin, rng, i) for i in range(24)]
     with Client("http://testserver", sdk["Authorization"].split()[1], transport=httpx.WSGITransport(app=app),
                 evaluation="local", refresh_interval=3600, sticky_store=InMemoryStickyStore()) as local:
@@ -118,4 +128,4 @@ def test_the_http_path_and_a_local_client_agree_end_to_end(app, client, admin, s
             remote = client.post("/v1/assign", json=body, headers=sdk).get_json()
             assert local.assign(key, unit, attrs).raw == remote, body
             reasons[remote["reason"]] += 1
-    assert reasons["sticky"] > 0 and reasons["assigned"] > 0
+    assert reasons["sticky"] > 0 and reasons["assigned"] > 0 and reasons["holdout"] > 0

@@ -19,7 +19,8 @@ from abtest.validation.experiments import BUILTIN_METRICS, parse_metrics
 from .factories import T0, simple
 
 ROOT = Path(__file__).resolve().parents[2] / "abtest"
-PURE = ("catalogue.py", "statuses.py", "model.py", "specs.py", "metrics.py", "blocks.py", "html.py", "svg.py")
+PURE = ("catalogue.py", "statuses.py", "model.py", "specs.py", "metrics.py", "blocks.py", "html.py", "svg.py",
+        "holdout_html.py")
 
 
 def _imports(path: Path) -> set[str]:

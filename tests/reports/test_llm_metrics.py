@@ -73,7 +73,9 @@ def _fill(f: Any, rng: np.random.Generator, *, priced: Mapping[str, bool], units
 
 @pytest.fixture
 def llm(factory):  # type: ignore[no-untyped-def]
-    f = factory("exp-1", metrics=METRICS)
+    # The hand computation is the plain delta method: for the units first exposed after T0, the
+    # rows "no metric may count" are history CUPED would adjust on (test_cuped_builtins.py).
+    f = factory("exp-1", metrics=METRICS, cuped={"enabled": False})
     _fill(f, np.random.default_rng(11), priced={"control": True, "treatment": True})
     return f
 

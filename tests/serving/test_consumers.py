@@ -31,6 +31,8 @@ def test_an_engine_without_a_worker_is_named_and_refused_at_once(pg_url, redis_u
         assert health.status_code == 200 and body["status"] == "degraded"
         assert body["checks"]["engines"]["v1-fp32"] == "ready" and body["checks"]["engines"]["v2-int4"] == "no_consumer"
         assert body["checks"]["engine_problems"]["v2-int4"] == "no worker consumes queue engine.v2-int4"
+        seen = app.extensions["abtest"].inference.dispatcher.workers_seen()  # the console's engines page
+        assert (seen["v1-fp32"], seen["v2-int4"]) == (1, 0)
 
         served: dict[str, dict] = {}
         refused: dict[str, tuple[int, dict, str | None]] = {}
