@@ -165,14 +165,14 @@ def test_spec_int4_kernel_field():
 def _record_logits(eng, monkeypatch):
     """Per request object: the logits its every sampled token was chosen from."""
     seen: dict[int, list[torch.Tensor]] = {}
-    orig = eng._sample
+    orig = eng.sample
 
     def sample(logits, rows):
         for j, r in enumerate(rows):
             seen.setdefault(id(r.req), []).append(logits[j].float().clone())
         return orig(logits, rows)
 
-    monkeypatch.setattr(eng, "_sample", sample)
+    monkeypatch.setattr(eng, "sample", sample)
     return seen
 
 
