@@ -1,9 +1,10 @@
 """Just-in-time build and load of the batched INT4 C++ kernel (``torch.ops.abtest_int4``).
 
 Compiled once per source version and torch version with ``torch.utils.cpp_extension.load``
-into ``$ABTEST_TORCH_EXTENSIONS_DIR`` (default ``var/torch_extensions`` under the current
-directory), under a file lock so two processes never build into the same folder at once; later
-processes only load the cached shared library. No Python bindings (a ``TORCH_LIBRARY`` op):
+under a root folder (``var/torch_extensions`` of the working directory unless a caller passes
+another, or sets :data:`BUILD_ROOT`; the engines read no environment), under a file lock so two
+processes never build into the same folder at once; later processes only load the cached
+shared library. No Python bindings (a ``TORCH_LIBRARY`` op):
 one translation unit, about a minute on two cores.
 """
 
@@ -16,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-__all__ = ["SOURCE", "CFLAGS", "build_dir", "load_kernel"]
+__all__ = ["SOURCE", "CFLAGS", "BUILD_ROOT", "build_dir", "load_kernel"]
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
 # ISA of the kernel: AVX-512 F (plus FMA); dispatch checks the CPU's flags at run time before
@@ -24,10 +25,14 @@ SOURCE = Path(__file__).with_name("kernel.cpp")
 CFLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mfma"]
 
 
+# where kernel builds are cached when no root is passed (relative: to the working directory)
+BUILD_ROOT: str | os.PathLike = "var/torch_extensions"
+
+
 def build_dir(root: str | os.PathLike | None = None) -> Path:
     import torch
 
-    base = Path(root or os.environ.get("ABTEST_TORCH_EXTENSIONS_DIR") or "var/torch_extensions").absolute()
+    base = Path(root or BUILD_ROOT).absolute()
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + torch.__version__.encode())
     return base / f"abtest_int4-{digest.hexdigest()[:12]}"
 
