@@ -321,7 +321,7 @@ def main(argv=None) -> int:
         _log(f"loading {s.name}")
         engines[s.name] = load_engine(s)
         engines[s.name].eos_ids = set()  # fixed-length generations for speed measurements
-    from engines.quant import Int4Linear
+    from engines.int4_layer import Int4Linear
 
     report["host"]["int4_kernel"] = "cuda" if args.device != "cpu" else sorted(
         {m.kernel for m in engines["v2-int4"].loaded.model.modules() if isinstance(m, Int4Linear)})
@@ -364,18 +364,17 @@ def main(argv=None) -> int:
     report["dynamic_batching"] = {}
     for name in ("v1-fp32", "v2-int4"):
         report["dynamic_batching"][name] = dynamic_batching(engines[name], prompts, new, 16)
-    from engines import quant as _quant
+    from engines.int4_layer import cpu_dequant_supported, set_dequant_rows
 
-    if _quant.cpu_dequant_supported() and args.device == "cpu":
-        # the opt-in (ABTEST_INT4_DEQUANT_ROWS) bf16 GEMM for prefills of >= 256 rows, measured
-        # the same way; not in the targets: it is off by default (not batch-invariant)
-        _log("dynamic batching, 16 concurrent, V2 INT4 with dequantized prefill (ABTEST_INT4_DEQUANT_ROWS=256)")
-        prev = _quant.DEQUANT_MIN_ROWS
-        _quant.DEQUANT_MIN_ROWS = 256
+    if cpu_dequant_supported() and args.device == "cpu":
+        # the opt-in (spec field int4_dequant_rows) bf16 GEMM for prefills of >= 256 rows,
+        # measured the same way; not in the targets: it is off by default (not batch-invariant)
+        _log("dynamic batching, 16 concurrent, V2 INT4 with dequantized prefill (int4_dequant_rows=256)")
+        set_dequant_rows(engines["v2-int4"].loaded.model, 256)
         try:
             report["dynamic_batching_v2_int4_dequant_rows_256"] = dynamic_batching(engines["v2-int4"], prompts, new, 16)
         finally:
-            _quant.DEQUANT_MIN_ROWS = prev
+            set_dequant_rows(engines["v2-int4"].loaded.model, 0)
     _log("static vs continuous batching, staggered arrivals (V2 INT4)")
     report["continuous_batching_v2_int4"] = {
         kind: staggered_arrivals(engines["v2-int4"], prompts, kind == "continuous", n=12 if quick else 24,

@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     import torch
 
     from engines.int4 import build_seconds, dequant_matmul, kernel_available, matmul, pack
-    from engines.quant import Int4Linear, _scales_and_zeros, dequantize, quantize_weight
+    from engines.int4_layer import Int4Linear, _scales_and_zeros
+    from engines.quant import dequantize, quantize_weight
 
     torch.set_num_threads(args.threads)
     report: dict = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from engines.kv_ring import ragged_ring_valid, ring_step
 from engines.model import LoadedModel, layer_windows
-from engines.quant import Int4Linear
+from engines.int4_layer import Int4Linear
 
 __all__ = ["DecoderRunner"]
 

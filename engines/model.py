@@ -12,15 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from engines.quant import (
-    ARTIFACT_FILE,
-    BF16Embedding,
-    FusedPart,
-    Int4Linear,
-    is_int4_artifact,
-    read_int4_config,
-    unpack_codes,
-)
+from engines.int4_layer import BF16Embedding, FusedPart, Int4Linear, set_dequant_rows
+from engines.quant import ARTIFACT_FILE, is_int4_artifact, read_int4_config, unpack_codes
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +89,10 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 
 def load_model(checkpoint: str | Path, precision: str = "fp32", device: str = "cpu",
                group_size: int | None = None, attention: str | None = None,
-               int4_kernel: str = "auto") -> LoadedModel:
+               int4_kernel: str = "auto", int4_dequant_rows: int = 0) -> LoadedModel:
     """Load a HF checkpoint dir (fp32/bf16/fp16) or an INT4 artifact dir (precision 'int4').
-    ``int4_kernel``: the CPU int4 matmul (``engines.int4.KERNELS``)."""
+    ``int4_kernel``: the CPU int4 matmul (``engines.int4.KERNELS``); ``int4_dequant_rows``: from
+    this many rows on, a dequantized bf16 GEMM instead (0: never; :func:`set_dequant_rows`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -121,6 +115,7 @@ def load_model(checkpoint: str | Path, precision: str = "fp32", device: str = "c
         if group_size is not None and group_size != meta["group_size"]:
             raise ValueError(f"spec group_size {group_size} != artifact group size {meta['group_size']}")
         model = _load_int4(path, config, meta, dev, int4_kernel)
+        set_dequant_rows(model, int4_dequant_rows)
         dtype = torch.float32
     else:
         if is_int4_artifact(path):

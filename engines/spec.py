@@ -68,6 +68,9 @@ class EngineSpec:
     # else torch's _weight_int4pack_mm_for_cpu; "batched"; "aten": always torch's). See
     # engines/int4.
     int4_kernel: str = "auto"
+    # int4 on CPU, opt-in: from this many rows (prefill tokens) on, a layer dequantizes to one
+    # bf16 GEMM (faster for long prefills, but not bit-identical across batch sizes); 0: never
+    int4_dequant_rows: int = 0
 
     def __post_init__(self) -> None:
         problems = validate_fields(dataclasses.asdict(self))
@@ -118,6 +121,9 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
         p.append(f"field 'device' must be 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {dev!r}")
     if not isinstance(d.get("preload", True), bool):
         p.append(f"field 'preload' must be true or false, got {d.get('preload')!r}")
+    rows = d.get("int4_dequant_rows", 0)
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        p.append(f"field 'int4_dequant_rows' must be an integer >= 0, got {rows!r}")
     if d.get("int4_kernel", "auto") not in INT4_KERNELS:
         p.append(f"field 'int4_kernel' must be one of {INT4_KERNELS}, got {d.get('int4_kernel')!r}")
     nt = d.get("num_threads")

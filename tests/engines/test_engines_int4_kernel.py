@@ -8,7 +8,8 @@ import torch
 
 from engines import int4
 from engines.int4 import layout
-from engines.quant import Int4Linear, dequantize, quantize_weight
+from engines.int4_layer import Int4Linear
+from engines.quant import dequantize, quantize_weight
 
 needs_kernel = pytest.mark.skipif(not int4.kernel_available(),
                                   reason="the batched int4 kernel needs an AVX-512 CPU (falls back to aten)")
@@ -230,15 +231,13 @@ def test_engine_on_the_aten_kernel_agrees(tiny_specs, tiny_engines):
 
 @needs_kernel
 def test_many_rows_take_the_gemm_path_only_when_opted_in(monkeypatch):
-    import engines.quant as q
-
     codes, scales, zeros = _weights(128, 512, 64, seed=8)
     lin = _layer(codes, scales, zeros, "batched")
     x = torch.randn(40, 512, generator=torch.Generator().manual_seed(9))
     ref = x.to(torch.bfloat16).float() @ dequantize(codes, scales, zeros, 64).t()
     orig = int4.dequant_matmul
     for rows in (0, 16, 41):  # off (the default); from 16 rows on; from 41 rows on
-        monkeypatch.setattr(q, "DEQUANT_MIN_ROWS", rows)
+        lin.dequant_min_rows = rows
         calls = []
         monkeypatch.setattr(int4, "dequant_matmul", lambda *a: calls.append(1) or orig(*a))
         y = lin(x)

@@ -3,11 +3,10 @@ import json
 import pytest
 import torch
 
+from engines.int4_layer import FusedPart, Int4Linear
 from engines.quant import (
     ARTIFACT_CONFIG,
     ARTIFACT_FILE,
-    FusedPart,
-    Int4Linear,
     dequantize,
     pack_codes,
     quantize_weight,
@@ -162,7 +161,7 @@ def _int4_layer(n, k, g, seed=0, kernel="aten"):
 
 @pytest.mark.parametrize("g", [32, 64, 128])
 def test_dequantized_weight_matches_reference(g):
-    from engines.quant import cpu_dequant_supported
+    from engines.int4_layer import cpu_dequant_supported
 
     if not cpu_dequant_supported():
         pytest.skip("this CPU's packed int4 layout is not the AVX-512 one the unpacker reads")
@@ -174,7 +173,7 @@ def test_dequantized_weight_matches_reference(g):
 
 
 def test_many_rows_take_the_dequantized_path_and_match_reference(monkeypatch):
-    import engines.quant as q
+    import engines.int4_layer as q
 
     if not q.cpu_dequant_supported():
         pytest.skip("this CPU's packed int4 layout is not the AVX-512 one the unpacker reads")
@@ -183,7 +182,7 @@ def test_many_rows_take_the_dequantized_path_and_match_reference(monkeypatch):
     ref = x.to(torch.bfloat16).float() @ ref_w.t()
     orig = q.Int4Linear.dequantized
     for rows in (0, 16):  # kernel only (the default); dequantized GEMM from 16 rows on
-        monkeypatch.setattr(q, "DEQUANT_MIN_ROWS", rows)
+        lin.dequant_min_rows = rows
         calls = []
         monkeypatch.setattr(q.Int4Linear, "dequantized", lambda self: calls.append(1) or orig(self))
         y = lin(x)
@@ -191,3 +190,19 @@ def test_many_rows_take_the_dequantized_path_and_match_reference(monkeypatch):
         rel = ((y - ref).abs().max() / ref.abs().max()).item()
         print(f"int4 rows=40 path={'dequant' if calls else 'kernel'}: max rel err vs reference {rel:.2e}")
         assert rel < 1e-2
+
+
+def test_the_spec_sets_the_dequantized_gemm_threshold_of_every_int4_layer(tiny_specs):
+    """``int4_dequant_rows`` is a setting passed in (spec -> load_model -> each layer), never read
+    from the environment; 0 (the default) keeps the kernel for any number of rows."""
+    from dataclasses import replace
+
+    from engines import EngineSpec, load_engine
+
+    default = load_engine(tiny_specs["v2-int4"])
+    opted = load_engine(replace(tiny_specs["v2-int4"], int4_dequant_rows=64))
+    layers = [m for m in opted.loaded.model.modules() if isinstance(m, Int4Linear)]
+    assert layers and {m.dequant_min_rows for m in layers} == {64}
+    assert {m.dequant_min_rows for m in default.loaded.model.modules() if isinstance(m, Int4Linear)} == {0}
+    with pytest.raises(ValueError, match="int4_dequant_rows"):
+        EngineSpec(name="e", checkpoint="c", int4_dequant_rows=-1)
