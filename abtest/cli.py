@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
 
+from . import cli_common as common
 from .config import Settings
 from .errors import ABTestError
 
 if TYPE_CHECKING:
-    from .db import Database
+    pass
 
 __all__ = ["cli", "main"]
 
 
 def _settings() -> Settings:
     return Settings.load()
-
-
-@contextlib.contextmanager
-def _database(settings: Settings | None = None) -> Iterator[Database]:
-    """The database of the settings, disposed when the command is done with it."""
-    from .db import Database
-
-    database = Database((settings or _settings()).database_url)
-    try:
-        yield database
-    finally:
-        database.dispose()
 
 
 def _fail(exc: ABTestError) -> None:
@@ -130,7 +117,7 @@ def db_rebuild_rollups(key: str | None) -> None:
     from .services.experiments import get_experiment
     from .reports.rollups import rebuild
 
-    with _database() as database, database.transaction() as session:
+    with common.database() as database, database.transaction() as session:
         try:
             exp_id = get_experiment(session, key).id if key else None
         except ABTestError as exc:
@@ -155,7 +142,7 @@ def keys_create(scope: str, name: str) -> None:
     from .services.keys import create_key
 
     try:
-        with _database() as database, database.transaction() as session:
+        with common.database() as database, database.transaction() as session:
             key = create_key(session, name, scope)
     except ABTestError as exc:
         _fail(exc)
@@ -167,7 +154,7 @@ def keys_list() -> None:
     """List keys, tab-separated: prefix, scope, name, active or revoked (never the key itself)."""
     from .services.keys import list_keys
 
-    with _database() as database, database.session() as session:
+    with common.database() as database, database.session() as session:
         for k in list_keys(session):
             state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
             click.echo(f"{k.prefix}…\t{k.scope}\t{k.name}\t{state}")
@@ -180,7 +167,7 @@ def keys_revoke(name: str) -> None:
     from .services.keys import revoke_key
 
     try:
-        with _database() as database, database.transaction() as session:
+        with common.database() as database, database.transaction() as session:
             count = revoke_key(session, name)
     except ABTestError as exc:
         _fail(exc)

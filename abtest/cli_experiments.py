@@ -14,8 +14,6 @@ Only click and the standard library load with the module, so ``abtest --help`` s
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import json
 import os
 import tempfile
@@ -26,70 +24,20 @@ import click
 
 from .cli_experiments_flags import patch_body, schedule_fields
 from .cli_experiments_text import audit_text, changed_fields, changes, experiment_line, experiment_text
+from . import cli_common as common
+from .cli_common import InputError
 from .config import Settings
-from .errors import ABTestError, BadRequest, Conflict, ValidationError
+from .errors import Conflict
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from .db import Database
 
 __all__ = ["experiments", "InputError"]
 
 STATUSES = ("draft", "running", "paused", "stopped")
 EXPORT_TABLES = ("requests", "exposures", "events")  # abtest.reports.csv validates the name
 JSON_FILE = click.File("r", encoding="utf-8")
-
-
-class InputError(click.ClickException):
-    """Bad input (nothing written): exit status 2, as for click's own usage errors."""
-
-    exit_code = 2
-
-
-@contextlib.contextmanager
-def _reported() -> Iterator[None]:
-    """Service errors as CLI errors: bad input exits 2 with ``field: message``, the rest 1."""
-    try:
-        yield
-    except (ValidationError, BadRequest) as exc:
-        raise InputError(exc.message) from None
-    except ABTestError as exc:
-        raise click.ClickException(f"{exc.code}: {exc.message}") from None
-
-
-@contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[Database]:
-    from .db import Database
-
-    database = Database(settings.database_url)
-    try:
-        yield database
-    finally:
-        database.dispose()
-
-
-def _read_json(stream: IO[str]) -> Any:
-    try:
-        return json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{getattr(stream, 'name', '-')}: not valid JSON ({exc})") from None
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _actor(actor: str | None) -> str:
-    """``--actor`` as given (checked like any stored text), else ``cli:<OS user>``."""
-    if actor is None:
-        try:
-            return f"cli:{getpass.getuser()}"
-        except (KeyError, OSError):  # no login name in this environment (some containers)
-            return "cli:unknown"
-    from .validation import Fields
-
-    return Fields({"actor": actor}, ["actor"]).str("actor", max_len=200)
 
 
 def _writes(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -123,7 +71,7 @@ def _schedules(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _done(view: Mapping[str, Any], as_json: bool, summary: str) -> None:
     if as_json:
-        _print_json(view)
+        common.print_json(view)
     else:
         click.echo(summary)
 
@@ -161,16 +109,16 @@ def create(stream: IO[str], actor: str | None, as_json: bool, **flags: Any) -> N
     from .container import EngineNames
     from .services import experiments as svc
 
-    payload = _read_json(stream)
-    with _reported():
+    payload = common.read_json(stream)
+    with common.reported():
         schedule = schedule_fields(flags)
     if schedule:
         if not isinstance(payload, Mapping):
             raise InputError("body: must be a JSON object")
         payload = {**payload, **schedule}
     settings = Settings.load()
-    with _reported(), _database(settings) as database, database.transaction() as session:
-        exp = svc.create_experiment(session, payload, _actor(actor), EngineNames(settings))
+    with common.reported(), common.database(settings) as database, database.transaction() as session:
+        exp = svc.create_experiment(session, payload, common.actor(actor), EngineNames(settings))
         view = svc.experiment_view(exp)
     _done(view, as_json, f"{view['key']}: created ({view['status']}, {len(view['variants'])} variants)")
 
@@ -186,10 +134,10 @@ def list_(status: str | None, as_json: bool) -> None:
     """
     from .services import experiments as svc
 
-    with _database(Settings.load()) as database, database.session() as session:
+    with common.database(Settings.load()) as database, database.session() as session:
         views = [svc.experiment_view(e) for e in svc.list_experiments(session, status)]
     if as_json:
-        _print_json({"experiments": views})
+        common.print_json({"experiments": views})
         return
     if not views:
         click.echo("no experiments" + (f" {status}" if status else ""), err=True)
@@ -208,7 +156,7 @@ def show(key: str, as_json: bool) -> None:
     """
     from .services import experiments as svc
 
-    with _reported(), _database(Settings.load()) as database, database.session() as session:
+    with common.reported(), common.database(Settings.load()) as database, database.session() as session:
         view = svc.experiment_view(svc.get_experiment(session, key))
     click.echo(json.dumps(view, indent=2, ensure_ascii=False) if as_json else experiment_text(view))
 
@@ -293,14 +241,14 @@ def update(key: str, stream: IO[str] | None, variants_file: IO[str] | None, targ
     from .container import EngineNames
 
     files = {"variants": variants_file, "targeting": targeting_file, "metrics": metrics_file}
-    opts = {**flags, "files": {field: _read_json(f) for field, f in files.items() if f is not None}}
+    opts = {**flags, "files": {field: common.read_json(f) for field, f in files.items() if f is not None}}
     if stream is None and not opts["files"] and all(v in (None, ()) for v in flags.values()):
         raise click.UsageError("nothing to change: give -f FILE or an option such as --coverage (see --help)")
-    base = {} if stream is None else _read_json(stream)
+    base = {} if stream is None else common.read_json(stream)
     settings = Settings.load()
     is_engine = EngineNames(settings)
-    with _reported(), _database(settings) as database:
-        who = _actor(actor)
+    with common.reported(), common.database(settings) as database:
+        who = common.actor(actor)
         with database.session() as session:  # a rehearsal: the same update, rolled back
             before, after = _apply_update(session, key, base, opts, who, is_engine)
             session.rollback()
@@ -312,7 +260,7 @@ def update(key: str, stream: IO[str] | None, variants_file: IO[str] | None, targ
         if dry_run:
             diff = changes(before, after)
             if as_json:
-                _print_json({"dry_run": True, "changes": diff, "experiment": after})
+                common.print_json({"dry_run": True, "changes": diff, "experiment": after})
             else:
                 click.echo("\n".join([f"{key}: dry run, nothing written", *(f"  {c}" for c in changed_fields(diff))]))
             return
@@ -344,8 +292,8 @@ def _transition_command(action: str) -> None:
     def command(key: str, actor: str | None, as_json: bool) -> None:
         from .services import experiments as svc
 
-        with _reported(), _database(Settings.load()) as database, database.transaction() as session:
-            exp = svc.transition(session, svc.get_experiment(session, key, for_update=True), action, _actor(actor))
+        with common.reported(), common.database(Settings.load()) as database, database.transaction() as session:
+            exp = svc.transition(session, svc.get_experiment(session, key, for_update=True), action, common.actor(actor))
             view = svc.experiment_view(exp)
         _done(view, as_json, f"{view['key']}: {view['status']}")
 
@@ -372,10 +320,10 @@ def resume(key: str, reason: str | None, actor: str | None, as_json: bool) -> No
     from .services import experiments as svc
     from .validation import Fields
 
-    with _reported(), _database(Settings.load()) as database, database.transaction() as session:
+    with common.reported(), common.database(Settings.load()) as database, database.transaction() as session:
         why = None if reason is None else Fields({"reason": reason}, ["reason"]).str("reason", max_len=1000)
         exp = svc.get_experiment(session, key, for_update=True)
-        if not svc.resume_treatment(session, exp, _actor(actor), why):
+        if not svc.resume_treatment(session, exp, common.actor(actor), why):
             raise Conflict(f"the treatment of {key!r} is not paused", details={"experiment": key})
         view = svc.experiment_view(exp)
     _done(view, as_json, f"{key}: treatment resumed ({view['status']})")
@@ -393,10 +341,10 @@ def audit(key: str, as_json: bool) -> None:
     """
     from .services import experiments as svc
 
-    with _reported(), _database(Settings.load()) as database, database.session() as session:
+    with common.reported(), common.database(Settings.load()) as database, database.session() as session:
         entries = svc.audit_entries(session, svc.get_experiment(session, key))
     if as_json:
-        _print_json({"experiment": key, "entries": entries})
+        common.print_json({"experiment": key, "entries": entries})
     else:
         click.echo(audit_text(entries))
 
@@ -423,7 +371,7 @@ def export(key: str, table: str, output: str) -> None:
     from .reports.csv import export_csv, export_statement
     from .services import experiments as svc
 
-    with _reported(), _database(Settings.load()) as database:
+    with common.reported(), common.database(Settings.load()) as database:
         with database.session() as session:
             exp_id = svc.get_experiment(session, key).id
             stmt = export_statement(table, exp_id, key)  # a bad table name is refused here

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from .cli_experiments import _actor, _database, _print_json, _reported
+from . import cli_common as common
 from .config import Settings
 
 __all__ = ["layers"]
@@ -39,10 +39,10 @@ def list_(as_json: bool) -> None:
     """List layers (named by an experiment or with settings), one line each."""
     from .services import layers as svc
 
-    with _database(Settings.load()) as database, database.session() as session:
+    with common.database(Settings.load()) as database, database.session() as session:
         views = svc.list_layers(session)
     if as_json:
-        _print_json({"layers": views})
+        common.print_json({"layers": views})
         return
     if not views:
         click.echo("no layers", err=True)
@@ -56,8 +56,8 @@ def show(name: str) -> None:
     """Show layer NAME as the API's JSON."""
     from .services import layers as svc
 
-    with _reported(), _database(Settings.load()) as database, database.session() as session:
-        _print_json(svc.get_layer(session, name))
+    with common.reported(), common.database(Settings.load()) as database, database.session() as session:
+        common.print_json(svc.get_layer(session, name))
 
 
 @layers.command("set-holdout")
@@ -77,8 +77,8 @@ def set_holdout(name: str, share: float, actor: str | None) -> None:
     """
     from .services import layers as svc
 
-    with _reported(), _database(Settings.load()) as database, database.transaction() as session:
-        view = svc.set_holdout(session, name, {"holdout": share}, _actor(actor))
+    with common.reported(), common.database(Settings.load()) as database, database.transaction() as session:
+        view = svc.set_holdout(session, name, {"holdout": share}, common.actor(actor))
     click.echo(_line(view))
 
 
@@ -95,7 +95,7 @@ def report(name: str, fmt: str, output: str | None, alpha: float) -> None:
     from .reports.holdout_html import render_layer_html
     from .services import layers as svc
 
-    with _reported(), _database(Settings.load()) as database, database.session() as session:
+    with common.reported(), common.database(Settings.load()) as database, database.session() as session:
         body = build_layer_report(session, svc.get_layer(session, name), alpha)
     text = render_layer_html(body) if fmt == "html" else json.dumps(body, indent=2, ensure_ascii=False) + "\n"
     if output:

@@ -15,14 +15,10 @@ from typing import Any
 
 import click
 
-from .config import Settings
+from . import cli_common as common
 from .errors import ABTestError, ValidationError
 
 __all__ = ["plan_command", "plan_text"]
-
-
-class _InputError(click.ClickException):
-    exit_code = 2
 
 
 def plan_text(body: dict[str, Any]) -> str:
@@ -80,16 +76,10 @@ def plan_command(kind: str | None, baseline: float | None, sd: float | None, var
         if request.experiment is None:
             result = plan(None, request)
         else:
-            from .db import Database
-
-            db = Database(Settings.load().database_url)
-            try:
-                with db.session() as session:
-                    result = plan(session, request)
-            finally:
-                db.dispose()
+            with common.database() as db, db.session() as session:
+                result = plan(session, request)
     except ValidationError as exc:
-        raise _InputError(exc.message) from None
+        raise common.InputError(exc.message) from None
     except ABTestError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
     body = result.to_json()
