@@ -14,10 +14,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, func, inspect
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "alembic_config", "upgrade", "downgrade", "MIGRATIONS_DIR", "is_outage"]
+__all__ = ["Database", "alembic_config", "upgrade", "downgrade", "MIGRATIONS_DIR", "is_outage", "merging_upsert"]
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +196,17 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+def merging_upsert(model, dialect: str):  # type: ignore[no-untyped-def]
+    """INSERT of rows of ``model`` (keyed by experiment, phase and unit, with ``count`` and
+    ``last_seen``) that merges into existing ones: the count adds up, ``last_seen`` moves on."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(model)
+    table = model.__table__
+    latest = func.max if dialect == "sqlite" else func.greatest
+    return stmt.on_conflict_do_update(
+        index_elements=["experiment_id", "phase", "unit_id"],
+        set_={"last_seen": latest(table.c.last_seen, stmt.excluded.last_seen),
+              "count": table.c.count + stmt.excluded.count},
+    )

@@ -16,11 +16,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..db import Database, is_outage
+from ..db import Database, is_outage, merging_upsert
 from ..client.sticky import GuardedSticky
 from ..evaluator import Assignment, ExperimentConfig, assign, in_holdout, should_store
 from ..models import Exposure
@@ -66,15 +63,7 @@ class ConfigCache:
 
 def exposure_upsert(dialect: str):  # type: ignore[no-untyped-def]
     """INSERT of exposure rows that merges into existing ones (count adds up, last_seen moves)."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(Exposure)
-    table = Exposure.__table__
-    latest = func.max if dialect == "sqlite" else func.greatest
-    return stmt.on_conflict_do_update(
-        index_elements=["experiment_id", "phase", "unit_id"],
-        set_={"last_seen": latest(table.c.last_seen, stmt.excluded.last_seen),
-              "count": table.c.count + stmt.excluded.count},
-    )
+    return merging_upsert(Exposure, dialect)
 
 
 def aggregate_exposures(items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

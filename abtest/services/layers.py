@@ -21,12 +21,11 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..client.definitions import MAX_HOLDOUT
+from ..db import merging_upsert
 from ..errors import Conflict, NotFound
 from ..models import AuditEntry, Experiment, HoldoutExposure, Layer
 from ..validation import Fields
@@ -129,15 +128,7 @@ def set_holdout(session: Session, name: str, payload: Any, actor: str) -> dict[s
 
 def holdout_upsert(dialect: str):  # type: ignore[no-untyped-def]
     """INSERT of holdout exposure rows that merges into existing ones (like exposures)."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(HoldoutExposure)
-    table = HoldoutExposure.__table__
-    latest = func.max if dialect == "sqlite" else func.greatest
-    return stmt.on_conflict_do_update(
-        index_elements=["experiment_id", "phase", "unit_id"],
-        set_={"last_seen": latest(table.c.last_seen, stmt.excluded.last_seen),
-              "count": table.c.count + stmt.excluded.count},
-    )
+    return merging_upsert(HoldoutExposure, dialect)
 
 
 def aggregate_holdouts(items: Iterable[HoldoutItem]) -> list[Mapping[str, Any]]:
