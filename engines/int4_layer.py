@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from engines import int4 as _int4
 from engines.quant import dequantize
 
-__all__ = ["Int4Linear", "FusedPart", "BF16Embedding", "cpu_dequant_supported", "set_dequant_rows"]
+__all__ = ["Int4Linear", "FusedPart", "BF16Embedding", "cpu_dequant_supported", "set_dequant_rows", "set_amx_rows"]
 
 
 
@@ -78,6 +78,10 @@ class Int4Linear(nn.Module):
     # request's logits could then depend on how many other rows share its prefill (the engines
     # promise batch-invariant results).
     dequant_min_rows: int = 0
+    # From this many rows on (the spec's int4_amx_rows, set by set_amx_rows), a "batched" layer
+    # runs the AMX tile kernel where the CPU has AMX: it rebuilds bf16 weights once per 32 columns,
+    # a fixed cost that the fp32-FMA kernel's per-row cost passes at about 4 rows. 0: never.
+    amx_min_rows: int = 4
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int,
                  device: torch.device | str | None = None, packed_shape: tuple[int, ...] | None = None):
@@ -143,8 +147,9 @@ class Int4Linear(nn.Module):
         elif self.kernel == "batched" and not x2.is_cuda:
             if 0 < self.dequant_min_rows <= x2.shape[0]:  # opt-in: bf16 weight, one oneDNN GEMM
                 y = _int4.dequant_matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
-            else:  # codes unpacked once per batch; a row's bits do not depend on the batch
-                y = _int4.matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
+            else:  # codes unpacked once per batch; fp32 FMAs below amx_min_rows, AMX tiles from it
+                y = _int4.matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros,
+                                 amx_min_rows=self.amx_min_rows)
         elif (0 < self.dequant_min_rows <= x2.shape[0] and not x2.is_cuda and self.out_features % 64 == 0
               and cpu_dequant_supported()):
             # many rows (prefill, big batches): dequantize once, one bf16 GEMM
@@ -197,3 +202,11 @@ def set_dequant_rows(model: nn.Module, rows: int) -> None:
     for module in model.modules():
         if isinstance(module, Int4Linear):
             module.dequant_min_rows = int(rows)
+
+
+def set_amx_rows(model: nn.Module, rows: int) -> None:
+    """Every CPU :class:`Int4Linear` of ``model`` runs the AMX tile kernel from ``rows`` rows on,
+    where the CPU has AMX (0: never)."""
+    for module in model.modules():
+        if isinstance(module, Int4Linear):
+            module.amx_min_rows = int(rows)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from engines.int4_layer import BF16Embedding, FusedPart, Int4Linear, set_dequant_rows
+from engines.int4_layer import BF16Embedding, FusedPart, Int4Linear, set_amx_rows, set_dequant_rows
 from engines.quant import ARTIFACT_FILE, is_int4_artifact, read_int4_config, unpack_codes
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,12 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 
 def load_model(checkpoint: str | Path, precision: str = "fp32", device: str = "cpu",
                group_size: int | None = None, attention: str | None = None,
-               int4_kernel: str = "auto", int4_dequant_rows: int = 0) -> LoadedModel:
+               int4_kernel: str = "auto", int4_dequant_rows: int = 0, int4_amx_rows: int = 4) -> LoadedModel:
     """Load a HF checkpoint dir (fp32/bf16/fp16) or an INT4 artifact dir (precision 'int4').
     ``int4_kernel``: the CPU int4 matmul (``engines.int4.KERNELS``); ``int4_dequant_rows``: from
-    this many rows on, a dequantized bf16 GEMM instead (0: never; :func:`set_dequant_rows`)."""
+    this many rows on, a dequantized bf16 GEMM instead (0: never; :func:`set_dequant_rows`);
+    ``int4_amx_rows``: from this many rows on, the AMX tile kernel where the CPU has AMX (0: never;
+    :func:`set_amx_rows`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -116,6 +118,7 @@ def load_model(checkpoint: str | Path, precision: str = "fp32", device: str = "c
             raise ValueError(f"spec group_size {group_size} != artifact group size {meta['group_size']}")
         model = _load_int4(path, config, meta, dev, int4_kernel)
         set_dequant_rows(model, int4_dequant_rows)
+        set_amx_rows(model, int4_amx_rows)
         dtype = torch.float32
     else:
         if is_int4_artifact(path):

@@ -59,7 +59,7 @@ def load_engine(spec: EngineSpec) -> "Engine":
     t0 = time.perf_counter()
     loaded = load_model(spec.checkpoint, precision=spec.precision, device=spec.device,
                         group_size=spec.group_size, attention=spec.attention, int4_kernel=spec.int4_kernel,
-                        int4_dequant_rows=spec.int4_dequant_rows)
+                        int4_dequant_rows=spec.int4_dequant_rows, int4_amx_rows=spec.int4_amx_rows)
     eng = Engine(spec, loaded)
     eng.load_seconds = time.perf_counter() - t0
     return eng

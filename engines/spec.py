@@ -71,6 +71,10 @@ class EngineSpec:
     # int4 on CPU, opt-in: from this many rows (prefill tokens) on, a layer dequantizes to one
     # bf16 GEMM (faster for long prefills, but not bit-identical across batch sizes); 0: never
     int4_dequant_rows: int = 0
+    # int4 on CPU: from this many rows on, a CPU with AMX (Sapphire Rapids and later) runs the
+    # batched weights through the AMX tile kernel (bf16 weights rebuilt once per 32 columns, then
+    # tile dot products); below it, and on CPUs without AMX, the fp32-FMA kernel. 0: never.
+    int4_amx_rows: int = 4
 
     def __post_init__(self) -> None:
         problems = validate_fields(dataclasses.asdict(self))
@@ -124,6 +128,9 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
     rows = d.get("int4_dequant_rows", 0)
     if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
         p.append(f"field 'int4_dequant_rows' must be an integer >= 0, got {rows!r}")
+    amx_rows = d.get("int4_amx_rows", 4)
+    if not isinstance(amx_rows, int) or isinstance(amx_rows, bool) or amx_rows < 0:
+        p.append(f"field 'int4_amx_rows' must be an integer >= 0, got {amx_rows!r}")
     if d.get("int4_kernel", "auto") not in INT4_KERNELS:
         p.append(f"field 'int4_kernel' must be one of {INT4_KERNELS}, got {d.get('int4_kernel')!r}")
     nt = d.get("num_threads")

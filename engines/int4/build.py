@@ -17,9 +17,11 @@ import shutil
 import time
 from pathlib import Path
 
-__all__ = ["SOURCE", "CFLAGS", "BUILD_ROOT", "build_dir", "load_kernel"]
+__all__ = ["SOURCE", "SOURCES", "CFLAGS", "BUILD_ROOT", "build_dir", "load_kernel"]
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
+# the AMX kernel: its functions carry their ISA as target attributes (the library loads anywhere)
+SOURCES = (SOURCE, Path(__file__).with_name("amx.cpp"))
 # ISA of the kernel: AVX-512 F (plus FMA); dispatch checks the CPU's flags at run time before
 # loading it.
 CFLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mfma"]
@@ -33,7 +35,8 @@ def build_dir(root: str | os.PathLike | None = None) -> Path:
     import torch
 
     base = Path(root or BUILD_ROOT).absolute()
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + torch.__version__.encode())
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(CFLAGS).encode()
+                            + torch.__version__.encode())
     return base / f"abtest_int4-{digest.hexdigest()[:12]}"
 
 
@@ -74,7 +77,7 @@ def load_kernel(root: str | os.PathLike | None = None, *, verbose: bool = False)
         try:
             cpp_extension.load(
                 name="abtest_int4",
-                sources=[str(SOURCE)],
+                sources=[str(p) for p in SOURCES],
                 extra_cflags=CFLAGS,
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(d),

@@ -19,3 +19,18 @@ def tiny_engines(tiny_specs):
     yield engines
     for e in engines.values():
         e.close()
+
+
+@pytest.fixture
+def one_int4_kernel(tiny_engines):
+    """The tiny V2 INT4 engine on one int4 kernel at every row count (AMX where the CPU has it):
+    for tests that compare generations whose batches differ in size (static vs continuous, HF's
+    one-row decode vs a batch). As served, decode steps of fewer than ``int4_amx_rows`` rows take
+    the fp32-FMA kernel, whose rounding differs slightly, and this random tiny model turns such
+    differences into other greedy tokens (see test_engines_int4_kernel)."""
+    from engines.int4_layer import set_amx_rows
+
+    eng = tiny_engines["v2-int4"]
+    set_amx_rows(eng.loaded.model, 1)
+    yield eng
+    set_amx_rows(eng.loaded.model, eng.spec.int4_amx_rows)

@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.mark.parametrize("name", ["v1-fp32", "v2-int4"])
-def test_continuous_matches_static_results(tiny_engines, name):
+def test_continuous_matches_static_results(tiny_engines, one_int4_kernel, name):
     eng = tiny_engines[name]
     prompts = [f"def g{i}(a, b):\n    return a * {i} + b" * (1 + i % 3) for i in range(6)]
     lens = [3, 17, 8, 25, 1, 12]

@@ -30,7 +30,7 @@ def _hf_greedy(engine, prompt, n):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_greedy_equals_hf_forward_argmax(tiny_engines, name):
+def test_greedy_equals_hf_forward_argmax(tiny_engines, one_int4_kernel, name):
     eng = tiny_engines[name]
     n = 24  # prompts + generated tokens exceed the tiny sliding window (16)
     res = eng.generate([GenerationRequest(p, max_new_tokens=n) for p in PROMPTS])

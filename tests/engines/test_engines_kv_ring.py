@@ -59,8 +59,8 @@ def test_ring_gives_the_full_caches_results(tiny_specs, full_length_cache, monke
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_continuous_batching_with_rings_matches_static(tiny_engines):
-    eng = tiny_engines["v2-int4"]
+def test_continuous_batching_with_rings_matches_static(one_int4_kernel):
+    eng = one_int4_kernel
     prompts = _prompts(eng, 6)
     requests = [GenerationRequest(p, max_new_tokens=5 + 4 * i) for i, p in enumerate(prompts)]
     expected = [r.token_ids for r in eng.generate(requests)]
