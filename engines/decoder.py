@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from engines.kv_ring import ragged_ring_valid, ring_step
 from engines.model import LoadedModel, layer_windows
-from engines.int4_layer import Int4Linear
+from engines.int4_layer import Int4Linear, fused_silu_mlp
 
 __all__ = ["DecoderRunner"]
 
@@ -148,6 +148,8 @@ class DecoderRunner:
     def _mlp(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
         gu_mod = getattr(mlp, "gate_up_fused", None)
         if gu_mod is not None and self.silu:
+            if type(gu_mod) is Int4Linear:
+                return fused_silu_mlp(mlp, x)
             gate, up = _linear(gu_mod, x).chunk(2, dim=-1)
             # silu and the product in fp32 whatever the layer's output dtype (same numbers as HF)
             return _linear(mlp.down_proj, F.silu(gate.float()).mul_(up))

@@ -9,6 +9,8 @@ and installs :class:`Int4Linear` layers, :class:`FusedPart` views of fused proje
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,7 +18,8 @@ import torch.nn.functional as F
 from engines import int4 as _int4
 from engines.quant import dequantize
 
-__all__ = ["Int4Linear", "FusedPart", "BF16Embedding", "cpu_dequant_supported", "set_dequant_rows", "set_amx_rows"]
+__all__ = ["Int4Linear", "FusedPart", "BF16Embedding", "cpu_dequant_supported", "set_dequant_rows", "set_amx_rows",
+           "fused_silu_mlp", "install_fused_mlp"]
 
 
 
@@ -165,6 +168,20 @@ class Int4Linear(nn.Module):
             y = y + self.bias
         return y
 
+    def silu_glu(self, x: torch.Tensor) -> torch.Tensor | None:
+        """For a fused [gate; up] layer: ``silu(gate(x)) * up(x)`` in bf16 [..., out/2] from one AMX
+        kernel call, or None where that kernel does not apply (no AMX, fewer rows than
+        ``amx_min_rows``, another kernel, a bias, the reference path)."""
+        shape = x.shape
+        rows = x.numel() // shape[-1]
+        if (self.kernel != "batched" or self.bias is not None or self.reference_weight is not None or x.is_cuda
+                or not _int4.glu_supported(self.out_features, self.in_features, self.group_size, rows,
+                                           self.amx_min_rows)):
+            return None
+        x2 = x.reshape(rows, shape[-1]).to(torch.bfloat16)
+        y = _int4.silu_glu(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
+        return y.reshape(*shape[:-1], self.out_features // 2)
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}"
 
@@ -210,3 +227,27 @@ def set_amx_rows(model: nn.Module, rows: int) -> None:
     for module in model.modules():
         if isinstance(module, Int4Linear):
             module.amx_min_rows = int(rows)
+
+
+def fused_silu_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``down(silu(gate(x)) * up(x))`` of an MLP whose gate and up projections are one fused
+    :class:`Int4Linear` (``mlp.gate_up_fused``): one AMX call for both projections and the product
+    where that kernel applies (:meth:`Int4Linear.silu_glu`), else one fused projection, then silu
+    and the product in fp32. The engine's decoder and the Hugging Face module tree (patched at
+    load, :func:`install_fused_mlp`) both run this, so both compute the same numbers."""
+    gu = mlp.gate_up_fused
+    xb = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
+    y = gu.silu_glu(xb)
+    if y is None:
+        gate, up = gu.forward(xb).chunk(2, dim=-1)
+        y = F.silu(gate.float()).mul_(up)
+    down = mlp.down_proj
+    if type(down) is Int4Linear:
+        return down.forward(y)
+    return down(y if y.dtype == down.weight.dtype else y.to(down.weight.dtype))
+
+
+def install_fused_mlp(mlp: nn.Module) -> None:
+    """Route a Hugging Face MLP module's forward through :func:`fused_silu_mlp` (it would call the
+    fused projection twice, once per FusedPart)."""
+    mlp.forward = functools.partial(fused_silu_mlp, mlp)

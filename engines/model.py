@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from engines.int4_layer import BF16Embedding, FusedPart, Int4Linear, set_amx_rows, set_dequant_rows
+from engines.int4_layer import (BF16Embedding, FusedPart, Int4Linear, install_fused_mlp, set_amx_rows,
+                                set_dequant_rows)
 from engines.quant import ARTIFACT_FILE, is_int4_artifact, read_int4_config, unpack_codes
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ def _load_int4(path: Path, config, meta: dict, dev: torch.device, kernel: str = 
             for n, p in zip(members, parts):
                 _set_module(model, n, FusedPart(fused, start, start + p[0].shape[0]))
                 start += p[0].shape[0]
+            if fused_name.endswith(".gate_up_fused") and getattr(config, "hidden_act", None) == "silu":
+                install_fused_mlp(model.get_submodule(fused_name.rsplit(".", 1)[0]))
         for name, gs in quantized.items():
             if name in grouped:
                 continue

@@ -32,7 +32,7 @@ from engines.spec import INT4_KERNELS
 
 __all__ = ["KERNELS", "cpu_flags", "cpu_supports_batched", "kernel_available", "resolve_kernel",
            "pack", "packed_kernel", "matmul", "dequant_matmul", "unpack_codes", "build_seconds",
-           "amx_available", "amx_supports"]
+           "amx_available", "amx_supports", "glu_supported", "silu_glu"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,19 @@ def dequant_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int,
         buf = _scratch.buf = torch.empty(n * k, dtype=torch.bfloat16)
     wt = torch.ops.abtest_int4.int4_dequant_t(packed, group_size, scales_and_zeros, buf[: n * k])
     return torch.mm(x, wt.view(k, n))
+
+
+def glu_supported(n: int, k: int, group_size: int, rows: int, amx_min_rows: int) -> bool:
+    """Whether :func:`silu_glu` takes a fused [gate; up] weight of ``n`` outputs for ``rows`` rows."""
+    return (0 < amx_min_rows <= rows and n % 64 == 0 and amx_supports(k, group_size)
+            and kernel_available() and amx_available())
+
+
+def silu_glu(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    """``silu(x @ gate.T) * (x @ up.T)`` for a ``batched``-packed fused weight whose first half of
+    outputs is the gate and second half the up projection: bf16 [m, n/2], from the AMX kernel's
+    fp32 sums with one rounding (no bf16 gate and up in between, no fp32 copies of them)."""
+    return _ops.int4_mm_amx_glu(x, packed, group_size, scales_and_zeros)
 
 
 def build_seconds() -> float | None:

@@ -58,6 +58,11 @@ bool amx_ready() {
   return ok;
 }
 
+// GCC's tile load/store intrinsics are asm statements without a memory operand: the compiler
+// may drop or move plain stores a tile load reads (a B tile just rebuilt) or loads of what a tile
+// store wrote. A compiler barrier between the two orders them.
+#define TILE_MEMORY_BARRIER() __asm__ __volatile__("" ::: "memory")
+
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -127,6 +132,7 @@ AMX_TARGET void dequant_strip(const uint8_t* w, const at::BFloat16* sz, int64_t 
 // C tiles for rows m0 .. m0 + 16 MT - 1 of the padded activations, columns of the strip's NB blocks.
 template <int MT, int NB>
 AMX_TARGET void strip_rows(const at::BFloat16* x, int64_t K, const uint16_t* buf, float* ctmp) {
+  TILE_MEMORY_BARRIER();
   _tile_zero(0);
   if constexpr (NB > 1) _tile_zero(1);
   if constexpr (MT > 1) _tile_zero(2);
@@ -146,10 +152,12 @@ AMX_TARGET void strip_rows(const at::BFloat16* x, int64_t K, const uint16_t* buf
   }
   // ctmp: [MT * 16 rows][NB * 16 cols] fp32, row stride 32 floats
   constexpr int64_t ldc = 2 * kCols * 4;
+  TILE_MEMORY_BARRIER();
   _tile_stored(0, ctmp, ldc);
   if constexpr (NB > 1) _tile_stored(1, ctmp + kCols, ldc);
   if constexpr (MT > 1) _tile_stored(2, ctmp + kTileRows * 2 * kCols, ldc);
   if constexpr (MT > 1 && NB > 1) _tile_stored(3, ctmp + kTileRows * 2 * kCols + kCols, ldc);
+  TILE_MEMORY_BARRIER();
 }
 
 // At most 32 rows (decode): each B tile is rebuilt just before its tile products, in L1,
@@ -170,6 +178,7 @@ AMX_TARGET void fused_rows(const at::BFloat16* x, int64_t K, const uint8_t* w, c
   for (int64_t kc = 0; kc < kchunks; ++kc) {
     dequant_tile(d, src0, sz, N, gs, blk0 * kCols, kc, b[0]);
     if constexpr (NB > 1) dequant_tile(d, src1, sz, N, gs, (blk0 + 1) * kCols, kc, b[1]);
+    TILE_MEMORY_BARRIER();
     _tile_loadd(4, x + kc * kKStep, lda);
     if constexpr (MT > 1) _tile_loadd(5, x + kTileRows * K + kc * kKStep, lda);
     _tile_loadd(6, b[0], 64);
@@ -180,10 +189,12 @@ AMX_TARGET void fused_rows(const at::BFloat16* x, int64_t K, const uint8_t* w, c
     if constexpr (MT > 1 && NB > 1) _tile_dpbf16ps(3, 5, 7);
   }
   constexpr int64_t ldc = 2 * kCols * 4;
+  TILE_MEMORY_BARRIER();
   _tile_stored(0, ctmp, ldc);
   if constexpr (NB > 1) _tile_stored(1, ctmp + kCols, ldc);
   if constexpr (MT > 1) _tile_stored(2, ctmp + kTileRows * 2 * kCols, ldc);
   if constexpr (MT > 1 && NB > 1) _tile_stored(3, ctmp + kTileRows * 2 * kCols + kCols, ldc);
+  TILE_MEMORY_BARRIER();
 }
 
 AMX_TARGET void store_rows(const float* ctmp, int rows, int nb, at::BFloat16* out, int64_t N, int64_t col0) {
@@ -194,41 +205,95 @@ AMX_TARGET void store_rows(const float* ctmp, int rows, int nb, at::BFloat16* ou
     }
 }
 
+// Rows m0 .. m0 + 31 (at most) of a 32-column strip into ctmp: B tiles rebuilt on the fly when
+// the whole batch fits one pass (Mp <= 32), else read from the strip's prebuilt buffer.
+AMX_TARGET inline void strip_pass(const at::BFloat16* x, int64_t Mp, int64_t m0, int64_t K, const uint8_t* w,
+                                  const at::BFloat16* sz, int64_t N, int gs, int64_t blk0, int nb,
+                                  const uint16_t* buf, float* ctmp) {
+  const bool two = m0 + kTileRows < Mp;
+  if (Mp <= 2 * kTileRows) {
+    if (two && nb == 2) fused_rows<2, 2>(x, K, w, sz, N, gs, blk0, ctmp);
+    else if (two) fused_rows<2, 1>(x, K, w, sz, N, gs, blk0, ctmp);
+    else if (nb == 2) fused_rows<1, 2>(x, K, w, sz, N, gs, blk0, ctmp);
+    else fused_rows<1, 1>(x, K, w, sz, N, gs, blk0, ctmp);
+    return;
+  }
+  const at::BFloat16* xr = x + m0 * K;
+  if (two && nb == 2) strip_rows<2, 2>(xr, K, buf, ctmp);
+  else if (two) strip_rows<2, 1>(xr, K, buf, ctmp);
+  else if (nb == 2) strip_rows<1, 2>(xr, K, buf, ctmp);
+  else strip_rows<1, 1>(xr, K, buf, ctmp);
+}
+
+// e^x for fp32 lanes (|rel err| ~ 2e-7): x = n ln2 + r, |r| <= ln2 / 2, degree-6 Taylor of e^r,
+// scaled by 2^n; inputs clamped to [-87, 87] (silu needs no more).
+AMX_TARGET inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// out = bf16(silu(g) * u) from the fp32 sums of a gate strip and the matching up strip
+AMX_TARGET void glu_rows(const float* g, const float* u, int rows, int nb, at::BFloat16* out, int64_t ldo,
+                         int64_t col0) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < nb; ++j) {
+      const __m512 gv = _mm512_loadu_ps(g + i * 2 * kCols + j * kCols);
+      const __m512 uv = _mm512_loadu_ps(u + i * 2 * kCols + j * kCols);
+      const __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+      const __m256bh h = _mm512_cvtneps_pbh(_mm512_mul_ps(silu, uv));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * ldo + col0 + j * kCols), (__m256i)h);
+    }
+}
+
+// Strips [s0, s1) of the output. glu: the weight's first N/2 columns are a gate and the last N/2
+// an up projection, and the output [M, N/2] is silu(gate) * up of the fp32 sums (strip s of the
+// gate with strip s of the up half, one rounding to bf16).
 AMX_TARGET void amx_columns(const at::BFloat16* x, int64_t Mp, int64_t M, int64_t K, const uint8_t* w,
-                            const at::BFloat16* sz, int64_t N, int gs, int64_t s0, int64_t s1, at::BFloat16* out) {
+                            const at::BFloat16* sz, int64_t N, int gs, int64_t s0, int64_t s1, bool glu,
+                            at::BFloat16* out) {
   configure_tiles();
   const int64_t blocks = N / kCols;
-  std::vector<uint16_t> mem(Mp > 2 * kTileRows ? static_cast<size_t>(K / kKStep) * 2 * kTileRows * 32 + 32 : 32);
+  const bool prebuilt = Mp > 2 * kTileRows;
+  const size_t strip_elems = static_cast<size_t>(K / kKStep) * 2 * kTileRows * 32;
+  std::vector<uint16_t> mem(prebuilt ? (glu ? 2 : 1) * strip_elems + 32 : 32);
   uint16_t* buf = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(mem.data()) + 63) & ~uintptr_t(63));
+  uint16_t* buf_up = buf + strip_elems;
   alignas(64) float ctmp[2 * kTileRows * 2 * kCols];
+  alignas(64) float ctmp_up[2 * kTileRows * 2 * kCols];
+  const int64_t up0 = blocks / 2;  // first column block of the up half
+  const int64_t ldo = glu ? N / 2 : N;
   for (int64_t s = s0; s < s1; ++s) {
     const int64_t blk0 = 2 * s;
-    const int nb = static_cast<int>(std::min<int64_t>(2, blocks - blk0));
-    if (Mp <= 2 * kTileRows) {
-      const bool two = Mp > kTileRows;
-      if (two && nb == 2) fused_rows<2, 2>(x, K, w, sz, N, gs, blk0, ctmp);
-      else if (two) fused_rows<2, 1>(x, K, w, sz, N, gs, blk0, ctmp);
-      else if (nb == 2) fused_rows<1, 2>(x, K, w, sz, N, gs, blk0, ctmp);
-      else fused_rows<1, 1>(x, K, w, sz, N, gs, blk0, ctmp);
-      store_rows(ctmp, static_cast<int>(M), nb, out, N, blk0 * kCols);
-      continue;
+    const int nb = static_cast<int>(std::min<int64_t>(2, (glu ? up0 : blocks) - blk0));
+    if (prebuilt) {
+      dequant_strip(w, sz, N, K, gs, blk0, nb, buf);
+      if (glu) dequant_strip(w, sz, N, K, gs, up0 + blk0, nb, buf_up);
     }
-    dequant_strip(w, sz, N, K, gs, blk0, nb, buf);
     for (int64_t m0 = 0; m0 < Mp; m0 += 2 * kTileRows) {
-      const bool two = m0 + kTileRows < Mp;
-      const at::BFloat16* xr = x + m0 * K;
-      if (two && nb == 2) strip_rows<2, 2>(xr, K, buf, ctmp);
-      else if (two) strip_rows<2, 1>(xr, K, buf, ctmp);
-      else if (nb == 2) strip_rows<1, 2>(xr, K, buf, ctmp);
-      else strip_rows<1, 1>(xr, K, buf, ctmp);
-      const int rows = static_cast<int>(std::min<int64_t>(two ? 2 * kTileRows : kTileRows, M - m0));
-      if (rows > 0) store_rows(ctmp, rows, nb, out + m0 * N, N, blk0 * kCols);
+      const int rows = static_cast<int>(std::min<int64_t>(2 * kTileRows, M - m0));
+      strip_pass(x, Mp, m0, K, w, sz, N, gs, blk0, nb, buf, ctmp);
+      if (glu) strip_pass(x, Mp, m0, K, w, sz, N, gs, up0 + blk0, nb, buf_up, ctmp_up);
+      if (rows <= 0) continue;
+      if (glu) glu_rows(ctmp, ctmp_up, rows, nb, out + m0 * ldo, ldo, blk0 * kCols);
+      else store_rows(ctmp, rows, nb, out + m0 * ldo, ldo, blk0 * kCols);
     }
   }
   _tile_release();
 }
 
-at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& w, int64_t group_size, const at::Tensor& sz) {
+at::Tensor amx_mm(const at::Tensor& x, const at::Tensor& w, int64_t group_size, const at::Tensor& sz, bool glu) {
   TORCH_CHECK(amx_ready(), "int4_mm_amx: this CPU or kernel does not allow AMX");
   TORCH_CHECK(w.dim() == 3 && w.scalar_type() == at::kByte && w.size(2) == kCols, "w must be uint8 [N/16, K/2, 16]");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be 2-D bf16");
@@ -239,7 +304,8 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& w, int64_t group_s
   TORCH_CHECK(sz.dim() == 3 && sz.scalar_type() == at::kBFloat16 && sz.size(0) == K / group_size && sz.size(1) == N &&
                   sz.size(2) == 2,
               "scales_and_zeros must be bf16 [K/g, N, 2]");
-  at::Tensor out = at::empty({M, N}, x.options());
+  TORCH_CHECK(!glu || (N / 2) % (2 * kCols) == 0, "int4_mm_amx_glu needs N/2 a multiple of 32, got N = ", N);
+  at::Tensor out = at::empty({M, glu ? N / 2 : N}, x.options());
   if (M == 0) return out;
   // rows padded to whole 16-row tiles (zeros): every row goes through the same tile code
   const int64_t Mp = (M + kTileRows - 1) / kTileRows * kTileRows;
@@ -250,15 +316,25 @@ at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& w, int64_t group_s
     xp = pad;
   }
   const at::BFloat16* xptr = xp.data_ptr<at::BFloat16>();
-  const uint8_t* wp = w.contiguous().data_ptr<uint8_t>();
+  at::Tensor wc = w.contiguous();
+  const uint8_t* wp = wc.data_ptr<uint8_t>();
   at::Tensor szc = sz.contiguous();
   const at::BFloat16* szp = szc.data_ptr<at::BFloat16>();
   at::BFloat16* op = out.data_ptr<at::BFloat16>();
-  const int64_t strips = (N / kCols + 1) / 2;
+  const int64_t strips = glu ? N / (4 * kCols) : (N / kCols + 1) / 2;
   at::parallel_for(0, strips, 1, [&](int64_t s0, int64_t s1) {
-    amx_columns(xptr, Mp, M, K, wp, szp, N, static_cast<int>(group_size), s0, s1, op);
+    amx_columns(xptr, Mp, M, K, wp, szp, N, static_cast<int>(group_size), s0, s1, glu, op);
   });
   return out;
+}
+
+at::Tensor int4_mm_amx(const at::Tensor& x, const at::Tensor& w, int64_t group_size, const at::Tensor& sz) {
+  return amx_mm(x, w, group_size, sz, false);
+}
+
+// silu(x W_gate^T) * (x W_up^T) for a fused [gate; up] weight: [M, N/2]
+at::Tensor int4_mm_amx_glu(const at::Tensor& x, const at::Tensor& w, int64_t group_size, const at::Tensor& sz) {
+  return amx_mm(x, w, group_size, sz, true);
 }
 
 bool int4_amx_available() { return amx_ready(); }
@@ -267,7 +343,11 @@ bool int4_amx_available() { return amx_ready(); }
 
 TORCH_LIBRARY_FRAGMENT(abtest_int4, m) {
   m.def("int4_mm_amx(Tensor x, Tensor w, int group_size, Tensor scales_and_zeros) -> Tensor");
+  m.def("int4_mm_amx_glu(Tensor x, Tensor w, int group_size, Tensor scales_and_zeros) -> Tensor");
   m.def("int4_amx_available() -> bool", &int4_amx_available);
 }
 
-TORCH_LIBRARY_IMPL(abtest_int4, CPU, m) { m.impl("int4_mm_amx", &int4_mm_amx); }
+TORCH_LIBRARY_IMPL(abtest_int4, CPU, m) {
+  m.impl("int4_mm_amx", &int4_mm_amx);
+  m.impl("int4_mm_amx_glu", &int4_mm_amx_glu);
+}

@@ -157,6 +157,32 @@ def test_amx_from_its_row_threshold_on(monkeypatch):
     assert used == ["fma"]
 
 
+@needs_amx
+def test_fused_gate_up_silu_on_amx():
+    """silu(gate) * up straight from one AMX call on a fused [gate; up] weight: within the AMX
+    kernel's tolerance of the fp32 reference, a row's bits independent of the batch, and not
+    offered below the layer's AMX threshold (the caller then runs the projection and the product)."""
+    n, k, g = 320, 256, 64  # gate and up of 160 outputs each: five 32-column strips per half
+    codes, scales, zeros = _weights(n, k, g, seed=12)
+    lin = _layer(codes, scales, zeros, "batched")
+    w = dequantize(codes, scales, zeros, g)
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(129, k, generator=gen)
+    ref_gu = x.to(torch.bfloat16).float() @ w.t()
+    ref = torch.nn.functional.silu(ref_gu[:, : n // 2]) * ref_gu[:, n // 2:]
+    assert lin.silu_glu(x[:3]) is None  # below amx_min_rows (4)
+    lin.amx_min_rows = 1
+    full = lin.silu_glu(x)
+    assert full.shape == (129, n // 2) and full.dtype == torch.bfloat16
+    rel = _rel(full, ref)
+    print(f"fused gate/up silu on AMX: max rel err vs reference {rel:.2e}")
+    assert rel < 2 * REL_TOL
+    for m in (1, 4, 17, 32, 33):
+        assert torch.equal(lin.silu_glu(x[:m]), full[:m]), m
+    lin.amx_min_rows = 0
+    assert lin.silu_glu(x) is None
+
+
 def test_spec_int4_amx_rows_field():
     from engines.spec import EngineSpec
 
@@ -309,12 +335,17 @@ def test_engine_prompt_alone_and_in_batches_of_7_and_32_as_served(tiny_engines, 
 
 @needs_kernel
 def test_engine_on_the_aten_kernel_agrees(tiny_specs, tiny_engines):
+    """torch's kernel and the fp32-FMA kernel (amx rows 0: the kernel of AVX-512 CPUs without
+    AMX) on the same tiny model. The AMX kernel's bf16 weights are checked per matmul above and,
+    on the demo checkpoint, by the engines benchmark's top-1 agreement and KL against FP32."""
     import dataclasses
 
     from engines import load_engine
+    from engines.int4_layer import set_amx_rows
 
     eng = tiny_engines["v2-int4"]
     old = load_engine(dataclasses.replace(tiny_specs["v2-int4"], int4_kernel="aten"))
+    set_amx_rows(eng.loaded.model, 0)
     try:
         assert all(m.kernel == "aten" for m in old.loaded.model.modules() if isinstance(m, Int4Linear))
         ids = [0] + list(range(3, 60))
@@ -325,6 +356,7 @@ def test_engine_on_the_aten_kernel_agrees(tiny_specs, tiny_engines):
         # as the kernel-vs-reference model test: a random tiny model amplifies bf16 rounding
         assert rel < 0.1 and agree >= 0.9
     finally:
+        set_amx_rows(eng.loaded.model, eng.spec.int4_amx_rows)
         old.close()
 
 
