@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from dataclasses import replace
 
-    from engines import load_engine
+    from engines import compute, load_engine
     from engines.demo import build_demo, heldout_texts
     from engines.spec import EngineSpec, builtin_specs
 
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
     root = args.root
     if not all((root / d / "config.json").is_file() for d in ("v1-fp32", "v2-fp32", "v2-int4")):
         _log(f"demo checkpoints missing under {root}: building them (engines build-demo)")
-        build_demo(root, progress=True)
+        compute.run(build_demo, root, progress=True)
     torch.set_num_threads(args.threads)
     specs = builtin_specs(root)
     v1s = replace(specs["v1-fp32"], device=args.device)
@@ -332,11 +332,12 @@ def main(argv=None) -> int:
         report["engines"][name] = bench_engine(eng, prompts, quick=quick, prefill_tokens=256 if quick else 512)
     _log("transformers generate baseline (V1)")
     new = 16 if quick else 64
-    report["hf_generate_v1"] = hf_generate_baseline(engines["v1-fp32"], prompts[0], new, 3 if quick else 5)
+    # torch work of this thread would give it an OpenMP team of its own: on the compute thread
+    report["hf_generate_v1"] = compute.run(hf_generate_baseline, engines["v1-fp32"], prompts[0], new, 3 if quick else 5)
     _log("INT4 vs FP32 on the V2 checkpoint")
     fp, q = engines["v2-fp32"], engines["v2-int4"]
     sp = interleaved_speed(fp, q, prompts[1], new, 5 if quick else 10)
-    qual = quality(fp, q, held, chunks=8 if quick else 32, seq=256)
+    qual = compute.run(quality, fp, q, held, chunks=8 if quick else 32, seq=256)
     fpe, qe = report["engines"]["v2-fp32"], report["engines"]["v2-int4"]
     report["int4_vs_fp32_v2"] = {
         "decode_b1_fp32_tok_s": sp["a_tok_s"],

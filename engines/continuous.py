@@ -20,6 +20,7 @@ from collections import deque
 
 import torch
 
+from engines import compute
 from engines.generation import Row
 from engines.scheduler import BatchingScheduler, Expired, _Pending
 from engines.types import EngineError
@@ -91,13 +92,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             if admit is None:
                 return
             try:
-                with self.engine.lock:
-                    if admit:
-                        self._admit(admit)
-                    if self._prefilling:
-                        self._prefill_step()
-                    if self._live:
-                        self._step()
+                compute.run(self._iteration, admit)
             except BaseException as e:  # noqa: BLE001 - fail the live requests, keep serving
                 log.exception("continuous batch step failed")
                 err = e if isinstance(e, EngineError) else EngineError(f"generation failed: {type(e).__name__}: {e}")
@@ -111,6 +106,16 @@ class ContinuousBatchingScheduler(BatchingScheduler):
                         p.future.set_exception(err)
                 if not isinstance(e, Exception):
                     raise
+
+    def _iteration(self, admit: list[_Pending]) -> None:
+        """Admit, one prefill chunk, one decode step: on the compute thread (:mod:`engines.compute`)."""
+        with self.engine.lock:
+            if admit:
+                self._admit(admit)
+            if self._prefilling:
+                self._prefill_step()
+            if self._live:
+                self._step()
 
     def _ensure_cache(self, need_rows: int, need_t: int) -> None:
         runner = self.engine.runner

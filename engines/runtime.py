@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from engines import compute
 from engines.device import DeviceError, check_device
 from engines.decoder import DecoderRunner
 from engines.model import LoadedModel, load_model
@@ -54,6 +55,10 @@ def load_engine(spec: EngineSpec) -> "Engine":
     except DeviceError as e:
         raise DeviceError(f"engine {spec.name!r}: {e.message}") from None
     check_checkpoint(spec)
+    return compute.run(_load, spec)
+
+
+def _load(spec: EngineSpec) -> "Engine":
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     t0 = time.perf_counter()
@@ -163,7 +168,11 @@ class Engine(Scoring, GenerationCore):
         step, and a request whose caller stopped leaves the batch there, its result having
         ``finish_reason`` "expired" (the text so far), so the engine works no longer for it.
         ``on_text[i]`` (streaming) is called with request i's new text after each decode step
-        (:class:`~engines.streaming.TextDeltas`); the deltas join up to the result's text."""
+        (:class:`~engines.streaming.TextDeltas`); the deltas join up to the result's text.
+        Runs on the process's compute thread (:mod:`engines.compute`)."""
+        return compute.run(self._generate, requests, queue_ms, alive, on_text)
+
+    def _generate(self, requests, queue_ms, alive, on_text) -> list[GenerationResult | EngineError]:
         out: list[GenerationResult | EngineError | None] = [None] * len(requests)
         with self.lock:
             if self._closed:

@@ -9,19 +9,31 @@ from collections.abc import Sequence
 
 import torch
 
+from engines import compute
 from engines.types import EngineClosed, GenerationRequest, InvalidRequest, PromptTooLong, ScoreResult
 
 __all__ = ["Scoring"]
 
 
 class Scoring:
-    @torch.inference_mode()
     def teacher_forced_logits(self, ids: Sequence[int]) -> torch.Tensor:
-        """Logits [len(ids), vocab] for every position of one sequence (benchmarks, tests)."""
+        """Logits [len(ids), vocab] for every position of one sequence (benchmarks, tests), on the
+        compute thread (:mod:`engines.compute`)."""
+        return compute.run(self._teacher_forced_logits, ids)
+
+    @torch.inference_mode()
+    def _teacher_forced_logits(self, ids: Sequence[int]) -> torch.Tensor:
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         cache = self.runner.new_cache(1, x.shape[1])
         pos = torch.arange(x.shape[1], device=self.device)[None]
         return self.runner.forward(x, pos, 0, cache, None, last_only=False)[0].float()
+
+    def _score_logprobs(self, ids: list[int], comp: list[int]) -> torch.Tensor:
+        with self.lock:
+            if self._closed:
+                raise EngineClosed(f"engine {self.spec.name} is closed")
+            logits = self._teacher_forced_logits(ids + comp)[len(ids) - 1:len(ids) - 1 + len(comp)]
+        return torch.log_softmax(logits.float(), dim=-1).cpu().contiguous()
 
     # --- scoring a given completion (output quality) ---------------------------------------
 
@@ -81,10 +93,6 @@ class Scoring:
         fp = self.tokenizer_fingerprint
         if not comp:
             return ScoreResult((), b"", vocab, fp, len(ids), truncated, tuple(ids))
-        with self.lock:
-            if self._closed:
-                raise EngineClosed(f"engine {self.spec.name} is closed")
-            logits = self.teacher_forced_logits(ids + comp)[len(ids) - 1:len(ids) - 1 + len(comp)]
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu().contiguous()
+        logp = compute.run(self._score_logprobs, ids, comp)
         return ScoreResult(tuple(int(t) for t in comp), logp.numpy().astype("<f4").tobytes(), int(logp.shape[-1]),
                            fp, len(ids), truncated, tuple(int(t) for t in ids))
