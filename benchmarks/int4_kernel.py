@@ -6,8 +6,9 @@
 Milliseconds per pass over the INT4 layer shapes of the demo model (per decoder layer fused
 q/k/v 1536x1024, o 1024x1024, fused gate/up 5632x1024, down 1024x2816, all g64; the head
 8192x1024 g32; ``--layers`` decoder layers) for torch's ``_weight_int4pack_mm_for_cpu``
-("aten"), this project's ``batched`` kernel and the opt-in ``dequant_gemm`` path (weight
-dequantized to bf16, one oneDNN GEMM), at each row count. They run interleaved rep by rep on the
+("aten"), this project's ``batched`` fp32-FMA kernel, the opt-in ``dequant_gemm`` path (weight
+dequantized to bf16, one oneDNN GEMM) and, on a CPU with AMX, the ``amx`` tile kernel and
+``served`` (what an engine runs: FMA below 4 rows, AMX from 4), at each row count. They run interleaved rep by rep on the
 same random weights and activations (the machine may be shared: ratios from
 the same reps are what to read); the median of the reps is reported. Also: each kernel's max
 relative error against the dequantize reference (``engines.quant.dequantize``, fp32 matmul of
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from engines.int4 import build_seconds, dequant_matmul, kernel_available, matmul, pack
+    from engines.int4 import amx_available, build_seconds, dequant_matmul, kernel_available, matmul, pack
     from engines.int4_layer import Int4Linear, _scales_and_zeros
     from engines.quant import dequantize, quantize_weight
 
@@ -110,8 +111,11 @@ def main(argv=None) -> int:
     shapes = _layer_shapes(args.layers)
     uniq = sorted(set(shapes))
     weights = {}
-    kinds = ("aten", "batched", "dequant_gemm")
-    errors: dict[str, float] = dict.fromkeys(kinds, 0.0)
+    # batched: the fp32-FMA kernel at every row count; amx: the AMX tile kernel at every row count;
+    # served: what an engine runs (the FMA kernel below the spec's int4_amx_rows, 4, AMX from there)
+    kinds = ("aten", "batched", "dequant_gemm") + (("amx", "served") if amx_available() else ())
+    report["amx"] = amx_available()
+    errors: dict[str, float] = dict.fromkeys((k for k in kinds if k != "served"), 0.0)
     for n, k, gs in uniq:
         w = torch.randn(n, k, generator=g) * 0.05
         codes, s, z = quantize_weight(w, gs, clip_search=False)
@@ -127,6 +131,9 @@ def main(argv=None) -> int:
         errors["batched"] = max(errors["batched"], (yn.float() - ref).abs().max().item() / scale)
         yg = dequant_matmul(x, new["weight_packed"], gs, new["scales_and_zeros"])
         errors["dequant_gemm"] = max(errors["dequant_gemm"], (yg.float() - ref).abs().max().item() / scale)
+        if "amx" in kinds:
+            yx = matmul(x, new["weight_packed"], gs, new["scales_and_zeros"], amx_min_rows=1)
+            errors["amx"] = max(errors["amx"], (yx.float() - ref).abs().max().item() / scale)
     report["max_rel_err_vs_reference"] = {k: float(f"{v:.3e}") for k, v in errors.items()}
 
     def one_pass(kind: str, xs: dict) -> float:
@@ -138,6 +145,10 @@ def main(argv=None) -> int:
                 torch.ops.aten._weight_int4pack_mm_for_cpu(x, aten["weight_packed"], shp[2], aten["scales_and_zeros"])
             elif kind == "batched":
                 matmul(x, new["weight_packed"], shp[2], new["scales_and_zeros"])
+            elif kind == "amx":
+                matmul(x, new["weight_packed"], shp[2], new["scales_and_zeros"], amx_min_rows=1)
+            elif kind == "served":
+                matmul(x, new["weight_packed"], shp[2], new["scales_and_zeros"], amx_min_rows=4)
             else:
                 dequant_matmul(x, new["weight_packed"], shp[2], new["scales_and_zeros"])
         return (time.perf_counter() - t0) * 1e3

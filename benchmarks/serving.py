@@ -14,6 +14,11 @@ Prints one JSON object:
                   (the engine's max_batch_size) and off (max_batch_size 1), per mode; plus the
                   engine's own batched throughput at concurrency 32 and the ratio of each mode to it.
   scale_out_c32   Celery throughput at concurrency 32 with one and with two workers on one queue.
+  v2_vs_v1_celery_c32  V2 INT4's and V1 FP32's served tokens/s through Celery at concurrency 32,
+                  alternating rounds, and their ratio (``--compare-only``: just this).
+
+``ABTEST_BENCH_SCHEDULER=continuous`` (or ``static``) serves the engines with that scheduler
+instead of their specs' own.
 
 The API runs in this process (Flask's WSGI app, no HTTP parsing on either side of the
 comparison); in Celery mode the engine runs in a real `abtest worker` process on local Redis.
@@ -55,7 +60,8 @@ def demo_present(checkpoints: Path) -> bool:
     return (d / "config.json").is_file() and (d / "int4_config.json").is_file()
 
 
-def registry_file(root: Path, engines: str, batching: bool, checkpoints: Path | None = None) -> tuple[str, str]:
+def registry_file(root: Path, engines: str, batching: bool, checkpoints: Path | None = None,
+                  engine: str = "v2-int4") -> tuple[str, str]:
     """A registry file under ``root`` with the one engine served; its checkpoint path is
     absolute (the file lives in a temporary folder, which relative paths would point into)."""
     from engines.spec import builtin_specs
@@ -65,10 +71,13 @@ def registry_file(root: Path, engines: str, batching: bool, checkpoints: Path | 
         specs = build_tiny_checkpoints(root / "tiny")
     else:
         specs = builtin_specs(checkpoints or checkpoint_root())
-    spec = specs["v2-int4"]
+    spec = specs[engine]
+    override = os.environ.get("ABTEST_BENCH_SCHEDULER")  # measure the other scheduler (static | continuous)
+    if override:
+        spec = dataclasses.replace(spec, scheduler=override)
     if not batching:
         spec = dataclasses.replace(spec, max_batch_size=1, max_wait_ms=0.0)
-    path = root / f"registry-{engines}-{'batch' if batching else 'nobatch'}.json"
+    path = root / f"registry-{engines}-{engine}-{'batch' if batching else 'nobatch'}.json"
     path.write_text(json.dumps({"engines": [spec.to_dict()]}))
     return str(path), spec.name
 
@@ -81,7 +90,7 @@ def direct_scheduler(registry: str, name: str):  # type: ignore[no-untyped-def]
     return BatchingScheduler(load_engine(load_registry(registry)[name]))
 
 
-def make_api(db_url: str, registry: str, broker: str | None) -> tuple[Any, dict[str, str]]:
+def make_api(db_url: str, registry: str, broker: str | None, engine: str = "v2-int4") -> tuple[Any, dict[str, str]]:
     from abtest.app import create_app
     from abtest.services.keys import create_key
 
@@ -97,8 +106,8 @@ def make_api(db_url: str, registry: str, broker: str | None) -> tuple[Any, dict[
         headers = {"Authorization": f"Bearer {create_key(session, 'bench', 'admin')}"}
     client = app.test_client()
     key = f"bench-{time.time_ns()}"
-    body = {"key": key, "variants": [{"key": "a", "engine": "v2-int4", "weight": 0.5, "control": True},
-                                     {"key": "b", "engine": "v2-int4", "weight": 0.5}]}
+    body = {"key": key, "variants": [{"key": "a", "engine": engine, "weight": 0.5, "control": True},
+                                     {"key": "b", "engine": engine, "weight": 0.5}]}
     assert client.post("/v1/experiments", json=body, headers=headers).status_code == 201
     client.post(f"/v1/experiments/{key}/start", headers=headers)
     app.config["BENCH_EXPERIMENT"] = key
@@ -229,6 +238,39 @@ def scale_out(root: Path, engines: str, quick: bool, tokens: int, checkpoints: P
     return out
 
 
+def v2_vs_v1_celery(root: Path, engines: str, quick: bool, tokens: int, checkpoints: Path | None = None,
+                    concurrency: int = 32) -> dict[str, Any]:
+    """V2 INT4 and V1 FP32 served the same way: through the API, Celery mode (one ``abtest worker``
+    per engine, its spec as registered: batching and scheduler included), ``concurrency`` clients.
+    Rounds alternate V1, V2, V1, V2 (the machine is shared); the best round of each is compared."""
+    import redis
+
+    from tests.serving.harness import WorkerProcess
+
+    n = concurrency * (3 if quick else 6)
+    rounds: dict[str, list[dict[str, float]]] = {"v1-fp32": [], "v2-int4": []}
+    for r in range(2):
+        for engine in ("v1-fp32", "v2-int4"):
+            registry, name = registry_file(root, engines, True, checkpoints, engine=engine)
+            redis.Redis.from_url(REDIS_URL).flushdb()
+            env = {"ABTEST_BROKER_URL": REDIS_URL, "ABTEST_ENGINE_REGISTRY": registry}
+            worker = WorkerProcess(name, env, str(root / f"compare-{engine}-{r}.log"), concurrency=64).start()
+            app = None
+            try:
+                worker.wait_ready()
+                app, headers = make_api(f"sqlite:///{root / f'compare-{engine}-{r}.sqlite'}", registry, REDIS_URL,
+                                        engine=engine)
+                api_call(app, headers, 0, 2)
+                rounds[engine].append(throughput(lambda i: api_call(app, headers, i, tokens), concurrency, n))
+            finally:
+                if app is not None:
+                    app.extensions["abtest"].close()
+                worker.stop()
+    best = {e: max(rs, key=lambda x: x["tokens_per_s"]) for e, rs in rounds.items()}
+    return {"concurrency": concurrency, "requests_per_round": n, "rounds": rounds, "best": best,
+            "v2_over_v1_tokens_per_s": round(best["v2-int4"]["tokens_per_s"] / best["v1-fp32"]["tokens_per_s"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -236,6 +278,8 @@ def main() -> None:
                         help="default: demo checkpoints when built (abtest engines build-demo), else tiny")
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--compare-only", action="store_true",
+                        help="only V2 INT4 against V1 FP32 through Celery at concurrency 32")
     ns = parser.parse_args()
     checkpoints = checkpoint_root()
     engines = ns.engines or ("demo" if demo_present(checkpoints) else "tiny")
@@ -248,10 +292,15 @@ def main() -> None:
     if engines == "demo":
         report["checkpoints"] = str(checkpoints)
     with tempfile.TemporaryDirectory() as tmp:
+        if ns.compare_only:
+            report["v2_vs_v1_celery_c32"] = v2_vs_v1_celery(Path(tmp), engines, ns.quick, ns.tokens, checkpoints)
+            print(json.dumps(report, indent=2))
+            return
         for mode in ("embedded",) + (() if ns.no_celery else ("celery",)):
             report[mode] = run_mode(mode, Path(tmp), engines, ns.quick, ns.tokens, checkpoints)
         if not ns.no_celery:
             report["scale_out_c32"] = scale_out(Path(tmp), engines, ns.quick, ns.tokens, checkpoints)
+            report["v2_vs_v1_celery_c32"] = v2_vs_v1_celery(Path(tmp), engines, ns.quick, ns.tokens, checkpoints)
     print(json.dumps(report, indent=2))
 
 
