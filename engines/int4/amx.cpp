@@ -129,10 +129,11 @@ AMX_TARGET void dequant_strip(const uint8_t* w, const at::BFloat16* sz, int64_t 
   }
 }
 
-// C tiles for rows m0 .. m0 + 16 MT - 1 of the padded activations, columns of the strip's NB blocks.
-template <int MT, int NB>
-AMX_TARGET void strip_rows(const at::BFloat16* x, int64_t K, const uint16_t* buf, float* ctmp) {
-  TILE_MEMORY_BARRIER();
+// The C tiles of up to 32 rows x 32 columns (MT x NB tiles of 16 x 16 fp32) over k ascending,
+// stored into ctmp ([MT * 16 rows][NB * 16 cols], row stride 32 floats). b_tiles(kc) gives the
+// step's NB B tiles (1 KB each, contiguous): rebuilt on the spot or read from a strip buffer.
+template <int MT, int NB, typename BTiles>
+AMX_TARGET inline void tile_products(const at::BFloat16* x, int64_t K, BTiles& b_tiles, float* ctmp) {
   _tile_zero(0);
   if constexpr (NB > 1) _tile_zero(1);
   if constexpr (MT > 1) _tile_zero(2);
@@ -140,7 +141,8 @@ AMX_TARGET void strip_rows(const at::BFloat16* x, int64_t K, const uint16_t* buf
   const int64_t lda = K * 2;  // bytes
   const int64_t kchunks = K / kKStep;
   for (int64_t kc = 0; kc < kchunks; ++kc) {
-    const uint16_t* b = buf + kc * NB * (kTileRows * 32);
+    const uint16_t* b = b_tiles(kc);
+    TILE_MEMORY_BARRIER();
     _tile_loadd(4, x + kc * kKStep, lda);
     if constexpr (MT > 1) _tile_loadd(5, x + kTileRows * K + kc * kKStep, lda);
     _tile_loadd(6, b, 64);
@@ -150,7 +152,6 @@ AMX_TARGET void strip_rows(const at::BFloat16* x, int64_t K, const uint16_t* buf
     if constexpr (MT > 1) _tile_dpbf16ps(2, 5, 6);
     if constexpr (MT > 1 && NB > 1) _tile_dpbf16ps(3, 5, 7);
   }
-  // ctmp: [MT * 16 rows][NB * 16 cols] fp32, row stride 32 floats
   constexpr int64_t ldc = 2 * kCols * 4;
   TILE_MEMORY_BARRIER();
   _tile_stored(0, ctmp, ldc);
@@ -160,42 +161,30 @@ AMX_TARGET void strip_rows(const at::BFloat16* x, int64_t K, const uint16_t* buf
   TILE_MEMORY_BARRIER();
 }
 
-// At most 32 rows (decode): each B tile is rebuilt just before its tile products, in L1,
-// instead of the strip being rebuilt first; the same tiles, products and k order as strip_rows.
-template <int MT, int NB>
-AMX_TARGET void fused_rows(const at::BFloat16* x, int64_t K, const uint8_t* w, const at::BFloat16* sz, int64_t N,
-                           int gs, int64_t blk0, float* ctmp) {
-  const Dequant d = dequant_consts();
+// B tiles of a strip rebuilt beforehand (dequant_strip): buf[kc][j]
+struct StripTiles {
+  const uint16_t* buf;
+  int nb;
+  const uint16_t* operator()(int64_t kc) const { return buf + kc * nb * (kTileRows * 32); }
+};
+
+// B tiles rebuilt just before their products, in L1 (at most 32 rows: decode): the same tiles,
+// products and k order as from a prebuilt strip
+struct FreshTiles {
+  Dequant d;
+  const uint8_t* src0;  // the strip's first column block; src1 the next one
+  const uint8_t* src1;
+  const at::BFloat16* sz;
+  int64_t N, col0;
+  int gs, nb;
   alignas(64) uint16_t b[2][kTileRows * 32];
-  _tile_zero(0);
-  if constexpr (NB > 1) _tile_zero(1);
-  if constexpr (MT > 1) _tile_zero(2);
-  if constexpr (MT > 1 && NB > 1) _tile_zero(3);
-  const int64_t lda = K * 2;  // bytes
-  const int64_t kchunks = K / kKStep;
-  const uint8_t* src0 = w + blk0 * (K / 2) * kCols;
-  const uint8_t* src1 = src0 + (K / 2) * kCols;
-  for (int64_t kc = 0; kc < kchunks; ++kc) {
-    dequant_tile(d, src0, sz, N, gs, blk0 * kCols, kc, b[0]);
-    if constexpr (NB > 1) dequant_tile(d, src1, sz, N, gs, (blk0 + 1) * kCols, kc, b[1]);
-    TILE_MEMORY_BARRIER();
-    _tile_loadd(4, x + kc * kKStep, lda);
-    if constexpr (MT > 1) _tile_loadd(5, x + kTileRows * K + kc * kKStep, lda);
-    _tile_loadd(6, b[0], 64);
-    if constexpr (NB > 1) _tile_loadd(7, b[1], 64);
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (NB > 1) _tile_dpbf16ps(1, 4, 7);
-    if constexpr (MT > 1) _tile_dpbf16ps(2, 5, 6);
-    if constexpr (MT > 1 && NB > 1) _tile_dpbf16ps(3, 5, 7);
+
+  AMX_TARGET const uint16_t* operator()(int64_t kc) {
+    dequant_tile(d, src0, sz, N, gs, col0, kc, b[0]);
+    if (nb > 1) dequant_tile(d, src1, sz, N, gs, col0 + kCols, kc, b[1]);
+    return b[0];
   }
-  constexpr int64_t ldc = 2 * kCols * 4;
-  TILE_MEMORY_BARRIER();
-  _tile_stored(0, ctmp, ldc);
-  if constexpr (NB > 1) _tile_stored(1, ctmp + kCols, ldc);
-  if constexpr (MT > 1) _tile_stored(2, ctmp + kTileRows * 2 * kCols, ldc);
-  if constexpr (MT > 1 && NB > 1) _tile_stored(3, ctmp + kTileRows * 2 * kCols + kCols, ldc);
-  TILE_MEMORY_BARRIER();
-}
+};
 
 AMX_TARGET void store_rows(const float* ctmp, int rows, int nb, at::BFloat16* out, int64_t N, int64_t col0) {
   for (int i = 0; i < rows; ++i)
@@ -212,17 +201,20 @@ AMX_TARGET inline void strip_pass(const at::BFloat16* x, int64_t Mp, int64_t m0,
                                   const uint16_t* buf, float* ctmp) {
   const bool two = m0 + kTileRows < Mp;
   if (Mp <= 2 * kTileRows) {
-    if (two && nb == 2) fused_rows<2, 2>(x, K, w, sz, N, gs, blk0, ctmp);
-    else if (two) fused_rows<2, 1>(x, K, w, sz, N, gs, blk0, ctmp);
-    else if (nb == 2) fused_rows<1, 2>(x, K, w, sz, N, gs, blk0, ctmp);
-    else fused_rows<1, 1>(x, K, w, sz, N, gs, blk0, ctmp);
+    const uint8_t* src0 = w + blk0 * (K / 2) * kCols;
+    FreshTiles tiles{dequant_consts(), src0, src0 + (K / 2) * kCols, sz, N, blk0 * kCols, gs, nb, {}};
+    if (two && nb == 2) tile_products<2, 2>(x, K, tiles, ctmp);
+    else if (two) tile_products<2, 1>(x, K, tiles, ctmp);
+    else if (nb == 2) tile_products<1, 2>(x, K, tiles, ctmp);
+    else tile_products<1, 1>(x, K, tiles, ctmp);
     return;
   }
+  StripTiles tiles{buf, nb};
   const at::BFloat16* xr = x + m0 * K;
-  if (two && nb == 2) strip_rows<2, 2>(xr, K, buf, ctmp);
-  else if (two) strip_rows<2, 1>(xr, K, buf, ctmp);
-  else if (nb == 2) strip_rows<1, 2>(xr, K, buf, ctmp);
-  else strip_rows<1, 1>(xr, K, buf, ctmp);
+  if (two && nb == 2) tile_products<2, 2>(xr, K, tiles, ctmp);
+  else if (two) tile_products<2, 1>(xr, K, tiles, ctmp);
+  else if (nb == 2) tile_products<1, 2>(xr, K, tiles, ctmp);
+  else tile_products<1, 1>(xr, K, tiles, ctmp);
 }
 
 // e^x for fp32 lanes (|rel err| ~ 2e-7): x = n ln2 + r, |r| <= ln2 / 2, degree-6 Taylor of e^r,
