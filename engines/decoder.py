@@ -37,13 +37,14 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch
 def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A projection without nn.Module.__call__'s bookkeeping (no hooks are used here).
 
-    An INT4 layer takes bf16 activations and returns bf16 (plus an fp32 bias, if any): the
-    callers keep that output where the next op accepts it (MLP interior, residual add, which
-    promotes) instead of converting both ways around every kernel call."""
+    An INT4 layer returns bf16 (plus an fp32 bias, if any) and takes fp32 activations as they are
+    (:meth:`Int4Linear.project`: its kernel rounds them to bf16): the callers keep that output
+    where the next op accepts it (MLP interior, residual add, which promotes) instead of
+    converting both ways around every kernel call."""
     if type(mod) is nn.Linear:
         return F.linear(x if x.dtype == mod.weight.dtype else x.to(mod.weight.dtype), mod.weight, mod.bias)
     if type(mod) is Int4Linear:
-        return mod.forward(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16))
+        return mod.project(x)
     return mod(x)
 
 

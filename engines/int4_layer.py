@@ -168,6 +168,19 @@ class Int4Linear(nn.Module):
             y = y + self.bias
         return y
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward(x.to(bfloat16))``, bf16 out (plus an fp32 bias, if any), without converting
+        fp32 activations first where the CPU kernel rounds them itself (the same bits): what the
+        engine's decoder calls."""
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if (self.kernel == "batched" and not x2.is_cuda and self.reference_weight is None
+                and not 0 < self.dequant_min_rows <= x2.shape[0]):
+            y = _int4.matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros,
+                             amx_min_rows=self.amx_min_rows).reshape(*shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+        return self.forward(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16))
+
     def silu_glu(self, x: torch.Tensor) -> torch.Tensor | None:
         """For a fused [gate; up] layer: ``silu(gate(x)) * up(x)`` in bf16 [..., out/2] from one AMX
         kernel call, or None where that kernel does not apply (no AMX, fewer rows than
@@ -236,10 +249,9 @@ def fused_silu_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     and the product in fp32. The engine's decoder and the Hugging Face module tree (patched at
     load, :func:`install_fused_mlp`) both run this, so both compute the same numbers."""
     gu = mlp.gate_up_fused
-    xb = x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16)
-    y = gu.silu_glu(xb)
+    y = gu.silu_glu(x)
     if y is None:
-        gate, up = gu.forward(xb).chunk(2, dim=-1)
+        gate, up = gu.project(x).chunk(2, dim=-1)
         y = F.silu(gate.float()).mul_(up)
     down = mlp.down_proj
     if type(down) is Int4Linear:

@@ -123,7 +123,8 @@ def amx_supports(k: int, group_size: int) -> bool:
 
 def matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor,
            amx_min_rows: int = 0) -> torch.Tensor:
-    """bf16 [m, k] x ``batched``-packed weight -> bf16 [m, n] (fp32 sums, rounded once).
+    """bf16 (or fp32, rounded to bf16 by the kernel) [m, k] x ``batched``-packed weight -> bf16
+    [m, n] (fp32 sums, rounded once).
 
     From ``amx_min_rows`` rows on (0: never), where :func:`amx_available`, the AMX tile kernel:
     weights rounded once to bf16, tile dot products. Both kernels give a row a result that does
@@ -132,7 +133,8 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_ze
     if not _state.get("ok") and not kernel_available():
         raise RuntimeError(f"the batched int4 kernel is unavailable here ({_state.get('why')})")
     if 0 < amx_min_rows <= x.shape[0] and amx_supports(x.shape[1], group_size) and amx_available():
-        return _ops.int4_mm_amx(x, packed, group_size, scales_and_zeros)
+        return _ops.int4_mm_amx(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16), packed, group_size,
+                                scales_and_zeros)
     return _ops.int4_mm(x, packed, group_size, scales_and_zeros)
 
 

@@ -203,13 +203,27 @@ void check_args(const at::Tensor& w, int64_t gs, const at::Tensor& sz) {
 
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& w, int64_t group_size, const at::Tensor& sz) {
   check_args(w, group_size, sz);
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be 2-D bf16");
+  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat),
+              "x must be 2-D bf16 or fp32");
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0) * kCols;
   TORCH_CHECK(w.size(1) * 2 == K, "w holds K = ", w.size(1) * 2, ", x has K = ", K);
   const int gs = static_cast<int>(group_size);
-  at::Tensor out = at::empty({M, N}, x.options());
+  at::Tensor out = at::empty({M, N}, x.options().dtype(at::kBFloat16));
   if (M == 0) return out;
-  at::Tensor xf = x.to(at::kFloat).contiguous();  // exact
+  at::Tensor xf;
+  if (x.scalar_type() == at::kBFloat16) {
+    xf = x.to(at::kFloat).contiguous();  // exact
+  } else {  // fp32 activations rounded to bf16 here (nearest even, as x.to(bf16)): one pass, not two
+    at::Tensor xc = x.contiguous();
+    xf = at::empty({M, K}, xc.options());
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(xc.data_ptr<float>());
+    uint32_t* dst = reinterpret_cast<uint32_t*>(xf.data_ptr<float>());
+    for (int64_t i = 0; i < M * K; ++i) {
+      const uint32_t u = src[i];
+      const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+      dst[i] = nan ? (u | 0x00400000u) & 0xFFFF0000u : (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    }
+  }
   const int64_t G = K / gs;
   // per row and group: the sum of the activations, k ascending whatever the batch (here rather
   // than a torch reduction, whose order could depend on the shape)
@@ -271,7 +285,7 @@ at::Tensor int4_dequant_t(const at::Tensor& w, int64_t group_size, const at::Ten
 }  // namespace
 
 TORCH_LIBRARY(abtest_int4, m) {
-  m.def("int4_mm(Tensor x, Tensor w, int group_size, Tensor scales_and_zeros) -> Tensor");
+  m.def("int4_mm(Tensor x, Tensor w, int group_size, Tensor scales_and_zeros) -> Tensor");  // x bf16 or fp32
   m.def("int4_dequant_t(Tensor w, int group_size, Tensor scales_and_zeros, Tensor(a!) out) -> Tensor(a!)");
 }
 

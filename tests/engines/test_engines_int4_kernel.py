@@ -193,6 +193,28 @@ def test_spec_int4_amx_rows_field():
 
 
 @needs_kernel
+def test_fp32_activations_are_rounded_by_the_kernel_as_by_torch():
+    """int4_mm takes fp32 rows and rounds them to bf16 itself, to the same bits as x.to(bf16)
+    (nearest even: ties included), and the layer's project() gives forward()'s bits."""
+    codes, scales, zeros = _weights(64, 256, 64, seed=14)
+    lin = _layer(codes, scales, zeros, "batched")
+    lin.amx_min_rows = 0
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(3, 256, generator=gen)
+    bits = x.view(torch.int32)
+    bits[0, :64] = (bits[0, :64] & ~0xFFFF) | 0x8000  # exact ties between two bf16 values
+    bits[1, :64] = (bits[1, :64] & ~0xFFFF) | 0x18000
+    x[2, :4] = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0])
+    y32 = torch.ops.abtest_int4.int4_mm(x, lin.weight_packed, 64, lin.scales_and_zeros)
+    y16 = torch.ops.abtest_int4.int4_mm(x.to(torch.bfloat16), lin.weight_packed, 64, lin.scales_and_zeros)
+    assert y32.dtype == torch.bfloat16 and torch.equal(y32[:2], y16[:2])
+    assert torch.equal(y32[2].isnan(), y16[2].isnan())
+    ok = x[:2]
+    assert torch.equal(lin.project(ok), lin(ok.to(torch.bfloat16)))
+    assert lin.project(ok).dtype == torch.bfloat16 and lin(ok).dtype == torch.float32
+
+
+@needs_kernel
 def test_dequantized_weight_and_gemm_path():
     codes, scales, zeros = _weights(160, 256, 32, seed=6)
     lin = _layer(codes, scales, zeros, "batched")
