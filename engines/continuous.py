@@ -69,7 +69,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         self.prefill_chunks_run = 0
         self._live: list[_Live] = []
         self._cache = None
-        self._cap_t = 0
+        self._cap_t = self._cap_rows = 0
         self.steps_run = 0
         super().__init__(engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          name=name, idle_gap_ms=idle_gap_ms)
@@ -99,7 +99,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
                 for lv in [*self._live, *(pf.live for pf in self._prefilling)]:
                     if not lv.pending.future.done():
                         lv.pending.future.set_exception(err)
-                self._live, self._cache, self._cap_t = [], None, 0
+                self._live, self._cache, self._cap_t, self._cap_rows = [], None, 0, 0
                 self._prefilling.clear()
                 for p in admit or []:
                     if not p.future.done():
@@ -118,20 +118,25 @@ class ContinuousBatchingScheduler(BatchingScheduler):
                 self._step()
 
     def _ensure_cache(self, need_rows: int, need_t: int) -> None:
+        """A decode cache of at least ``need_rows`` rows and ``need_t`` slots; grown by doubling
+        (rows up to ``max_batch_size``), the live rows copied over."""
         runner = self.engine.runner
-        if self._cache is not None and need_t <= self._cap_t:
+        if self._cache is not None and need_t <= self._cap_t and need_rows <= self._cap_rows:
             return
-        cap_t = min(max(need_t, 2 * self._cap_t, 128), max(need_t, self.engine.spec.context_window))
+        cap_t = self._cap_t if need_t <= self._cap_t else min(
+            max(need_t, 2 * self._cap_t, 128), max(need_t, self.engine.spec.context_window))
+        rows = self._cap_rows if need_rows <= self._cap_rows else min(
+            self.max_batch_size, max(need_rows, 2 * self._cap_rows, 8))
         # zeros, not empty: slots past a row's length are masked, but a masked NaN still poisons
         # the attention output (0 * NaN); stale values of earlier rows are finite
-        new = [(k.zero_(), v.zero_()) for k, v in runner.new_cache(self.max_batch_size, cap_t)]
+        new = [(k.zero_(), v.zero_()) for k, v in runner.new_cache(rows, cap_t)]
         n = len(self._live)
         if self._cache is not None and n:
             for (k, v), (nk, nv) in zip(self._cache, new):
                 # a sliding layer's ring keeps slot s at s % W: the old entries keep their index
                 nk[:n, :, : k.shape[2]] = k[:n]
                 nv[:n, :, : v.shape[2]] = v[:n]
-        self._cache, self._cap_t = new, cap_t
+        self._cache, self._cap_t, self._cap_rows = new, cap_t, rows
 
     @torch.inference_mode()
     def _admit(self, pendings: list[_Pending]) -> None:
@@ -266,9 +271,17 @@ class ContinuousBatchingScheduler(BatchingScheduler):
                 lv.tok = nxt[j]
                 keep.append(j)
         if len(keep) < n:
-            if keep and keep != list(range(len(keep))):
-                idx = torch.tensor(keep, dtype=torch.long, device=dev)
-                for k, v in self._cache:
-                    k[: len(keep)] = k.index_select(0, idx)
-                    v[: len(keep)] = v.index_select(0, idx)
-            self._live = [live[j] for j in keep]
+            # each finished row's cache row takes the last live row (its used slots only): one
+            # row copied per finished row, not every row shifted; row order does not matter
+            rows = list(live)
+            done = sorted(set(range(n)) - set(keep), reverse=True)
+            for j in done:
+                last = len(rows) - 1
+                if j != last:
+                    for k, v in self._cache:
+                        m = min(k.shape[2], end + 1)
+                        k[j, :, :m] = k[last, :, :m]
+                        v[j, :, :m] = v[last, :, :m]
+                    rows[j] = rows[last]
+                rows.pop()
+            self._live = rows
