@@ -319,7 +319,7 @@ def main(argv=None) -> int:
     engines = {}
     for s in (v1s, v2f_s, v2q_s):
         _log(f"loading {s.name}")
-        engines[s.name] = load_engine(s)
+        engines[s.name] = load_engine(s, compute.default())  # one thread: the engines run one at a time
         engines[s.name].eos_ids = set()  # fixed-length generations for speed measurements
     from engines.int4_layer import Int4Linear
 

@@ -43,12 +43,12 @@ def engine_rounds(root, rounds: int) -> dict:
     import torch
 
     from benchmarks.engines import _decode_rate, _prompts, checkpoint_root
-    from engines import GenerationRequest, load_engine
+    from engines import GenerationRequest, compute, load_engine
     from engines.demo import heldout_texts
     from engines.spec import builtin_specs
 
     spec = builtin_specs(checkpoint_root(root))["v2-int4"]
-    engines = {k: load_engine(dataclasses.replace(spec, int4_kernel=k)) for k in ("aten", "batched")}
+    engines = {k: load_engine(dataclasses.replace(spec, int4_kernel=k), compute.default()) for k in ("aten", "batched")}
     for e in engines.values():
         e.eos_ids = set()
     held = heldout_texts()

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks.engines import checkpoint_root
-    from engines import load_engine
+    from engines import compute, load_engine
     from engines.demo import build_demo, heldout_texts
     from engines.quant import read_int4_config
     from engines.spec import builtin_specs
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     text = "\n".join(heldout_texts())
     for name in ("v1-fp32", "v2-int4"):
         _log(f"loading {name}")
-        engine = load_engine(specs[name])
+        engine = load_engine(specs[name], compute.default())  # one thread: one engine at a time
         engine.eos_ids = set()  # fixed-length generations
         entry = {"context_window": engine.spec.context_window,
                  "windows": sorted({w for w in engine.runner.windows if w is not None}) or None,

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from engines import load_engine
+    from engines import compute, load_engine
     from engines.demo import build_demo, heldout_texts
     from engines.spec import builtin_specs, check_checkpoint
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         except FileNotFoundError:
             _log("building the demo checkpoints")
             build_demo(args.root, progress=True)
-    engines = {n: load_engine(dataclasses.replace(specs[n], device=args.device))
+    engines = {n: load_engine(dataclasses.replace(specs[n], device=args.device), compute.default())
                for n in ("v1-fp32", "v2-fp32", "v2-int4")}
     if args.prompts == "demo":
         from abtest.demo import DEMO_PROMPTS

@@ -20,7 +20,6 @@ from collections import deque
 
 import torch
 
-from engines import compute
 from engines.generation import Row
 from engines.scheduler import BatchingScheduler, Expired, _Pending
 from engines.types import EngineError
@@ -92,7 +91,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             if admit is None:
                 return
             try:
-                compute.run(self._iteration, admit)
+                self.engine.compute_thread.run(self._iteration, admit)
             except BaseException as e:  # noqa: BLE001 - fail the live requests, keep serving
                 log.exception("continuous batch step failed")
                 err = e if isinstance(e, EngineError) else EngineError(f"generation failed: {type(e).__name__}: {e}")
@@ -108,7 +107,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
                     raise
 
     def _iteration(self, admit: list[_Pending]) -> None:
-        """Admit, one prefill chunk, one decode step: on the compute thread (:mod:`engines.compute`)."""
+        """Admit, one prefill chunk, one decode step: on the engine's compute thread (:mod:`engines.compute`)."""
         with self.engine.lock:
             if admit:
                 self._admit(admit)

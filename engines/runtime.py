@@ -43,7 +43,7 @@ __all__ = ["Engine", "load_engine"]
 _PREFILL_SCORE_BYTES = 256 * 2**20
 
 
-def load_engine(spec: EngineSpec) -> "Engine":
+def load_engine(spec: EngineSpec, compute_thread: compute.ComputeThread | None = None) -> "Engine":
     """Load the engine a spec describes (the checkpoint must exist locally).
 
     Before anything is loaded: raises :class:`~engines.device.DeviceError` when the spec's
@@ -55,7 +55,10 @@ def load_engine(spec: EngineSpec) -> "Engine":
     except DeviceError as e:
         raise DeviceError(f"engine {spec.name!r}: {e.message}") from None
     check_checkpoint(spec)
-    return compute.run(_load, spec)
+    thread = compute_thread or compute.ComputeThread(f"engine-{spec.name}")
+    eng = thread.run(_load, spec)
+    eng.compute_thread = thread
+    return eng
 
 
 def _load(spec: EngineSpec) -> "Engine":
@@ -75,6 +78,8 @@ class Engine(Scoring, GenerationCore):
 
     def __init__(self, spec: EngineSpec, loaded: LoadedModel):
         self.spec = spec
+        # where this engine's torch work runs (engines.compute); load_engine gives it its own
+        self.compute_thread = compute.default()
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         # the engine enforces its own context window (per request); silence HF's length warning
@@ -169,8 +174,8 @@ class Engine(Scoring, GenerationCore):
         ``finish_reason`` "expired" (the text so far), so the engine works no longer for it.
         ``on_text[i]`` (streaming) is called with request i's new text after each decode step
         (:class:`~engines.streaming.TextDeltas`); the deltas join up to the result's text.
-        Runs on the process's compute thread (:mod:`engines.compute`)."""
-        return compute.run(self._generate, requests, queue_ms, alive, on_text)
+        Runs on the engine's compute thread (:mod:`engines.compute`)."""
+        return self.compute_thread.run(self._generate, requests, queue_ms, alive, on_text)
 
     def _generate(self, requests, queue_ms, alive, on_text) -> list[GenerationResult | EngineError]:
         out: list[GenerationResult | EngineError | None] = [None] * len(requests)

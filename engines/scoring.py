@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import torch
 
-from engines import compute
 from engines.types import EngineClosed, GenerationRequest, InvalidRequest, PromptTooLong, ScoreResult
 
 __all__ = ["Scoring"]
@@ -18,8 +17,8 @@ __all__ = ["Scoring"]
 class Scoring:
     def teacher_forced_logits(self, ids: Sequence[int]) -> torch.Tensor:
         """Logits [len(ids), vocab] for every position of one sequence (benchmarks, tests), on the
-        compute thread (:mod:`engines.compute`)."""
-        return compute.run(self._teacher_forced_logits, ids)
+        engine's compute thread (:mod:`engines.compute`)."""
+        return self.compute_thread.run(self._teacher_forced_logits, ids)
 
     @torch.inference_mode()
     def _teacher_forced_logits(self, ids: Sequence[int]) -> torch.Tensor:
@@ -93,6 +92,6 @@ class Scoring:
         fp = self.tokenizer_fingerprint
         if not comp:
             return ScoreResult((), b"", vocab, fp, len(ids), truncated, tuple(ids))
-        logp = compute.run(self._score_logprobs, ids, comp)
+        logp = self.compute_thread.run(self._score_logprobs, ids, comp)
         return ScoreResult(tuple(int(t) for t in comp), logp.numpy().astype("<f4").tobytes(), int(logp.shape[-1]),
                            fp, len(ids), truncated, tuple(int(t) for t in ids))
