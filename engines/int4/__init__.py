@@ -168,8 +168,7 @@ def dequant_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int,
 
 def glu_supported(n: int, k: int, group_size: int, rows: int, amx_min_rows: int) -> bool:
     """Whether :func:`silu_glu` takes a fused [gate; up] weight of ``n`` outputs for ``rows`` rows."""
-    return (0 < amx_min_rows <= rows and n % 64 == 0 and amx_supports(k, group_size)
-            and kernel_available() and amx_available())
+    return 0 < amx_min_rows <= rows and n % 64 == 0 and amx_supports(k, group_size) and amx_available()
 
 
 def silu_glu(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor) -> torch.Tensor:

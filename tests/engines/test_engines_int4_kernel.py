@@ -53,37 +53,27 @@ def test_layout_roundtrip_and_byte_order():
 
 
 @needs_kernel
+@pytest.mark.parametrize("kernel", ["fma", "amx"])
 @pytest.mark.parametrize("n,k,g", [(256, 512, 64), (48, 96, 32), (80, 256, 128), (1040, 320, 32)])
 @pytest.mark.parametrize("m", [1, 3, 8, 17, 32, 128])
-def test_batched_kernel_matches_dequantize_reference(n, k, g, m):
+def test_batched_kernels_match_dequantize_reference(kernel, n, k, g, m):
+    """The fp32-FMA kernel and the AMX kernel, each at every row count, against the reference.
+    The AMX kernel's bf16 weights add one rounding (2**-9 relative per weight): twice the bound."""
+    if kernel == "amx" and not int4.amx_available():
+        pytest.skip("the AMX tile kernel needs a CPU with AMX")
     codes, scales, zeros = _weights(n, k, g)
     lin = _layer(codes, scales, zeros, "batched")
-    lin.amx_min_rows = 0  # the fp32-FMA kernel at every row count
+    lin.amx_min_rows = 1 if kernel == "amx" else 0
     assert lin.kernel == "batched"
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
     ref = x.to(torch.bfloat16).float() @ dequantize(codes, scales, zeros, g).t()
     y = lin(x)
+    if kernel == "amx":
+        assert torch.equal(y, torch.ops.abtest_int4.int4_mm_amx(x.to(torch.bfloat16), lin.weight_packed, g,
+                                                                 lin.scales_and_zeros).float())
     rel = _rel(y, ref)
-    print(f"batched int4 kernel n={n} k={k} g={g} m={m}: max rel err vs dequantize reference {rel:.2e}")
-    assert y.shape == (m, n) and rel < REL_TOL
-
-
-@needs_amx
-@pytest.mark.parametrize("n,k,g", [(256, 512, 64), (48, 96, 32), (80, 256, 128), (1040, 320, 32)])
-@pytest.mark.parametrize("m", [1, 3, 8, 17, 32, 128])
-def test_amx_kernel_matches_dequantize_reference(n, k, g, m):
-    codes, scales, zeros = _weights(n, k, g)
-    lin = _layer(codes, scales, zeros, "batched")
-    lin.amx_min_rows = 1  # the AMX kernel at every row count
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
-    ref = x.to(torch.bfloat16).float() @ dequantize(codes, scales, zeros, g).t()
-    y = lin(x)
-    assert torch.equal(y, torch.ops.abtest_int4.int4_mm_amx(x.to(torch.bfloat16), lin.weight_packed, g,
-                                                             lin.scales_and_zeros))
-    rel = _rel(y, ref)
-    print(f"AMX int4 kernel n={n} k={k} g={g} m={m}: max rel err vs dequantize reference {rel:.2e}")
-    # bf16 weights: one more rounding (2**-9 relative per weight) than the fp32-FMA kernel
-    assert y.shape == (m, n) and rel < 2 * REL_TOL
+    print(f"{kernel} int4 kernel n={n} k={k} g={g} m={m}: max rel err vs dequantize reference {rel:.2e}")
+    assert y.shape == (m, n) and rel < (2 * REL_TOL if kernel == "amx" else REL_TOL)
 
 
 @needs_kernel
