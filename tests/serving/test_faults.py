@@ -66,7 +66,7 @@ def test_kill_9_worker_mid_request_then_restart(pg_url, redis_url, tiny_registry
 
 
 def test_redis_unreachable_is_503_fast(pg_url, tiny_registry) -> None:
-    app = make_app(pg_url, tiny_registry, broker_url="redis://127.0.0.1:6399/0")
+    app = make_app(pg_url, tiny_registry, broker_url="redis://127.0.0.1:6399/0", probe_stale_s=0.75)
     headers = admin_headers(app)
     only_v1(app, headers)
     started = time.monotonic()

@@ -40,9 +40,11 @@ def celery_workers(redis_url, tiny_registry, tmp_path_factory):  # type: ignore[
 
 def make_app(db_url: str, registry: str, **overrides: Any) -> Any:
     clear_tables(db_url)
+    # probe_stale_s: a loaded 2-core CI machine can stall a healthy database past the 0.75 s
+    # default (a worker loading its engine beside it); the outage tests ask for the default
     settings = {"database_url": db_url, "engine_registry": registry, "cache_ttl_s": 0.0,
                 "preload_engines": False, "infer_timeout_s": 60.0,
-                "guardrail_interval_s": 0.0, **overrides}
+                "guardrail_interval_s": 0.0, "probe_stale_s": 5.0, **overrides}
     return create_app(settings)
 
 

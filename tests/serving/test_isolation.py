@@ -182,7 +182,8 @@ def test_hung_broker_answers_503_within_a_second(pg_url, healthy_registry, tmp_p
     env = {"ABTEST_BROKER_URL": broker.url, "ABTEST_ENGINE_REGISTRY": healthy_registry}
     worker = WorkerProcess("v1-fp32", env, str(tmp_path / "w.log"), concurrency=4).start()
     v2 = hung_worker("v2-int4", env, str(tmp_path / "v2-hung.log"))  # takes nothing: calls wait on the broker
-    app = make_app(pg_url, healthy_registry, broker_url=broker.url, infer_timeout_s=20.0, consumer_stale_s=600.0)
+    app = make_app(pg_url, healthy_registry, broker_url=broker.url, infer_timeout_s=20.0, consumer_stale_s=600.0,
+                   probe_stale_s=0.75)
     headers = admin_headers(app)
     start_experiment(app, headers, variants=[
         {"key": "control", "engine": "v1-fp32", "weight": 1.0, "control": True},
