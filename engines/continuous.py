@@ -10,6 +10,12 @@ copied in; finished rows are resolved at once and the cache compacted.
 Chunked prefill: a prompt longer than ``prefill_chunk`` tokens (spec field, default 256) is
 prefilled one chunk per iteration, between the decode steps of the running rows, so a long
 prompt joining stalls them by at most one chunk; it joins the decode once its prompt is in.
+
+KV budget: the decode cache is one tensor per layer of rows x slots, so its bytes are
+``kv_bytes(longest prompt + limit, rows)``. A request joins only while that stays within the
+spec's ``kv_budget_gb`` (counting the rows still prefilling); one that does not fit waits, in
+arrival order, until finished rows make room. A lone request larger than the budget still runs,
+as it does in a static batch. The cache grows by doubling, never past the budget.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ __all__ = ["ContinuousBatchingScheduler"]
 
 
 class _Live:
-    __slots__ = ("row", "pending", "t_admit", "t_first", "slot", "tok", "max_batch")
+    __slots__ = ("row", "pending", "t_admit", "t_first", "slot", "tok", "max_batch", "waited")
 
     def __init__(self, row: Row, pending: _Pending, t_admit: float):
         self.row = row
@@ -40,6 +46,7 @@ class _Live:
         self.slot = 0  # cache slot (= position) of the token fed next
         self.tok = 0  # token fed next
         self.max_batch = 0
+        self.waited = False  # held back for room in the KV budget
 
 
 class _Prefill:
@@ -53,11 +60,11 @@ class _Prefill:
 
 class ContinuousBatchingScheduler(BatchingScheduler):
     """``max_batch_size`` here bounds the rows of the running decode, prefilling ones included
-    (default: the spec's, capped at 64)."""
+    (default: the spec's, capped at 64); ``kv_budget_gb`` its decode cache (default: the spec's)."""
 
     def __init__(self, engine, *, max_batch_size: int | None = None, max_wait_ms: float | None = None,
                  max_queue: int | None = None, name: str | None = None, idle_gap_ms: float | None = None,
-                 prefill_chunk: int | None = None):
+                 prefill_chunk: int | None = None, kv_budget_gb: float | None = None):
         spec = getattr(engine, "spec", None)
         if max_batch_size is None:
             max_batch_size = min(64, getattr(spec, "max_batch_size", 64))
@@ -65,6 +72,12 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         if self.prefill_chunk < 1:
             raise ValueError("prefill_chunk must be >= 1")
         self._prefilling: deque[_Prefill] = deque()
+        self._waiting: deque[_Live] = deque()  # started, held back until the KV budget has room
+        self.kv_budget = float(kv_budget_gb if kv_budget_gb is not None else getattr(spec, "kv_budget_gb", 3.0)) * 2**30
+        if self.kv_budget <= 0:
+            raise ValueError("kv_budget_gb must be > 0")
+        self.kv_waits = 0  # requests that waited for room in the KV budget
+        self.kv_peak_bytes = 0  # the largest decode cache allocated so far
         self.prefill_chunks_run = 0
         self._live: list[_Live] = []
         self._cache = None
@@ -78,10 +91,10 @@ class ContinuousBatchingScheduler(BatchingScheduler):
     def _take(self) -> list[_Pending] | None:
         """Requests to admit now: when idle, wait like the static batcher (size or deadline);
         while decoding, take whatever is queued without waiting."""
-        if not self._live and not self._prefilling:
+        if not self._live and not self._prefilling and not self._waiting:
             return self._next_batch()
         with self._cond:
-            room = self.max_batch_size - len(self._live) - len(self._prefilling)
+            room = self.max_batch_size - len(self._live) - len(self._prefilling) - len(self._waiting)
             n = min(room, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
 
@@ -95,21 +108,26 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             except BaseException as e:  # noqa: BLE001 - fail the live requests, keep serving
                 log.exception("continuous batch step failed")
                 err = e if isinstance(e, EngineError) else EngineError(f"generation failed: {type(e).__name__}: {e}")
-                for lv in [*self._live, *(pf.live for pf in self._prefilling)]:
+                for lv in [*self._live, *(pf.live for pf in self._prefilling), *self._waiting]:
                     if not lv.pending.future.done():
                         lv.pending.future.set_exception(err)
                 self._live, self._cache, self._cap_t, self._cap_rows = [], None, 0, 0
                 self._prefilling.clear()
+                self._waiting.clear()
                 for p in admit or []:
                     if not p.future.done():
                         p.future.set_exception(err)
                 if not isinstance(e, Exception):
                     raise
 
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._queue) + len(self._waiting)
+
     def _iteration(self, admit: list[_Pending]) -> None:
         """Admit, one prefill chunk, one decode step: on the engine's compute thread (:mod:`engines.compute`)."""
         with self.engine.lock:
-            if admit:
+            if admit or self._waiting:
                 self._admit(admit)
             if self._prefilling:
                 self._prefill_step()
@@ -126,9 +144,14 @@ class ContinuousBatchingScheduler(BatchingScheduler):
             max(need_t, 2 * self._cap_t, 128), max(need_t, self.engine.spec.context_window))
         rows = self._cap_rows if need_rows <= self._cap_rows else min(
             self.max_batch_size, max(need_rows, 2 * self._cap_rows, 8))
+        if runner.kv_bytes(cap_t, rows) > self.kv_budget:  # doubling stops at the budget
+            rows = max(need_rows, min(rows, int(self.kv_budget // max(1, runner.kv_bytes(cap_t)))))
+            if runner.kv_bytes(cap_t, rows) > self.kv_budget:
+                cap_t, rows = need_t, need_rows  # exactly what is needed (admission kept it in budget)
         # zeros, not empty: slots past a row's length are masked, but a masked NaN still poisons
         # the attention output (0 * NaN); stale values of earlier rows are finite
         new = [(k.zero_(), v.zero_()) for k, v in runner.new_cache(rows, cap_t)]
+        self.kv_peak_bytes = max(self.kv_peak_bytes, runner.kv_bytes(cap_t, rows))
         n = len(self._live)
         if self._cache is not None and n:
             for (k, v), (nk, nv) in zip(self._cache, new):
@@ -137,23 +160,57 @@ class ContinuousBatchingScheduler(BatchingScheduler):
                 nv[:n, :, : v.shape[2]] = v[:n]
         self._cache, self._cap_t, self._cap_rows = new, cap_t, rows
 
+    def _fits(self, lv: _Live, new: list[_Live]) -> bool:
+        """Whether ``lv`` can join now: the decode cache for every row (running, prefilling, just
+        admitted, and it) at the longest of their lengths stays within the KV budget."""
+        others = [*self._live, *(pf.live for pf in self._prefilling), *new]
+        if not others:
+            return True  # a lone request runs whatever its size
+        need_t = max(len(x.row.ids) + x.row.limit for x in [*others, lv])
+        return self.engine.runner.kv_bytes(need_t, len(others) + 1) <= self.kv_budget
+
+    def _start(self, pendings: list[_Pending], t_admit: float) -> None:
+        """Start the taken requests' rows (checked, tokenized) and queue them for admission."""
+        for p in pendings:
+            if not p.future.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            if not p.alive():  # its caller's deadline passed while it waited
+                p.future.set_exception(Expired("the caller stopped waiting before the request ran"))
+                continue
+            try:
+                row = self.engine.start_row(0, p.request, (t_admit - p.t_submit) * 1e3, p.alive, p.on_text)
+            except EngineError as e:
+                p.future.set_exception(e)
+                continue
+            self._waiting.append(_Live(row, p, t_admit))
+
     @torch.inference_mode()
     def _admit(self, pendings: list[_Pending]) -> None:
         eng = self.engine
         t_admit = time.monotonic()
+        self._start(pendings, t_admit)
         new: list[_Live] = []
-        for p in pendings:
-            if not p.future.set_running_or_notify_cancel():
+        while self._waiting:  # in arrival order: the oldest waits for room, the rest behind it
+            lv = self._waiting[0]
+            if lv.row.alive is not None and not lv.row.alive():
+                self._waiting.popleft()
+                lv.row.finish, lv.row.t_done = "expired", time.monotonic()
+                lv.t_first = lv.row.t_done
+                self._resolve(lv)
                 continue
-            try:
-                row = eng.start_row(len(new), p.request, (t_admit - p.t_submit) * 1e3, p.alive, p.on_text)
-            except EngineError as e:
-                p.future.set_exception(e)
-                continue
-            if len(row.ids) > self.prefill_chunk:
-                self._prefilling.append(_Prefill(_Live(row, p, t_admit), eng.runner.new_cache(1, len(row.ids))))
+            if not self._fits(lv, new):
+                for held in self._waiting:  # it and everyone behind it wait for room
+                    if not held.waited:
+                        held.waited = True
+                        self.kv_waits += 1
+                break
+            self._waiting.popleft()
+            lv.t_admit = t_admit
+            lv.row.queue_ms = (t_admit - lv.pending.t_submit) * 1e3
+            if len(lv.row.ids) > self.prefill_chunk:
+                self._prefilling.append(_Prefill(lv, eng.runner.new_cache(1, len(lv.row.ids))))
             else:
-                new.append(_Live(row, p, t_admit))
+                new.append(lv)
         if not new:
             return
         runner = eng.runner

@@ -146,8 +146,58 @@ def test_a_caller_that_leaves_during_a_long_prefill_ends_expired(tiny_engines):
     from engines.scheduler import Expired
 
     eng = tiny_engines["v1-fp32"]
-    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, prefill_chunk=16) as s:
-        future = s.submit(GenerationRequest(LONG, max_new_tokens=3), deadline=time.time() - 1)
+
+    class Leaving(ContinuousBatchingScheduler):
+        def _prefill_step(self):
+            if self.prefill_chunks_run == 2:  # the caller's deadline passes after two chunks
+                self._prefilling[0].live.pending.deadline = time.time() - 1
+            super()._prefill_step()
+
+    with Leaving(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, prefill_chunk=16) as s:
+        future = s.submit(GenerationRequest(LONG, max_new_tokens=3), deadline=time.time() + 600)
         with pytest.raises(Expired):
             future.result(60)
+        assert s.prefill_chunks_run == 2  # it left mid-prefill, its remaining chunks never ran
         assert s.submit(GenerationRequest("x = 2", max_new_tokens=2)).result(60).completion_tokens == 2
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_never_runs(tiny_engines):
+    from engines.scheduler import Expired
+
+    eng = tiny_engines["v1-fp32"]
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, prefill_chunk=16) as s:
+        future = s.submit(GenerationRequest(LONG, max_new_tokens=3), deadline=time.time() - 1)
+        with pytest.raises(Expired, match="before the request ran"):
+            future.result(60)
+        assert s.prefill_chunks_run == 0 and s.steps_run == 0
+
+
+@pytest.mark.parametrize("name", ["v1-fp32", "v2-int4"])
+def test_the_decode_cache_stays_within_the_kv_budget(tiny_engines, one_int4_kernel, name):
+    """Room for three rows: eight requests run three at a time at most, the rest wait their turn
+    (in order), and each gets the tokens it gets alone."""
+    eng = tiny_engines[name]
+    requests = [GenerationRequest(f"value_{i} = {i} +", max_new_tokens=12) for i in range(8)]
+    need_t = max(len(eng.encode(r.prompt)) for r in requests) + 12
+    budget = eng.runner.kv_bytes(need_t, 3)
+    alone = [eng.generate([r])[0].token_ids for r in requests]
+    with ContinuousBatchingScheduler(eng, max_batch_size=8, max_wait_ms=20, idle_gap_ms=20,
+                                     kv_budget_gb=budget / 2**30) as s:
+        results = [f.result(120) for f in [s.submit(r) for r in requests]]
+        assert s.kv_waits >= 5
+        assert 0 < s.kv_peak_bytes <= budget
+        assert s.queue_depth() == 0
+    assert [r.token_ids for r in results] == alone
+    assert max(r.batch_size for r in results) == 3
+    assert [r.queue_ms for r in results[3:]] > [0.0] * 5 and results[-1].queue_ms > results[0].queue_ms
+
+
+def test_a_lone_request_larger_than_the_kv_budget_still_runs(tiny_engines):
+    eng = tiny_engines["v1-fp32"]
+    request = GenerationRequest("x = 1", max_new_tokens=6)
+    with ContinuousBatchingScheduler(eng, max_batch_size=4, max_wait_ms=1, idle_gap_ms=1, kv_budget_gb=1e-9) as s:
+        assert s.submit(request).result(60).token_ids == eng.generate([request])[0].token_ids
+        two = [s.submit(GenerationRequest(f"y = {i}", max_new_tokens=4)) for i in range(2)]
+        assert [f.result(60).batch_size for f in two] == [1, 1]  # over budget together: one at a time
+    with pytest.raises(ValueError, match="kv_budget_gb"):
+        ContinuousBatchingScheduler(eng, kv_budget_gb=0)
