@@ -1,5 +1,6 @@
-"""The spec field ``scheduler: continuous`` as served, embedded and through a real Celery worker
-(a module of its own: no other module's workers consume its Redis queues)."""
+"""The spec field ``scheduler`` as served, embedded and through a real Celery worker: the default
+(continuous) and ``static`` (a module of its own: no other module's workers consume its Redis
+queues)."""
 
 from __future__ import annotations
 
@@ -11,33 +12,41 @@ from .harness import WorkerProcess, infer_many, outcome_rows
 from .test_infer_e2e import PROMPTS, make_app, start_experiment
 
 
-@pytest.fixture(scope="module")
-def continuous_registry(tiny_registry, tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
-    """The tiny engines with the spec field ``scheduler`` set to ``continuous``."""
+@pytest.fixture(scope="module", params=["continuous", "static"])
+def scheduler_registry(request, tiny_registry, tmp_path_factory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(the tiny engines' registry with the spec field ``scheduler`` as the param, that value);
+    ``continuous`` is also the field's default."""
     import json
     from pathlib import Path
 
+    from engines.spec import EngineSpec
+
     data = json.loads(Path(tiny_registry).read_text())
     for entry in data["engines"]:
-        entry["scheduler"] = "continuous"
-    path = tmp_path_factory.mktemp("continuous") / "registry.json"
+        if request.param == EngineSpec.scheduler:
+            entry.pop("scheduler", None)  # the default
+        else:
+            entry["scheduler"] = request.param
+    path = tmp_path_factory.mktemp(request.param) / "registry.json"
     path.write_text(json.dumps(data))
-    return str(path)
+    return str(path), request.param
 
 
 @pytest.mark.parametrize("mode", ["embedded", "celery"])
-def test_the_continuous_scheduler_serves_when_the_spec_asks(mode, continuous_registry, request, tmp_path) -> None:
+def test_the_spec_s_scheduler_serves(mode, scheduler_registry, request, tmp_path) -> None:
     from engines.continuous import ContinuousBatchingScheduler
+    from engines.scheduler import BatchingScheduler
 
+    registry, kind = scheduler_registry
     worker = None
     if mode == "embedded":
-        app = make_app(request.getfixturevalue("sqlite_url"), continuous_registry)
+        app = make_app(request.getfixturevalue("sqlite_url"), registry)
     else:
         redis_url = request.getfixturevalue("redis_url")
-        env = {"ABTEST_BROKER_URL": redis_url, "ABTEST_ENGINE_REGISTRY": continuous_registry}
+        env = {"ABTEST_BROKER_URL": redis_url, "ABTEST_ENGINE_REGISTRY": registry}
         worker = WorkerProcess("v2-int4", env, str(tmp_path / "worker.log")).start()
         worker.wait_ready()
-        app = make_app(request.getfixturevalue("pg_url"), continuous_registry, broker_url=redis_url)
+        app = make_app(request.getfixturevalue("pg_url"), registry, broker_url=redis_url)
     services = app.extensions["abtest"]
     try:
         with services.db.transaction() as session:
@@ -51,7 +60,8 @@ def test_the_continuous_scheduler_serves_when_the_spec_asks(mode, continuous_reg
         assert all(1 <= b["completion_tokens"] <= c["max_new_tokens"] for c, (_, b) in zip(calls, replies))
         assert max(b["batch_size"] for _, b in replies) > 1  # requests shared decode steps
         if worker is None:
-            assert isinstance(services.inference.dispatcher.host.scheduler("v2-int4"), ContinuousBatchingScheduler)
+            expected = ContinuousBatchingScheduler if kind == "continuous" else BatchingScheduler
+            assert type(services.inference.dispatcher.host.scheduler("v2-int4")) is expected
         else:
             assert all(b["request_id"] in worker.tail_all() for _, b in replies)
         assert {r.status for r in outcome_rows(services)} == {"ok"}
