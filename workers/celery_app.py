@@ -26,6 +26,8 @@ Settings a GPU worker needs, and why:
     reconnects every 0.2-0.5 s
         a worker that lost the broker retries at kombu's default 2, 4, 6 ... s, so a broker back
         after 2 s found it waiting 4 s more; ours retry quickly, and are back within a second.
+    one Redis client per channel (:mod:`workers.redis_transport`)
+        kombu builds a new ``redis.Redis`` for every publish and acknowledgement; ours reuse one.
     heartbeats
         Redis has no AMQP heartbeats; ``health_check_interval`` pings idle connections so a dead
         broker connection is noticed and re-established. Apart from those, each worker beats
@@ -95,6 +97,8 @@ def make_celery(settings: Settings, *, publisher: bool = False) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.amqp.Connection = QuickReconnect
+    if settings.broker_url.startswith("redis://"):  # not rediss:// (TLS) or sentinel://: kombu's own
+        app.conf.broker_transport = "workers.redis_transport:Transport"
     if publisher:
         app.conf.broker_transport_options = {**app.conf.broker_transport_options, "socket_timeout": 0.5}
     app.conf.imports = ("workers.tasks",)

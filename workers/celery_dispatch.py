@@ -122,6 +122,7 @@ class CeleryDispatcher:
         self.listener = ResultListener(settings.result_backend or settings.broker_url or "")
         self.broker = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=0.5, socket_timeout=0.5)
         self.max_queue = settings.queue_limit
+        self.log_content = settings.log_content
         self._depth_cache: dict[str, tuple[float, int]] = {}
         pinger = redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=0.5, socket_timeout=0.5)
         self.probe = Probe("broker", pinger.ping, on_down=lambda: self.listener.fail_pending(
@@ -145,8 +146,11 @@ class CeleryDispatcher:
                               details={"engine": engine})
         future = self.listener.expect(request_id)
         try:
+            # the message's printable copy of its arguments (shown by Celery's task lines and
+            # monitors) names the request, not its prompt, unless content is logged on purpose
+            shown = {} if self.log_content else {"argsrepr": f"({request_id!r}, {engine!r}, ...)", "kwargsrepr": "{}"}
             self.celery.send_task(TASK_NAME, args=[request_id, engine, payload, time.time() + timeout],
-                                  task_id=request_id, queue=queue_name(engine), expires=timeout)
+                                  task_id=request_id, queue=queue_name(engine), expires=timeout, **shown)
         except Exception as exc:  # kombu/redis connection errors: fail fast, never hang
             self.listener.forget(request_id)
             raise ServiceUnavailable(f"the broker (Redis) is unreachable: {type(exc).__name__}",
