@@ -226,7 +226,8 @@ class DecoderRunner:
     def decode_ragged(self, tok: torch.Tensor, slots: torch.Tensor, end: int, cache) -> torch.Tensor:
         """One decode step where row b's token sits at its own slot ``slots[b]`` (= its position;
         rows start at slot 0, no padding): continuous batching, where rows join and leave at
-        any step. ``end`` = max(slots) + 1. Returns logits [B, vocab]."""
+        any step. ``end`` = max(slots) + 1; ``cache``: per layer contiguous (k, v) [B, Hkv, T, D] (the
+first B rows of a larger cache are). Returns logits [B, vocab]."""
         B = tok.shape[0]
         h = self._embed(tok[:, None])
         cos = self.cos[slots][:, None, None, :]  # [B,1,1,D]
@@ -234,21 +235,27 @@ class DecoderRunner:
         kpos = torch.arange(end, device=self.device)[None, :]
         causal = kpos <= slots[:, None]  # [B, end]
         masks: dict = {}
+        flat: dict = {}
         rows = torch.arange(B, device=self.device)
+        Hkv, D = self.n_kv, self.head_dim
 
         def attend(li: int, qs, ks, vs):
             W = self.windows[li]
             kc, vc = cache[li]
-            ring = W is not None and kc.shape[2] < end
+            T = kc.shape[2]
+            ring = W is not None and T < end
             key = ("ring", W) if ring else W
             if key not in masks:
-                m = ragged_ring_valid(slots, kc.shape[2]) if ring else (
+                m = ragged_ring_valid(slots, T) if ring else (
                     causal if W is None else causal & (kpos > (slots[:, None] - W)))
                 masks[key] = m[:, None, None, :]
-            at = slots % kc.shape[2] if ring else slots
-            kc[rows, :, at] = ks[:, :, 0]
-            vc[rows, :, at] = vs[:, :, 0]
-            n = kc.shape[2] if ring else end
+            if T not in flat:  # row b, head h, slot slots[b] % T of the [B, Hkv, T, D] cache, as one index
+                heads = torch.arange(Hkv, device=self.device)
+                flat[T] = ((rows[:, None] * Hkv + heads[None, :]) * T + (slots % T)[:, None]).reshape(-1)
+            # one index_copy_ per tensor (advanced-index assignment cost ~10x more per step)
+            kc.view(B * Hkv * T, D).index_copy_(0, flat[T], ks.reshape(B * Hkv, D))
+            vc.view(B * Hkv * T, D).index_copy_(0, flat[T], vs.reshape(B * Hkv, D))
+            n = T if ring else end
             return self._attention(qs, kc[:, :, :n], vc[:, :, :n], masks[key])
 
         for li, layer in enumerate(self.layers):
