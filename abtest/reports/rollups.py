@@ -29,6 +29,7 @@ and of the unit sample are :data:`BUCKET_SQL` and :data:`SAMPLE_SQL` (tested aga
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -180,9 +181,11 @@ def _add_shadow(out: Deltas, r: Mapping[str, Any], status: str, latency: float) 
     row["compared"] += r.get("output_match") is not None
 
 
-def _upsert(dialect: str, model: Any, keys: Sequence[str], add: Sequence[str],
+@functools.lru_cache(maxsize=64)
+def _upsert(dialect: str, model: Any, keys: tuple[str, ...], add: tuple[str, ...],
             earliest: str | None = None) -> Any:
-    """INSERT that adds ``add`` columns into an existing row (and keeps the earliest time)."""
+    """INSERT that adds ``add`` columns into an existing row (and keeps the earliest time); built
+    once per dialect and table (statements are immutable; each commit only binds new rows)."""
     stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
     table = model.__table__
     set_ = {c: table.c[c] + stmt.excluded[c] for c in add}
@@ -194,6 +197,12 @@ def _upsert(dialect: str, model: Any, keys: Sequence[str], add: Sequence[str],
 
 def _dialect(conn: Connection | Session) -> str:
     return conn.get_bind().dialect.name if isinstance(conn, Session) else conn.dialect.name
+
+
+@functools.lru_cache(maxsize=4)
+def _new_samples(dialect: str) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(LatencySample).on_conflict_do_nothing(index_elements=["request_id"])
 
 
 def apply(conn: Connection | Session, d: Deltas) -> None:
@@ -209,11 +218,17 @@ def apply(conn: Connection | Session, d: Deltas) -> None:
             conn.execute(_upsert(dialect, SKETCHES[column], ("experiment_id", "phase", "variant", "bucket"),
                                  ("count",)), rows)
     if d.samples:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        conn.execute(insert(LatencySample).on_conflict_do_nothing(index_elements=["request_id"]), d.samples)
+        conn.execute(_new_samples(dialect), d.samples)
     if d.shadows:
         conn.execute(_upsert(dialect, ShadowOutcome, ("experiment_id", "phase", "variant"), _SHADOW_COUNTERS),
                      [d.shadows[k] for k in sorted(d.shadows)])
+
+
+@functools.lru_cache(maxsize=4)
+def _new_requests(dialect: str) -> Any:
+    """INSERT of request rows that skips ids already stored, returning the ids it inserted."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"]).returning(RequestLog.request_id)
 
 
 def insert_outcomes(conn: Connection | Session, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -223,11 +238,7 @@ def insert_outcomes(conn: Connection | Session, rows: Sequence[Mapping[str, Any]
         unique.setdefault(row["request_id"], row)
     if not unique:
         return 0
-    dialect = _dialect(conn)
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(RequestLog).on_conflict_do_nothing(index_elements=["request_id"]).returning(
-        RequestLog.request_id)
-    inserted = set(conn.execute(stmt, list(unique.values())).scalars())
+    inserted = set(conn.execute(_new_requests(_dialect(conn)), list(unique.values())).scalars())
     apply(conn, deltas(row for rid, row in unique.items() if rid in inserted))
     return len(inserted)
 
