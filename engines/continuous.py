@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ContinuousBatchingScheduler"]
 
+ADMIT_STEPS = 4
+
 
 class _Live:
     __slots__ = ("row", "pending", "t_admit", "t_first", "slot", "tok", "max_batch", "waited")
@@ -83,6 +85,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         self._cache = None
         self._cap_t = self._cap_rows = 0
         self.steps_run = 0
+        self._step_s = 0.0  # the latest decode step's duration
         super().__init__(engine, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          name=name, idle_gap_ms=idle_gap_ms)
 
@@ -94,7 +97,16 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         if not self._live and not self._prefilling and not self._waiting:
             return self._next_batch()
         with self._cond:
-            room = self.max_batch_size - len(self._live) - len(self._prefilling) - len(self._waiting)
+            if not self._queue:
+                return []
+            # each admission is a prefill pass of its own, which re-reads every weight: while many
+            # rows decode, newcomers gather until they are a quarter of them or the oldest has
+            # waited ADMIT_STEPS decode steps
+            live = len(self._live)
+            waited = time.monotonic() - self._queue[0].t_submit
+            if len(self._queue) * 4 < live and waited < ADMIT_STEPS * self._step_s:
+                return []
+            room = self.max_batch_size - live - len(self._prefilling) - len(self._waiting)
             n = min(room, len(self._queue))
             return [self._queue.popleft() for _ in range(n)]
 
@@ -315,6 +327,7 @@ class ContinuousBatchingScheduler(BatchingScheduler):
         self.steps_run += 1
         self.batch_sizes.append(n)
         now = time.monotonic()
+        self._step_s = now - t_step
         keep = []
         for j, lv in enumerate(live):
             r = lv.row

@@ -49,10 +49,11 @@ class EngineSpec:
     max_batch_size: int = 256  # BatchingScheduler: flush when this many requests wait
     max_wait_ms: float = 50.0  # BatchingScheduler: flush when the oldest waited this long
     idle_gap_ms: float = 2.0  # ... or when no request arrived for this long (a lone request starts at once)
-    # Serving: "continuous" (ContinuousBatchingScheduler: requests join and leave a running
-    # decode between steps; measured faster under load, benchmarks.serving) or "static"
-    # (BatchingScheduler: a batch runs to its end).
-    scheduler: str = "continuous"
+    # Serving: "static" (BatchingScheduler: a batch runs to its end) or "continuous"
+    # (ContinuousBatchingScheduler: requests join and leave a running decode between steps;
+    # more throughput and a far shorter TTFT, but a longer p99 under sustained open-loop load:
+    # engines/README.md, "Schedulers").
+    scheduler: str = "static"
     prefill_chunk: int = 256  # continuous: a longer prompt is prefilled this many tokens per iteration
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
     kv_budget_gb: float = 3.0  # one static batch's KV cache at most this: a larger batch runs as several
@@ -101,7 +102,7 @@ def validate_fields(d: dict[str, Any]) -> list[str]:
             p.append(f"field 'group_size' must be one of {GROUP_SIZES} for int4, got {gs!r}")
     elif gs is not None:
         p.append("field 'group_size' is only valid with precision 'int4'")
-    if d.get("scheduler", "continuous") not in SCHEDULERS:
+    if d.get("scheduler", "static") not in SCHEDULERS:
         p.append(f"field 'scheduler' must be one of {SCHEDULERS}, got {d.get('scheduler')!r}")
     if d.get("attention") not in ATTENTIONS:
         p.append(f"field 'attention' must be one of {ATTENTIONS}, got {d.get('attention')!r}")

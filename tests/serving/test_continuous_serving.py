@@ -1,6 +1,6 @@
-"""The spec field ``scheduler`` as served, embedded and through a real Celery worker: the default
-(continuous) and ``static`` (a module of its own: no other module's workers consume its Redis
-queues)."""
+"""The spec field ``scheduler`` as served, embedded and through a real Celery worker: ``static``
+(the default) and ``continuous`` (a module of its own: no other module's workers consume its
+Redis queues)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .test_infer_e2e import PROMPTS, make_app, start_experiment
 @pytest.fixture(scope="module", params=["continuous", "static"])
 def scheduler_registry(request, tiny_registry, tmp_path_factory) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     """(the tiny engines' registry with the spec field ``scheduler`` as the param, that value);
-    ``continuous`` is also the field's default."""
+    the default's entry leaves the field out."""
     import json
     from pathlib import Path
 
