@@ -201,3 +201,33 @@ def test_a_lone_request_larger_than_the_kv_budget_still_runs(tiny_engines):
         assert [f.result(60).batch_size for f in two] == [1, 1]  # over budget together: one at a time
     with pytest.raises(ValueError, match="kv_budget_gb"):
         ContinuousBatchingScheduler(eng, kv_budget_gb=0)
+
+
+def test_newcomers_gather_while_many_rows_decode(tiny_engines):
+    """One newcomer beside eight decoding rows waits a few decode steps (its prefill pass is
+    shared with whoever comes meanwhile); two, a quarter of the rows, are admitted at once."""
+    eng = tiny_engines["v1-fp32"]
+    admitted: list[int] = []
+
+    class Watched(ContinuousBatchingScheduler):
+        def _admit(self, pendings):
+            if pendings:
+                admitted.append(self.steps_run)
+            super()._admit(pendings)
+
+    with Watched(eng, max_batch_size=16, max_wait_ms=20, idle_gap_ms=20) as s:
+        running = [s.submit(GenerationRequest(f"import os{i}", max_new_tokens=200)) for i in range(8)]
+        while s.steps_run < 3:
+            time.sleep(0.002)
+        admitted.clear()
+        at = s.steps_run
+        one = s.submit(GenerationRequest("x = 1", max_new_tokens=2))
+        one.result(60)
+        assert admitted[0] - at >= 2  # it waited for decode steps to pass
+        admitted.clear()
+        at = s.steps_run
+        two = [s.submit(GenerationRequest(f"y = {i}", max_new_tokens=2)) for i in range(2)]
+        [f.result(60) for f in two]
+        assert admitted[0] - at <= 1 and len(admitted) == 1  # together, at the next iteration
+        for f in running:
+            f.cancel() or f.result(60)
