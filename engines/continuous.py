@@ -93,7 +93,8 @@ class ContinuousBatchingScheduler(BatchingScheduler):
 
     def _take(self) -> list[_Pending] | None:
         """Requests to admit now: when idle, wait like the static batcher (size or deadline);
-        while decoding, take whatever is queued without waiting."""
+        while decoding, what is queued, once it is a quarter of the running rows or its oldest
+        has waited ``ADMIT_STEPS`` decode steps (never waiting on the queue itself)."""
         if not self._live and not self._prefilling and not self._waiting:
             return self._next_batch()
         with self._cond:
