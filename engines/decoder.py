@@ -226,8 +226,8 @@ class DecoderRunner:
     def decode_ragged(self, tok: torch.Tensor, slots: torch.Tensor, end: int, cache) -> torch.Tensor:
         """One decode step where row b's token sits at its own slot ``slots[b]`` (= its position;
         rows start at slot 0, no padding): continuous batching, where rows join and leave at
-        any step. ``end`` = max(slots) + 1; ``cache``: per layer contiguous (k, v) [B, Hkv, T, D] (the
-first B rows of a larger cache are). Returns logits [B, vocab]."""
+        any step. ``end`` = max(slots) + 1; ``cache``: per layer contiguous (k, v) [B, Hkv, T, D]
+        (the first B rows of a larger cache are). Returns logits [B, vocab]."""
         B = tok.shape[0]
         h = self._embed(tok[:, None])
         cos = self.cos[slots][:, None, None, :]  # [B,1,1,D]

@@ -52,7 +52,7 @@ class EngineSpec:
     # Serving: "static" (BatchingScheduler: a batch runs to its end) or "continuous"
     # (ContinuousBatchingScheduler: requests join and leave a running decode between steps;
     # more throughput and a far shorter TTFT, but a longer p99 under sustained open-loop load:
-    # engines/README.md, "Schedulers").
+    # the table in engines/README.md, "Generation").
     scheduler: str = "static"
     prefill_chunk: int = 256  # continuous: a longer prompt is prefilled this many tokens per iteration
     max_queue: int = 1024  # BatchingScheduler: submit() raises Overloaded beyond this
