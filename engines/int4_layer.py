@@ -150,7 +150,7 @@ class Int4Linear(nn.Module):
         elif self.kernel == "batched" and not x2.is_cuda:
             if 0 < self.dequant_min_rows <= x2.shape[0]:  # opt-in: bf16 weight, one oneDNN GEMM
                 y = _int4.dequant_matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
-            else:  # codes unpacked once per batch; fp32 FMAs below amx_min_rows, AMX tiles from it
+            else:  # codes unpacked once per batch: AMX tiles from amx_min_rows on, else dot products or FMAs
                 y = _int4.matmul(x2, self.weight_packed, self.group_size, self.scales_and_zeros,
                                  amx_min_rows=self.amx_min_rows)
         elif (0 < self.dequant_min_rows <= x2.shape[0] and not x2.is_cuda and self.out_features % 64 == 0
@@ -182,9 +182,10 @@ class Int4Linear(nn.Module):
         return self.forward(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16))
 
     def silu_glu(self, x: torch.Tensor) -> torch.Tensor | None:
-        """For a fused [gate; up] layer: ``silu(gate(x)) * up(x)`` in bf16 [..., out/2] from one AMX
-        kernel call, or None where that kernel does not apply (no AMX, fewer rows than
-        ``amx_min_rows``, another kernel, a bias, the reference path)."""
+        """For a fused [gate; up] layer: ``silu(gate(x)) * up(x)`` in bf16 [..., out/2] from one
+        kernel call (AMX from ``amx_min_rows`` rows on, else the AVX512-BF16 dot kernel), or None
+        where neither applies (a CPU without them, fewer rows than ``amx_min_rows`` on an AMX
+        CPU, another kernel, a bias, the reference path)."""
         shape = x.shape
         rows = x.numel() // shape[-1]
         if (self.kernel != "batched" or self.bias is not None or self.reference_weight is not None or x.is_cuda
@@ -192,7 +193,7 @@ class Int4Linear(nn.Module):
                                            self.amx_min_rows)):
             return None
         x2 = x.reshape(rows, shape[-1]).to(torch.bfloat16)
-        y = _int4.silu_glu(x2, self.weight_packed, self.group_size, self.scales_and_zeros)
+        y = _int4.silu_glu(x2, self.weight_packed, self.group_size, self.scales_and_zeros, self.amx_min_rows)
         return y.reshape(*shape[:-1], self.out_features // 2)
 
     def extra_repr(self) -> str:
@@ -244,9 +245,9 @@ def set_amx_rows(model: nn.Module, rows: int) -> None:
 
 def fused_silu_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``down(silu(gate(x)) * up(x))`` of an MLP whose gate and up projections are one fused
-    :class:`Int4Linear` (``mlp.gate_up_fused``): one AMX call for both projections and the product
-    where that kernel applies (:meth:`Int4Linear.silu_glu`), else one fused projection, then silu
-    and the product in fp32. The engine's decoder and the Hugging Face module tree (patched at
+    :class:`Int4Linear` (``mlp.gate_up_fused``): one kernel call for both projections and the
+    product where the AMX or the dot kernel applies (:meth:`Int4Linear.silu_glu`), else one fused
+    projection, then silu and the product in fp32. The engine's decoder and the Hugging Face module tree (patched at
     load, :func:`install_fused_mlp`) both run this, so both compute the same numbers."""
     gu = mlp.gate_up_fused
     y = gu.silu_glu(x)

@@ -6,6 +6,11 @@ Two CPU kernels multiply bf16 activations by group-wise INT4 weights (``w = (q -
   weight codes is unpacked once per 64 output columns and reused for every row of the batch,
   fp32 FMAs in a fixed reduction order, so a row's result is bit-identical whatever else is in
   the batch. Needs AVX-512 F (Intel Skylake-SP and later, AMD Zen 4 and later).
+  Where the CPU has AVX512-BF16 but no AMX (AMD Zen 4 and later, Intel Cooper Lake), the same
+  packed weights and arithmetic run as vdpbf16ps dot products instead (``dot.cpp``: codes
+  unpacked to exact bf16 ``q - 8``, two multiply-adds per lane and instruction, fp32 sums in
+  one fixed order for every row count): measured on a 2-core Zen 5, 1.6-2x the FMA kernel from
+  8 rows on and the same at 1 row, bit-identical across batch sizes.
   From ``amx_min_rows`` rows on, where the CPU has Intel AMX, the same packed weights go through
   ``amx.cpp`` instead: each 32-column strip of the weight is rebuilt as bf16 tiles once per call
   (one rounding of ``(q - 8) * s + z``) and multiplied with TDPBF16PS, fp32 accumulation over
@@ -32,7 +37,7 @@ from engines.spec import INT4_KERNELS
 
 __all__ = ["KERNELS", "cpu_flags", "cpu_supports_batched", "kernel_available", "resolve_kernel",
            "pack", "packed_kernel", "matmul", "dequant_matmul", "unpack_codes", "build_seconds",
-           "amx_available", "amx_supports", "glu_supported", "silu_glu"]
+           "amx_available", "amx_supports", "dot_available", "glu_supported", "silu_glu"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +121,17 @@ def amx_available() -> bool:
     return bool(_state["amx"])
 
 
+def dot_available() -> bool:
+    """Whether the batched kernel runs as AVX512-BF16 dot products here: the kernel library
+    loaded, the CPU has AVX512-BF16 and AVX512-BW, and no AMX (where AMX runs the batches, the
+    fp32-FMA kernel takes the few-row calls: on Sapphire Rapids two FMAs retire per cycle
+    against one vdpbf16ps per two)."""
+    if "dot" not in _state:
+        _state["dot"] = (kernel_available() and not amx_available()
+                         and bool(torch.ops.abtest_int4.int4_dot_available()))
+    return bool(_state["dot"])
+
+
 def amx_supports(k: int, group_size: int) -> bool:
     """Whether the AMX kernel takes this input width and group size (both multiples of 32)."""
     return k % 32 == 0 and group_size % 32 == 0
@@ -127,14 +143,18 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_ze
     [m, n] (fp32 sums, rounded once).
 
     From ``amx_min_rows`` rows on (0: never), where :func:`amx_available`, the AMX tile kernel:
-    weights rounded once to bf16, tile dot products. Both kernels give a row a result that does
-    not depend on the other rows of a call; across the threshold the two differ by their
-    rounding (both within ~4e-3 of the largest output of the dequantize reference)."""
+    weights rounded once to bf16, tile dot products. Else, where :func:`dot_available`, the
+    AVX512-BF16 dot-product kernel at every row count; else the fp32-FMA kernel. Every kernel
+    gives a row a result that does not depend on the other rows of a call; across the AMX
+    threshold the two differ by their rounding (both within ~4e-3 of the largest output of the
+    dequantize reference)."""
     if not _state.get("ok") and not kernel_available():
         raise RuntimeError(f"the batched int4 kernel is unavailable here ({_state.get('why')})")
     if 0 < amx_min_rows <= x.shape[0] and amx_supports(x.shape[1], group_size) and amx_available():
         return _ops.int4_mm_amx(x if x.dtype == torch.bfloat16 else x.to(torch.bfloat16), packed, group_size,
                                 scales_and_zeros)
+    if dot_available():
+        return _ops.int4_mm_dot(x, packed, group_size, scales_and_zeros)
     return _ops.int4_mm(x, packed, group_size, scales_and_zeros)
 
 
@@ -166,16 +186,26 @@ def dequant_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int,
     return torch.mm(x, wt.view(k, n))
 
 
-def glu_supported(n: int, k: int, group_size: int, rows: int, amx_min_rows: int) -> bool:
-    """Whether :func:`silu_glu` takes a fused [gate; up] weight of ``n`` outputs for ``rows`` rows."""
+def _glu_on_amx(n: int, k: int, group_size: int, rows: int, amx_min_rows: int) -> bool:
     return 0 < amx_min_rows <= rows and n % 64 == 0 and amx_supports(k, group_size) and amx_available()
 
 
-def silu_glu(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor) -> torch.Tensor:
+def glu_supported(n: int, k: int, group_size: int, rows: int, amx_min_rows: int) -> bool:
+    """Whether :func:`silu_glu` takes a fused [gate; up] weight of ``n`` outputs for ``rows`` rows:
+    on the AMX kernel (from ``amx_min_rows`` rows on) or the AVX512-BF16 dot kernel (any rows)."""
+    return _glu_on_amx(n, k, group_size, rows, amx_min_rows) or (n % 32 == 0 and dot_available())
+
+
+def silu_glu(x: torch.Tensor, packed: torch.Tensor, group_size: int, scales_and_zeros: torch.Tensor,
+             amx_min_rows: int = 0) -> torch.Tensor:
     """``silu(x @ gate.T) * (x @ up.T)`` for a ``batched``-packed fused weight whose first half of
-    outputs is the gate and second half the up projection: bf16 [m, n/2], from the AMX kernel's
-    fp32 sums with one rounding (no bf16 gate and up in between, no fp32 copies of them)."""
-    return _ops.int4_mm_amx_glu(x, packed, group_size, scales_and_zeros)
+    outputs is the gate and second half the up projection: bf16 [m, n/2], from the kernel's fp32
+    sums with one rounding (no bf16 gate and up in between, no fp32 copies of them). The kernel
+    is the one :func:`matmul` would pick (:func:`glu_supported` says whether there is one)."""
+    n, k = packed.shape[0] * 16, packed.shape[1] * 2
+    if _glu_on_amx(n, k, group_size, x.shape[0], amx_min_rows):
+        return _ops.int4_mm_amx_glu(x, packed, group_size, scales_and_zeros)
+    return _ops.int4_mm_dot_glu(x, packed, group_size, scales_and_zeros)
 
 
 def build_seconds() -> float | None:

@@ -31,6 +31,8 @@
 #include <cstring>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
 
 constexpr int kCols = 16;      // output columns per column block (one B tile's width)
@@ -217,34 +219,14 @@ AMX_TARGET inline void strip_pass(const at::BFloat16* x, int64_t Mp, int64_t m0,
   else tile_products<1, 1>(xr, K, tiles, ctmp);
 }
 
-// e^x for fp32 lanes (|rel err| ~ 2e-7): x = n ln2 + r, |r| <= ln2 / 2, degree-6 Taylor of e^r,
-// scaled by 2^n; inputs clamped to [-87, 87] (silu needs no more).
-AMX_TARGET inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(87.f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
-
 // out = bf16(silu(g) * u) from the fp32 sums of a gate strip and the matching up strip
 AMX_TARGET void glu_rows(const float* g, const float* u, int rows, int nb, at::BFloat16* out, int64_t ldo,
                          int64_t col0) {
-  const __m512 one = _mm512_set1_ps(1.f);
   for (int i = 0; i < rows; ++i)
     for (int j = 0; j < nb; ++j) {
       const __m512 gv = _mm512_loadu_ps(g + i * 2 * kCols + j * kCols);
       const __m512 uv = _mm512_loadu_ps(u + i * 2 * kCols + j * kCols);
-      const __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
-      const __m256bh h = _mm512_cvtneps_pbh(_mm512_mul_ps(silu, uv));
+      const __m256bh h = _mm512_cvtneps_pbh(abtest_int4_simd::silu_mul_ps(gv, uv));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * ldo + col0 + j * kCols), (__m256i)h);
     }
 }

@@ -17,11 +17,13 @@ import shutil
 import time
 from pathlib import Path
 
-__all__ = ["SOURCE", "SOURCES", "CFLAGS", "BUILD_ROOT", "build_dir", "load_kernel"]
+__all__ = ["SOURCE", "SOURCES", "HEADERS", "CFLAGS", "BUILD_ROOT", "build_dir", "load_kernel"]
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
-# the AMX kernel: its functions carry their ISA as target attributes (the library loads anywhere)
-SOURCES = (SOURCE, Path(__file__).with_name("amx.cpp"))
+# the AMX and AVX512-BF16 kernels: their functions carry their ISA as target attributes (the
+# library loads on any AVX-512 CPU)
+SOURCES = (SOURCE, Path(__file__).with_name("amx.cpp"), Path(__file__).with_name("dot.cpp"))
+HEADERS = (Path(__file__).with_name("simd.h"),)  # included by the sources: part of the build's digest
 # ISA of the kernel: AVX-512 F (plus FMA); dispatch checks the CPU's flags at run time before
 # loading it.
 CFLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mfma"]
@@ -35,7 +37,7 @@ def build_dir(root: str | os.PathLike | None = None) -> Path:
     import torch
 
     base = Path(root or BUILD_ROOT).absolute()
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(CFLAGS).encode()
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join(CFLAGS).encode()
                             + torch.__version__.encode())
     return base / f"abtest_int4-{digest.hexdigest()[:12]}"
 
