@@ -6,9 +6,11 @@
 Milliseconds per pass over the INT4 layer shapes of the demo model (per decoder layer fused
 q/k/v 1536x1024, o 1024x1024, fused gate/up 5632x1024, down 1024x2816, all g64; the head
 8192x1024 g32; ``--layers`` decoder layers) for torch's ``_weight_int4pack_mm_for_cpu``
-("aten"), this project's ``batched`` fp32-FMA kernel, the opt-in ``dequant_gemm`` path (weight
-dequantized to bf16, one oneDNN GEMM) and, on a CPU with AMX, the ``amx`` tile kernel and
-``served`` (what an engine runs: FMA below 4 rows, AMX from 4), at each row count. They run interleaved rep by rep on the
+("aten"), this project's ``batched`` kernel as a layer dispatches it (the AVX512-BF16 ``dot``
+kernel where the CPU has AVX512-BF16 and no AMX, else the fp32-FMA one), the ``fma`` kernel
+itself, the opt-in ``dequant_gemm`` path (weight dequantized to bf16, one oneDNN GEMM), on a CPU
+with AVX512-BF16 the ``dot`` kernel itself, and on a CPU with AMX the ``amx`` tile kernel and
+``served`` (what an engine runs there: FMA below 4 rows, AMX from 4), at each row count. They run interleaved rep by rep on the
 same random weights and activations (the machine may be shared: ratios from
 the same reps are what to read); the median of the reps is reported. Also: each kernel's max
 relative error against the dequantize reference (``engines.quant.dequantize``, fp32 matmul of
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from engines.int4 import amx_available, build_seconds, dequant_matmul, kernel_available, matmul, pack
+    from engines.int4 import amx_available, build_seconds, dequant_matmul, dot_available, kernel_available, matmul, pack
     from engines.int4_layer import Int4Linear, _scales_and_zeros
     from engines.quant import dequantize, quantize_weight
 
@@ -111,10 +113,14 @@ def main(argv=None) -> int:
     shapes = _layer_shapes(args.layers)
     uniq = sorted(set(shapes))
     weights = {}
-    # batched: the fp32-FMA kernel at every row count; amx: the AMX tile kernel at every row count;
-    # served: what an engine runs (the FMA kernel below the spec's int4_amx_rows, 4, AMX from there)
-    kinds = ("aten", "batched", "dequant_gemm") + (("amx", "served") if amx_available() else ())
+    # batched: what a layer runs (matmul's dispatch); fma / dot / amx: that kernel at every row
+    # count; served (AMX CPUs): the FMA kernel below the spec's int4_amx_rows, 4, AMX from there
+    has_dot = bool(torch.ops.abtest_int4.int4_dot_available())
+    kinds = (("aten", "batched", "fma", "dequant_gemm") + (("dot",) if has_dot else ())
+             + (("amx", "served") if amx_available() else ()))
     report["amx"] = amx_available()
+    report["avx512_bf16"] = has_dot
+    report["batched_dispatches_to"] = "dot" if dot_available() else "fma (amx from 4 rows)" if amx_available() else "fma"
     errors: dict[str, float] = dict.fromkeys((k for k in kinds if k != "served"), 0.0)
     for n, k, gs in uniq:
         w = torch.randn(n, k, generator=g) * 0.05
@@ -129,6 +135,11 @@ def main(argv=None) -> int:
         scale = ref.abs().max().item()
         errors["aten"] = max(errors["aten"], (ya.float() - ref).abs().max().item() / scale)
         errors["batched"] = max(errors["batched"], (yn.float() - ref).abs().max().item() / scale)
+        yf = torch.ops.abtest_int4.int4_mm(x, new["weight_packed"], gs, new["scales_and_zeros"])
+        errors["fma"] = max(errors["fma"], (yf.float() - ref).abs().max().item() / scale)
+        if has_dot:
+            yd = torch.ops.abtest_int4.int4_mm_dot(x, new["weight_packed"], gs, new["scales_and_zeros"])
+            errors["dot"] = max(errors["dot"], (yd.float() - ref).abs().max().item() / scale)
         yg = dequant_matmul(x, new["weight_packed"], gs, new["scales_and_zeros"])
         errors["dequant_gemm"] = max(errors["dequant_gemm"], (yg.float() - ref).abs().max().item() / scale)
         if "amx" in kinds:
@@ -145,6 +156,10 @@ def main(argv=None) -> int:
                 torch.ops.aten._weight_int4pack_mm_for_cpu(x, aten["weight_packed"], shp[2], aten["scales_and_zeros"])
             elif kind == "batched":
                 matmul(x, new["weight_packed"], shp[2], new["scales_and_zeros"])
+            elif kind == "fma":
+                torch.ops.abtest_int4.int4_mm(x, new["weight_packed"], shp[2], new["scales_and_zeros"])
+            elif kind == "dot":
+                torch.ops.abtest_int4.int4_mm_dot(x, new["weight_packed"], shp[2], new["scales_and_zeros"])
             elif kind == "amx":
                 matmul(x, new["weight_packed"], shp[2], new["scales_and_zeros"], amx_min_rows=1)
             elif kind == "served":

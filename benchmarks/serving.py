@@ -15,7 +15,8 @@ Prints one JSON object:
                   engine's own batched throughput at concurrency 32 and the ratio of each mode to it.
   scale_out_c32   Celery throughput at concurrency 32 with one and with two workers on one queue.
   v2_vs_v1_celery_c32  V2 INT4's and V1 FP32's served tokens/s through Celery at concurrency 32,
-                  alternating rounds, and their ratio (``--compare-only``: just this).
+                  alternating rounds after a warm-up pass each, and their ratio (``--compare-only``:
+                  just this).
 
 ``ABTEST_BENCH_SCHEDULER=continuous`` (or ``static``) serves the engines with that scheduler
 instead of their specs' own.
@@ -242,14 +243,17 @@ def v2_vs_v1_celery(root: Path, engines: str, quick: bool, tokens: int, checkpoi
                     concurrency: int = 32) -> dict[str, Any]:
     """V2 INT4 and V1 FP32 served the same way: through the API, Celery mode (one ``abtest worker``
     per engine, its spec as registered: batching and scheduler included), ``concurrency`` clients.
-    Rounds alternate V1, V2, V1, V2 (the machine is shared); the best round of each is compared."""
+    Rounds alternate V1, V2, V1, V2, V1, V2 (the machine is shared); the best round of each is
+    compared. Each round starts a fresh worker and API, serves one unmeasured warm-up pass of
+    ``2 x concurrency`` requests (allocations, connection pools and caches fill up in the first
+    seconds after a start), then the measured ``requests_per_round``."""
     import redis
 
     from tests.serving.harness import WorkerProcess
 
     n = concurrency * (3 if quick else 6)
     rounds: dict[str, list[dict[str, float]]] = {"v1-fp32": [], "v2-int4": []}
-    for r in range(2):
+    for r in range(2 if quick else 3):
         for engine in ("v1-fp32", "v2-int4"):
             registry, name = registry_file(root, engines, True, checkpoints, engine=engine)
             redis.Redis.from_url(REDIS_URL).flushdb()
@@ -260,14 +264,15 @@ def v2_vs_v1_celery(root: Path, engines: str, quick: bool, tokens: int, checkpoi
                 worker.wait_ready()
                 app, headers = make_api(f"sqlite:///{root / f'compare-{engine}-{r}.sqlite'}", registry, REDIS_URL,
                                         engine=engine)
-                api_call(app, headers, 0, 2)
+                throughput(lambda i: api_call(app, headers, i, tokens), concurrency, 2 * concurrency)  # warm-up
                 rounds[engine].append(throughput(lambda i: api_call(app, headers, i, tokens), concurrency, n))
             finally:
                 if app is not None:
                     app.extensions["abtest"].close()
                 worker.stop()
     best = {e: max(rs, key=lambda x: x["tokens_per_s"]) for e, rs in rounds.items()}
-    return {"concurrency": concurrency, "requests_per_round": n, "rounds": rounds, "best": best,
+    return {"concurrency": concurrency, "requests_per_round": n, "warmup_requests": 2 * concurrency,
+            "rounds": rounds, "best": best,
             "v2_over_v1_tokens_per_s": round(best["v2-int4"]["tokens_per_s"] / best["v1-fp32"]["tokens_per_s"], 3)}
 
 
