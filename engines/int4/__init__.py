@@ -1,6 +1,6 @@
 """Batched INT4 matmul for CPUs: kernel choice at run time, packing, and the matmul itself.
 
-Two CPU kernels multiply bf16 activations by group-wise INT4 weights (``w = (q - 8) * s + z``):
+Two CPU kernel families multiply bf16 activations by group-wise INT4 weights (``w = (q - 8) * s + z``):
 
 - ``"batched"``: this package's C++ kernel (``kernel.cpp``, built on first use): each group of
   weight codes is unpacked once per 64 output columns and reused for every row of the batch,
@@ -9,8 +9,8 @@ Two CPU kernels multiply bf16 activations by group-wise INT4 weights (``w = (q -
   Where the CPU has AVX512-BF16 but no AMX (AMD Zen 4 and later, Intel Cooper Lake), the same
   packed weights and arithmetic run as vdpbf16ps dot products instead (``dot.cpp``: codes
   unpacked to exact bf16 ``q - 8``, two multiply-adds per lane and instruction, fp32 sums in
-  one fixed order for every row count): measured on a 2-core Zen 5, 1.6-2x the FMA kernel from
-  8 rows on and the same at 1 row, bit-identical across batch sizes.
+  one fixed order for every row count): measured on a 2-core Zen 5 (``benchmarks.int4_kernel``),
+  1.6-1.8x the FMA kernel from 8 rows on and 1.1x at 1 row, bit-identical across batch sizes.
   From ``amx_min_rows`` rows on, where the CPU has Intel AMX, the same packed weights go through
   ``amx.cpp`` instead: each 32-column strip of the weight is rebuilt as bf16 tiles once per call
   (one rounding of ``(q - 8) * s + z``) and multiplied with TDPBF16PS, fp32 accumulation over

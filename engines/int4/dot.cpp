@@ -16,7 +16,7 @@
 // an L1 buffer and reused for every row (below kRows rows: straight into registers, the same
 // operations).
 //
-// Needs AVX512-BF16 and AVX512-BW (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 and later);
+// Needs AVX512-BF16, AVX512-BW and AVX512-VL (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 and later);
 // int4_dot_available() says whether the CPU has them. The functions carry their ISA as target
 // attributes, so the library still loads on a CPU without them.
 
@@ -39,17 +39,17 @@ constexpr int kMaxBlk = 4;  // column blocks per tile (64 columns)
 constexpr int kRows = 4;    // rows per register tile: 4 x 4 accumulators
 constexpr int kTileCols = kMaxBlk * kCols;
 
-#define DOT_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,fma")))
+#define DOT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
 
 bool cpu_has_bf16_dot() {
   unsigned a, b, c, d;
   __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0), "c"(0));
   if (a < 7) return false;
   __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
-  const bool avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1;
+  const bool avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
   __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(1));
   const bool avx512bf16 = (a >> 5) & 1;
-  return avx512f && avx512bw && avx512bf16;
+  return avx512f && avx512bw && avx512vl && avx512bf16;
 }
 
 // bf16 bits of q - 8 for q = 0..15, twice over (32 words: vpermw reads 5 bits of each index)
@@ -152,6 +152,52 @@ DOT_TARGET inline void direct_rows(int r, const uint32_t* x, int64_t ldx, const 
   }
 }
 
+// Per row and group of rows [m0, m1): the fp32 sum of the group's bf16 activations, 16 lanes then
+// one fixed reduction (gs a multiple of 16; else k ascending): the same order for every row of
+// every batch size.
+DOT_TARGET inline float group_sum(const uint16_t* xb, int gs) {
+  if (gs % kCols != 0) {
+    float acc = 0.f;
+    for (int k = 0; k < gs; ++k) acc += at::BFloat16(xb[k], at::BFloat16::from_bits());
+    return acc;
+  }
+  __m512 acc = _mm512_setzero_ps();
+  for (int k = 0; k < gs; k += kCols) {
+    const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k)));
+    acc = _mm512_add_ps(acc, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+DOT_TARGET void row_sums(const at::BFloat16* x, int64_t m0, int64_t m1, int64_t K, int gs, float* xsum) {
+  const int64_t G = K / gs;
+  for (int64_t m = m0; m < m1; ++m)
+    for (int64_t g = 0; g < G; ++g)
+      xsum[m * G + g] = group_sum(reinterpret_cast<const uint16_t*>(x + m * K + g * gs), gs);
+}
+
+// fp32 rows [m0, m1) rounded to bf16 into xb as x.to(bf16) rounds them (nearest even; a NaN becomes
+// 0x7FC0), then their group sums
+DOT_TARGET void round_rows(const float* x, int64_t m0, int64_t m1, int64_t K, int gs, at::BFloat16* xb,
+                           float* xsum) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+  const __m512i qnan = _mm512_set1_epi32(0x7FC0);
+  uint16_t* out = reinterpret_cast<uint16_t*>(xb);
+  const uint32_t* in = reinterpret_cast<const uint32_t*>(x);
+  for (int64_t i = m0 * K; i < m1 * K; i += kCols) {
+    const int64_t n = std::min<int64_t>(kCols, m1 * K - i);
+    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+    const __m512i u = _mm512_maskz_loadu_epi32(mask, in + i);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, bias)), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+    r = _mm512_mask_mov_epi32(r, nan, qnan);
+    _mm256_mask_storeu_epi16(out + i, mask, _mm512_cvtepi32_epi16(r));
+  }
+  row_sums(xb, m0, m1, K, gs, xsum);
+}
+
 // The fp32 sums of nb column blocks from block blk0 on, for all M rows: total [M][64].
 DOT_TARGET void column_tile(const uint32_t* x, int64_t M, int64_t K, const uint8_t* w, const at::BFloat16* sz,
                             int64_t N, int gs, const float* xsum, int64_t blk0, int nb, float* total,
@@ -221,7 +267,7 @@ DOT_TARGET void all_columns(const uint32_t* x, int64_t M, int64_t K, const uint8
 
 at::Tensor dot_mm(const at::Tensor& x, const at::Tensor& w, int64_t group_size, const at::Tensor& sz, bool glu) {
   static const bool ok = cpu_has_bf16_dot();
-  TORCH_CHECK(ok, "int4_mm_dot: this CPU lacks AVX512-BF16 or AVX512-BW");
+  TORCH_CHECK(ok, "int4_mm_dot: this CPU lacks AVX512-BF16, AVX512-BW or AVX512-VL");
   TORCH_CHECK(w.dim() == 3 && w.scalar_type() == at::kByte && w.size(2) == kCols, "w must be uint8 [N/16, K/2, 16]");
   TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat),
               "x must be 2-D bf16 or fp32");
@@ -236,19 +282,18 @@ at::Tensor dot_mm(const at::Tensor& x, const at::Tensor& w, int64_t group_size, 
   const int gs = static_cast<int>(group_size);
   at::Tensor out = at::empty({M, glu ? N / 2 : N}, x.options().dtype(at::kBFloat16));
   if (M == 0) return out;
-  // fp32 activations are rounded to bf16 (nearest even, as x.to(bf16))
-  at::Tensor xb = (x.scalar_type() == at::kBFloat16 ? x : x.to(at::kBFloat16)).contiguous();
   const int64_t G = K / gs;
-  // per row and group: the sum of the activations, k ascending whatever the batch
+  at::Tensor xc = x.contiguous();
+  at::Tensor xb = x.scalar_type() == at::kBFloat16 ? xc : at::empty({M, K}, x.options().dtype(at::kBFloat16));
   at::Tensor xsum_t = at::empty({M, G}, x.options().dtype(at::kFloat));
   float* xsum = xsum_t.data_ptr<float>();
   const at::BFloat16* xp = xb.data_ptr<at::BFloat16>();
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t g = 0; g < G; ++g) {
-      float acc = 0.f;
-      for (int k = 0; k < gs; ++k) acc += static_cast<float>(xp[m * K + g * gs + k]);
-      xsum[m * G + g] = acc;
-    }
+  at::parallel_for(0, M, 64, [&](int64_t m0, int64_t m1) {
+    if (x.scalar_type() == at::kBFloat16)
+      row_sums(xp, m0, m1, K, gs, xsum);
+    else
+      round_rows(xc.data_ptr<float>(), m0, m1, K, gs, xb.data_ptr<at::BFloat16>(), xsum);
+  });
   const uint32_t* xpairs = reinterpret_cast<const uint32_t*>(xp);
   at::Tensor wc = w.contiguous();
   const uint8_t* wp = wc.data_ptr<uint8_t>();
